@@ -1,0 +1,147 @@
+"""Dataclass configs. One per model kind, one for data, one for training.
+
+The whole `RunConfig` is saved as `config.json` beside the weights, and models are rebuilt
+from it; Hydra (scripts/train.py) and the app's widgets map onto these fields one-to-one.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+SOURCES = ("shapes", "scenes", "folder", "zip", "parquet", "hub", "idx")
+IMAGE_SIZES = (32, 64, 128)
+
+
+@dataclass
+class DataConfig:
+    source: str = "shapes"  # one of SOURCES
+    path: Optional[str] = None  # folder / zip / parquet / IDX folder / Hub dataset id
+    image_size: int = 64
+    channels: int = 3
+    split: str = "train"  # for idx, hub and parquet sources
+    num_images: int = 20000  # for the procedural sources (shapes, scenes)
+    seed: int = 0  # for the procedural sources
+    image_column: Optional[str] = None  # parquet / hub; found automatically when None
+    label_column: Optional[str] = None  # parquet / hub; "label" when present
+    limit: Optional[int] = None  # keep at most this many images (None: all)
+    cache_dir: Optional[str] = None  # None: $GANLAB_CACHE or ~/.cache/ganlab
+
+
+@dataclass
+class DCGANConfig:
+    kind: str = "dcgan"
+    image_size: int = 64
+    channels: int = 3
+    nz: int = 100
+    ngf: int = 64
+    ndf: int = 64
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 2000
+    batch_size: int = 128
+    lr: float = 2e-4
+    beta1: float = 0.5
+    beta2: float = 0.999
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    precision: str = "auto"  # auto (bf16 where it is fast) | bf16 | fp32
+    channels_last: Optional[bool] = None  # None: on with bf16
+    compile: bool = False  # torch.compile G and D (CUDA mostly)
+    ema_decay: float = 0.0  # 0 disables the EMA copy of G
+    log_every: int = 50  # metrics are copied to the host only every N steps
+    sample_every: int = 500
+    checkpoint_every: int = 500
+    keep_checkpoints: int = 2
+    out_dir: str = "runs/dcgan"
+    resume: bool = False
+
+
+@dataclass
+class RunConfig:
+    model: DCGANConfig = field(default_factory=DCGANConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    logger: str = "none"  # none | wandb
+
+
+MODEL_CONFIGS: dict[str, type] = {"dcgan": DCGANConfig}
+
+
+def validate(cfg: RunConfig) -> RunConfig:
+    """Check ranges and types before anything is allocated; raise ValueError with one clear line."""
+    d, m, t = cfg.data, cfg.model, cfg.train
+    if d.source not in SOURCES:
+        raise ValueError(f"data.source must be one of {', '.join(SOURCES)}, not {d.source!r}")
+    if d.source in ("folder", "zip", "parquet", "hub", "idx") and not d.path:
+        raise ValueError(f"data.source={d.source} needs data.path")
+    if d.image_size not in IMAGE_SIZES:
+        raise ValueError(f"image_size must be one of {IMAGE_SIZES}, not {d.image_size}")
+    if d.channels not in (1, 3):
+        raise ValueError(f"channels must be 1 or 3, not {d.channels}")
+    if m.kind not in MODEL_CONFIGS:
+        raise ValueError(f"model kind must be one of {', '.join(MODEL_CONFIGS)}, not {m.kind!r}")
+    for name, value, lo, hi in (
+        ("train.steps", t.steps, 1, 10_000_000),
+        ("train.batch_size", t.batch_size, 1, 65536),
+        ("data.num_images", d.num_images, 1, 10_000_000),
+        ("model.nz", m.nz, 1, 4096),
+        ("model.ngf", m.ngf, 1, 1024),
+        ("model.ndf", m.ndf, 1, 1024),
+    ):
+        if not isinstance(value, int) or isinstance(value, bool) or not lo <= value <= hi:
+            raise ValueError(f"{name} must be an integer in [{lo}, {hi}], not {value!r}")
+    for name, value, lo, hi in (
+        ("train.lr", t.lr, 1e-8, 1.0),
+        ("train.beta1", t.beta1, 0.0, 0.9999),
+        ("train.beta2", t.beta2, 0.0, 0.99999),
+        ("train.ema_decay", t.ema_decay, 0.0, 0.99999),
+    ):
+        if not isinstance(value, (int, float)) or not lo <= float(value) <= hi:  # NaN fails too
+            raise ValueError(f"{name} must be a number in [{lo}, {hi}], not {value!r}")
+    if t.precision not in ("auto", "bf16", "fp32"):
+        raise ValueError(f"train.precision must be auto, bf16 or fp32, not {t.precision!r}")
+    if cfg.logger not in ("none", "wandb"):
+        raise ValueError(f"logger must be none or wandb, not {cfg.logger!r}")
+    return cfg
+
+
+def sync_model_to_data(cfg: RunConfig) -> RunConfig:
+    """The data decides the image geometry; the model config records it so it can be rebuilt."""
+    cfg.model.image_size = cfg.data.image_size
+    cfg.model.channels = cfg.data.channels
+    return cfg
+
+
+def to_dict(cfg: Any) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def _build(cls: type, values: dict) -> Any:
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = set(values) - set(known)
+    if unknown:
+        raise ValueError(f"unknown {cls.__name__} fields: {', '.join(sorted(unknown))}")
+    return cls(**values)
+
+
+def from_dict(values: dict) -> RunConfig:
+    """Rebuild a RunConfig from its JSON form, refusing unknown fields."""
+    values = dict(values)
+    model = dict(values.pop("model", {}))
+    kind = model.get("kind", "dcgan")
+    if kind not in MODEL_CONFIGS:
+        raise ValueError(f"unknown model kind {kind!r}")
+    return RunConfig(
+        model=_build(MODEL_CONFIGS[kind], model),
+        data=_build(DataConfig, dict(values.pop("data", {}))),
+        train=_build(TrainConfig, dict(values.pop("train", {}))),
+        **{k: v for k, v in values.items() if k in ("logger",)},
+    )
+
+
+def dumps(cfg: RunConfig) -> str:
+    return json.dumps(to_dict(cfg), indent=2, sort_keys=True)

@@ -1,0 +1,113 @@
+"""The seed's DCGAN (Radford et al. 2015, as in the PyTorch DCGAN tutorial).
+
+At 64x64, 3 channels, nz=100, ngf=ndf=64 the printed modules are exactly the tutorial's.
+Other sizes add or drop one stride-2 stage per factor of two; 1 channel changes only the
+image-facing layers.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from .config import DCGANConfig
+
+
+class BatchNorm2d(nn.BatchNorm2d):
+    """nn.BatchNorm2d, printed as the seed printed it.
+
+    PyTorch 2.14 added an optional `bias` flag to BatchNorm and shows `bias=True` in the repr;
+    the seed's module listing predates it. The default (bias present) is unchanged, so only the
+    repr drops the flag, keeping printed modules identical to the seed on old and new PyTorch."""
+
+    def extra_repr(self) -> str:
+        return super().extra_repr().replace(", bias=True", "")
+
+
+def _stages(image_size: int) -> int:
+    """Number of stride-2 stages between 4x4 and the image (64 -> 4 stages)."""
+    n = int(math.log2(image_size)) - 2
+    if 2 ** (n + 2) != image_size or n < 1:
+        raise ValueError(f"image_size must be a power of two >= 8, not {image_size}")
+    return n
+
+
+class Generator(nn.Module):
+    def __init__(self, cfg: DCGANConfig):
+        super().__init__()
+        n = _stages(cfg.image_size)
+        mult = 2 ** (n - 1)  # 8 at 64x64
+        layers: list[nn.Module] = [
+            nn.ConvTranspose2d(cfg.nz, cfg.ngf * mult, 4, 1, 0, bias=False),  # (N, 512, 4, 4)
+            BatchNorm2d(cfg.ngf * mult),
+            nn.ReLU(True),
+        ]
+        for _ in range(n - 1):  # 4 -> 8 -> 16 -> 32 at 64x64, channels halving to ngf
+            layers += [
+                nn.ConvTranspose2d(cfg.ngf * mult, cfg.ngf * mult // 2, 4, 2, 1, bias=False),
+                BatchNorm2d(cfg.ngf * mult // 2),
+                nn.ReLU(True),
+            ]
+            mult //= 2
+        layers += [
+            nn.ConvTranspose2d(cfg.ngf, cfg.channels, 4, 2, 1, bias=False),  # (N, 3, 64, 64)
+            nn.Tanh(),
+        ]
+        self.main = nn.Sequential(*layers)
+        self.nz = cfg.nz
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        if z.dim() == 2:
+            z = z[:, :, None, None]
+        return self.main(z)
+
+
+class Discriminator(nn.Module):
+    """Ends in Sigmoid like the seed; `forward(x, logits=True)` skips it so the loss can use
+    BCE-with-logits (the same mathematics, stable under bf16)."""
+
+    def __init__(self, cfg: DCGANConfig):
+        super().__init__()
+        n = _stages(cfg.image_size)
+        layers: list[nn.Module] = [
+            nn.Conv2d(cfg.channels, cfg.ndf, 4, 2, 1, bias=False),  # (N, 64, 32, 32)
+            nn.LeakyReLU(0.2, inplace=True),
+        ]
+        mult = 1
+        for _ in range(n - 1):  # 32 -> 16 -> 8 -> 4 at 64x64
+            layers += [
+                nn.Conv2d(cfg.ndf * mult, cfg.ndf * mult * 2, 4, 2, 1, bias=False),
+                BatchNorm2d(cfg.ndf * mult * 2),
+                nn.LeakyReLU(0.2, inplace=True),
+            ]
+            mult *= 2
+        layers += [
+            nn.Conv2d(cfg.ndf * mult, 1, 4, 1, 0, bias=False),  # (N, 1, 1, 1)
+            nn.Sigmoid(),
+        ]
+        self.main = nn.Sequential(*layers)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """The trunk's last feature map, (N, ndf*mult, 4, 4)."""
+        return self.main[:-2](x)
+
+    def forward(self, x: torch.Tensor, logits: bool = False) -> torch.Tensor:
+        body = self.main[:-1] if logits else self.main
+        return body(x).flatten()  # (N,)
+
+
+def weights_init(m: nn.Module) -> None:
+    """DCGAN paper init: convs N(0, 0.02); BatchNorm scale N(1, 0.02), shift 0."""
+    if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
+        nn.init.normal_(m.weight, 0.0, 0.02)
+    elif isinstance(m, nn.BatchNorm2d):
+        nn.init.normal_(m.weight, 1.0, 0.02)
+        nn.init.zeros_(m.bias)
+
+
+def build(cfg: DCGANConfig) -> tuple[Generator, Discriminator]:
+    g, d = Generator(cfg), Discriminator(cfg)
+    g.apply(weights_init)
+    d.apply(weights_init)
+    return g, d

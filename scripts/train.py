@@ -1,0 +1,132 @@
+#!/usr/bin/env python
+"""Train a GAN Lab model from the command line (Hydra over gan_core's dataclass configs).
+
+    python scripts/train.py model=dcgan data.source=folder data.path=imgs train.steps=2000
+    python scripts/train.py train.out_dir=runs/a train.resume=true train.steps=4000   # continue
+    torchrun --nproc_per_node=2 scripts/train.py train.device=cpu ...                 # DDP
+    python scripts/train.py logger=wandb                                              # W&B (WANDB_MODE=offline works)
+
+Prints tqdm progress on stderr, writes sample grids to OUT/samples/ and checkpoints to
+OUT/checkpoints/; the LAST stdout line is one JSON object with the checkpoint path and final metrics.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import hydra  # noqa: E402
+from hydra.core.config_store import ConfigStore  # noqa: E402
+from omegaconf import OmegaConf  # noqa: E402
+
+from gan_core import config as config_mod  # noqa: E402
+
+cs = ConfigStore.instance()
+cs.store(name="ganlab", node=config_mod.RunConfig)
+for _kind, _cls in config_mod.MODEL_CONFIGS.items():
+    cs.store(group="model", name=_kind, node=_cls)
+cs.store(name="config", node={"defaults": ["ganlab", {"model": "dcgan"}, "_self_"]})
+
+# Hydra's own output folder and logging are not wanted: the run folder is train.out_dir.
+HYDRA_DEFAULTS = ["hydra.run.dir=.", "hydra.output_subdir=null", "hydra/job_logging=none",
+                  "hydra/hydra_logging=none"]
+
+
+def _init_distributed():
+    import torch
+
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return None
+    import torch.distributed as dist
+
+    device = os.environ.get("GANLAB_DEVICE")
+    backend = "nccl" if torch.cuda.is_available() and device != "cpu" else "gloo"
+    dist.init_process_group(backend=backend)
+    if backend == "nccl":
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        torch.cuda.set_device(local)
+        return f"cuda:{local}"
+    return "cpu"
+
+
+@hydra.main(version_base=None, config_name="config")
+def main(raw) -> None:
+    import torch
+    from tqdm import tqdm
+
+    from gan_core.train import train as run_training
+    from gan_core.viz import image_grid
+
+    cfg_dict = OmegaConf.to_container(raw, resolve=True)
+    try:
+        cfg = config_mod.validate(config_mod.sync_model_to_data(config_mod.from_dict(cfg_dict)))
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        print(json.dumps({"error": str(e)}))
+        sys.exit(2)
+    dist_device = _init_distributed()
+    if dist_device is not None and cfg.train.device == "auto":
+        cfg.train.device = dist_device
+    rank = int(os.environ.get("RANK", "0"))
+    out_dir = Path(cfg.train.out_dir)
+
+    run = None
+    if cfg.logger == "wandb" and rank == 0:
+        try:
+            import wandb
+        except ImportError:
+            print("error: logger=wandb needs the wandb package (pip install wandb)", file=sys.stderr)
+            sys.exit(2)
+        run = wandb.init(project=os.environ.get("WANDB_PROJECT", "ganlab"), config=config_mod.to_dict(cfg),
+                         dir=str(out_dir), resume="allow")
+
+    bar = tqdm(total=cfg.train.steps, desc="train", unit="step", disable=rank != 0, file=sys.stderr)
+    data_bar = tqdm(desc="decode", unit="img", disable=rank != 0, file=sys.stderr, leave=False)
+
+    def on_data(done: int, total: int) -> None:
+        data_bar.total = total
+        data_bar.n = done
+        data_bar.refresh()
+
+    def on_progress(step: int, metrics: dict) -> None:
+        bar.n = step
+        bar.set_postfix(loss_d=f"{metrics['loss_d']:.3f}", loss_g=f"{metrics['loss_g']:.3f}",
+                        img_s=f"{metrics['images_per_s']:.0f}")
+        if run is not None:
+            run.log(metrics, step=step)
+
+    def on_sample(step: int, images: torch.Tensor) -> None:
+        (out_dir / "samples").mkdir(parents=True, exist_ok=True)
+        grid = image_grid(images, nrow=8)
+        grid.save(out_dir / "samples" / f"step_{step:08d}.png")
+        if run is not None:
+            import wandb
+
+            run.log({"samples": wandb.Image(grid)}, step=step)
+
+    try:
+        result = run_training(cfg, on_progress=on_progress, on_sample=on_sample, on_data_progress=on_data)
+    except ValueError as e:  # bad data or config: one line, no traceback
+        print(f"error: {e}", file=sys.stderr)
+        if rank == 0:
+            print(json.dumps({"error": str(e)}))
+        sys.exit(2)
+    finally:
+        bar.close()
+        data_bar.close()
+        if run is not None:
+            run.finish()
+    if dist_device is not None:
+        import torch.distributed as dist
+
+        dist.destroy_process_group()
+    if rank == 0:
+        print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    sys.argv[1:1] = [a for a in HYDRA_DEFAULTS if a.split("=")[0] not in " ".join(sys.argv[1:])]
+    main()

@@ -1,0 +1,33 @@
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("WANDB_MODE", "offline")
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path, monkeypatch):
+    """Every test gets its own dataset cache and HF caches: nothing shared, nothing downloaded."""
+    monkeypatch.setenv("GANLAB_CACHE", str(tmp_path / "ganlab-cache"))
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "hf-datasets"))
+    yield
+
+
+def run_script(args, cwd=None, env=None, timeout=300):
+    """Run a script with this interpreter; returns (completed process, parsed last JSON line)."""
+    import json
+    import subprocess
+
+    full_env = dict(os.environ)
+    full_env.update(env or {})
+    proc = subprocess.run([sys.executable, *args], cwd=cwd or ROOT, env=full_env, capture_output=True,
+                          text=True, timeout=timeout)
+    lines = [line for line in proc.stdout.strip().splitlines() if line.strip()]
+    result = json.loads(lines[-1]) if lines and lines[-1].startswith("{") else None
+    return proc, result

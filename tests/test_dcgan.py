@@ -1,0 +1,106 @@
+from pathlib import Path
+
+import pytest
+import torch
+
+from gan_core import dcgan
+from gan_core.config import DCGANConfig
+
+SEED_FILE = Path(__file__).resolve().parents[2] / "shared" / "seed_dcgan_modules.txt"
+SEED_TEXT = """\
+# Generator
+  (main): Sequential(
+    (0): ConvTranspose2d(100, 512, kernel_size=(4, 4), stride=(1, 1), bias=False)
+    (1): BatchNorm2d(512, eps=1e-05, momentum=0.1, affine=True, track_running_stats=True)
+    (2): ReLU(inplace=True)
+    (3): ConvTranspose2d(512, 256, kernel_size=(4, 4), stride=(2, 2), padding=(1, 1), bias=False)
+    (4): BatchNorm2d(256, eps=1e-05, momentum=0.1, affine=True, track_running_stats=True)
+    (5): ReLU(inplace=True)
+    (6): ConvTranspose2d(256, 128, kernel_size=(4, 4), stride=(2, 2), padding=(1, 1), bias=False)
+    (7): BatchNorm2d(128, eps=1e-05, momentum=0.1, affine=True, track_running_stats=True)
+    (8): ReLU(inplace=True)
+    (9): ConvTranspose2d(128, 64, kernel_size=(4, 4), stride=(2, 2), padding=(1, 1), bias=False)
+    (10): BatchNorm2d(64, eps=1e-05, momentum=0.1, affine=True, track_running_stats=True)
+    (11): ReLU(inplace=True)
+    (12): ConvTranspose2d(64, 3, kernel_size=(4, 4), stride=(2, 2), padding=(1, 1), bias=False)
+    (13): Tanh()
+  )
+# Discriminator
+  (main): Sequential(
+    (0): Conv2d(3, 64, kernel_size=(4, 4), stride=(2, 2), padding=(1, 1), bias=False)
+    (1): LeakyReLU(negative_slope=0.2, inplace=True)
+    (2): Conv2d(64, 128, kernel_size=(4, 4), stride=(2, 2), padding=(1, 1), bias=False)
+    (3): BatchNorm2d(128, eps=1e-05, momentum=0.1, affine=True, track_running_stats=True)
+    (4): LeakyReLU(negative_slope=0.2, inplace=True)
+    (5): Conv2d(128, 256, kernel_size=(4, 4), stride=(2, 2), padding=(1, 1), bias=False)
+    (6): BatchNorm2d(256, eps=1e-05, momentum=0.1, affine=True, track_running_stats=True)
+    (7): LeakyReLU(negative_slope=0.2, inplace=True)
+    (8): Conv2d(256, 512, kernel_size=(4, 4), stride=(2, 2), padding=(1, 1), bias=False)
+    (9): BatchNorm2d(512, eps=1e-05, momentum=0.1, affine=True, track_running_stats=True)
+    (10): LeakyReLU(negative_slope=0.2, inplace=True)
+    (11): Conv2d(512, 1, kernel_size=(4, 4), stride=(1, 1), bias=False)
+    (12): Sigmoid()
+  )
+"""
+
+
+def _seed_sections() -> dict[str, list[str]]:
+    # The shared reference file is used when it is present; the copy above is identical to it.
+    text = SEED_FILE.read_text() if SEED_FILE.exists() else SEED_TEXT
+    sections: dict[str, list[str]] = {}
+    current = None
+    for line in text.splitlines():
+        if line.startswith("# Generator") or line.startswith("# Discriminator"):
+            current = line[2:].strip()
+            sections[current] = []
+        elif current and line.strip() and not line.startswith("#"):
+            sections[current].append(line)
+    return sections
+
+
+def test_seed_modules_print_exactly():
+    g, d = dcgan.build(DCGANConfig())
+    seed = _seed_sections()
+    for name, module in (("Generator", g), ("Discriminator", d)):
+        printed = str(module).splitlines()
+        assert printed[0] == f"{name}("
+        assert printed[1:-1] == seed[name], f"{name} differs from the seed"
+
+
+def test_embedded_copy_matches_shared_file():
+    if not SEED_FILE.exists():
+        pytest.skip("shared/seed_dcgan_modules.txt not present")
+    lines = [l for l in SEED_FILE.read_text().splitlines() if l.strip() and not l.startswith("# The")]
+    assert lines == [l for l in SEED_TEXT.splitlines() if l.strip()]
+
+
+def test_dcgan_paper_init():
+    torch.manual_seed(0)
+    g, d = dcgan.build(DCGANConfig())
+    convs = torch.cat([m.weight.flatten() for m in list(g.modules()) + list(d.modules())
+                       if isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d))])
+    bns = [m for m in list(g.modules()) + list(d.modules()) if isinstance(m, torch.nn.BatchNorm2d)]
+    scales = torch.cat([m.weight for m in bns])
+    assert abs(convs.mean().item()) < 1e-3 and abs(convs.std().item() - 0.02) < 5e-4
+    assert abs(scales.mean().item() - 1.0) < 0.01 and abs(scales.std().item() - 0.02) < 0.005
+    assert all(torch.all(m.bias == 0) for m in bns)
+
+
+@pytest.mark.parametrize("size", [32, 64, 128])
+@pytest.mark.parametrize("channels", [1, 3])
+def test_sizes_and_channels(size, channels):
+    cfg = DCGANConfig(image_size=size, channels=channels, ngf=8, ndf=8, nz=16)
+    g, d = dcgan.build(cfg)
+    x = g(torch.randn(3, 16))
+    assert x.shape == (3, channels, size, size)
+    assert x.abs().max() <= 1
+    p = d(x)
+    assert p.shape == (3,) and torch.all((p > 0) & (p < 1))
+    assert torch.allclose(torch.sigmoid(d(x, logits=True)), p, atol=1e-6)
+    n_stride2 = sum(1 for m in d.modules() if isinstance(m, torch.nn.Conv2d) and m.stride == (2, 2))
+    assert 2 ** n_stride2 * 4 == size
+
+
+def test_bad_size_rejected():
+    with pytest.raises(ValueError):
+        dcgan.build(DCGANConfig(image_size=48))

@@ -1,0 +1,128 @@
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import ROOT, run_script
+from gan_core import checkpoint as ckpt
+
+TINY = ["model.nz=8", "model.ngf=4", "model.ndf=4", "data.num_images=32", "data.image_size=32",
+        "train.batch_size=4", "train.log_every=1", "train.sample_every=2", "train.device=cpu", "train.precision=fp32"]
+
+
+def test_train_cli_runs_resumes_and_ends_with_json(tmp_path):
+    out = tmp_path / "run"
+    proc, result = run_script(["scripts/train.py", *TINY, "train.steps=2", f"train.out_dir={out}"])
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert result["step"] == 2 and Path(result["checkpoint"]).is_dir()
+    assert "loss_d" in result["metrics"] and (out / "samples" / "step_00000002.png").exists()
+    assert "train" in proc.stderr  # tqdm progress on stderr
+    proc, result = run_script(["scripts/train.py", *TINY, "train.steps=3", "train.resume=true", f"train.out_dir={out}"])
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert result["step"] == 3 and result["steps_run"] == 1
+    assert not (ROOT / "outputs").exists()  # Hydra's own output folder is switched off
+
+
+def test_train_cli_bad_config_is_one_clear_line(tmp_path):
+    proc, result = run_script(["scripts/train.py", *TINY, "data.image_size=48", f"train.out_dir={tmp_path}"])
+    assert proc.returncode == 2 and "image_size must be one of" in result["error"]
+    assert "Traceback" not in proc.stderr
+    proc, result = run_script(["scripts/train.py", *TINY, "data.source=folder", f"data.path={tmp_path}/none",
+                               f"train.out_dir={tmp_path}"])
+    assert proc.returncode == 2 and "not a folder" in result["error"] and "Traceback" not in proc.stderr
+
+
+def test_train_cli_wandb_offline(tmp_path):
+    pytest.importorskip("wandb")
+    out = tmp_path / "run"
+    proc, result = run_script(["scripts/train.py", *TINY, "train.steps=2", "logger=wandb", f"train.out_dir={out}"],
+                              env={"WANDB_MODE": "offline", "WANDB_SILENT": "true"})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert result["step"] == 2
+    assert list((out / "wandb").glob("offline-run-*"))
+
+
+def test_torchrun_ddp_two_cpu_processes(tmp_path):
+    out = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29533",
+           "scripts/train.py", *TINY, "train.steps=3", f"train.out_dir={out}", "train.checkpoint_every=2"]
+    env = dict(os.environ, OMP_NUM_THREADS="1", GANLAB_DEVICE="cpu")
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = [l for l in proc.stdout.splitlines() if l.startswith("{")]
+    assert len(lines) == 1  # only rank 0 reports
+    result = json.loads(lines[0])
+    assert result["world_size"] == 2 and result["step"] == 3
+    assert ckpt.latest_checkpoint(out).name == "step_00000003"
+    _, g, _, _ = ckpt.load_models(out)
+    assert g(torch.randn(2, 8)).shape == (2, 3, 32, 32)
+
+
+def test_prepare_dataset_makes_a_parquet_the_parquet_source_reads(tmp_path):
+    from PIL import Image
+
+    for cls in ("x", "y"):
+        (tmp_path / "imgs" / cls).mkdir(parents=True)
+        for i in range(3):
+            Image.new("RGB", (80, 60), (i * 50, 10, 200)).save(tmp_path / "imgs" / cls / f"{i}.jpg")
+    out = tmp_path / "out.parquet"
+    proc, result = run_script(["scripts/prepare_dataset.py", "--source", "folder", "--path", str(tmp_path / "imgs"),
+                               "--out", str(out)])
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert result["n"] == 6 and result["labels"] and out.exists()
+    from gan_core.config import DataConfig
+    from gan_core.data import load_dataset
+
+    ds = load_dataset(DataConfig(source="parquet", path=str(out)), use_cache=False)
+    assert ds.images.shape == (6, 3, 64, 64) and ds.class_names == ["x", "y"]
+
+
+def test_push_to_hub_dry_run_and_upload_calls(tmp_path, monkeypatch):
+    proc, _ = run_script(["scripts/train.py", *TINY, "train.steps=1", f"train.out_dir={tmp_path / 'run'}"])
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    proc, result = run_script(["scripts/push_to_hub.py", "--checkpoint", str(tmp_path / "run"), "--repo", "me/tiny",
+                               "--dry-run"])
+    assert proc.returncode == 0 and result["dry_run"]
+    assert "config.json" in result["files"] and "optimizer.safetensors" not in result["files"]
+
+    calls = []
+
+    class FakeApi:
+        def __init__(self, token=None):
+            calls.append(("init", token))
+
+        def create_repo(self, repo_id, **kw):
+            calls.append(("create", repo_id))
+
+        def upload_file(self, **kw):
+            calls.append(("file", kw["path_in_repo"]))
+
+        def upload_folder(self, **kw):
+            calls.append(("folder", kw["repo_id"], tuple(kw["allow_patterns"])))
+            return "https://example.invalid/commit"
+
+    import huggingface_hub
+
+    monkeypatch.setattr(huggingface_hub, "HfApi", FakeApi)
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import push_to_hub
+
+    res = push_to_hub.main(["--checkpoint", str(tmp_path / "run"), "--repo", "me/tiny", "--token", "hf_secret"])
+    assert calls[0] == ("init", "hf_secret") and ("create", "me/tiny") in calls and ("file", "README.md") in calls
+    assert calls[-1][0] == "folder" and "optimizer.safetensors" not in calls[-1][2]
+    assert "hf_secret" not in json.dumps(res)
+
+
+def test_benchmark_tiny_run_reports_both_paths():
+    proc, result = run_script(["scripts/benchmark.py", "--device", "cpu", "--steps", "1", "--batch", "4",
+                               "--warmup", "1", "--images", "16", "--workers", "0"])
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    for key in ("device", "batch", "steps", "reference_img_s", "fast_img_s", "speedup", "reference_loss_d",
+                "fast_loss_d", "fast_loss_g"):
+        assert key in result
+    assert result["reference_img_s"] > 0 and result["fast_img_s"] > 0 and result["batch"] == 4

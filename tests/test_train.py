@@ -1,0 +1,165 @@
+import copy
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from gan_core import checkpoint as ckpt
+from gan_core import losses
+from gan_core import train as train_mod
+from gan_core.config import DataConfig, DCGANConfig, RunConfig, TrainConfig
+from gan_core.data import load_dataset
+from safetensors.torch import load_file
+
+
+def tiny_cfg(out_dir, **train_kw) -> RunConfig:
+    kw = dict(steps=6, batch_size=8, log_every=2, sample_every=3, checkpoint_every=100, out_dir=str(out_dir),
+              device="cpu", precision="fp32", ema_decay=0.9)
+    kw.update(train_kw)
+    return RunConfig(model=DCGANConfig(nz=16, ngf=8, ndf=8),
+                     data=DataConfig(source="shapes", num_images=64, image_size=32), train=TrainConfig(**kw))
+
+
+def test_losses_match_sigmoid_plus_bce():
+    torch.manual_seed(0)
+    real, fake = torch.randn(17) * 3, torch.randn(17) * 3
+    bce = nn.BCELoss()
+    expected_d = bce(torch.sigmoid(real), torch.ones(17)) + bce(torch.sigmoid(fake), torch.zeros(17))
+    assert torch.allclose(losses.d_loss_bce(real, fake), expected_d, atol=1e-5)
+    assert torch.allclose(losses.g_loss_bce(fake), bce(torch.sigmoid(fake), torch.ones(17)), atol=1e-5)
+    # Stable where sigmoid + BCELoss is not: a confident wrong logit gives a large finite loss.
+    assert torch.isfinite(losses.g_loss_bce(torch.tensor([-200.0]))) and losses.g_loss_bce(torch.tensor([-200.0])) > 100
+    assert losses.d_loss_bce(torch.tensor([30.0]), torch.tensor([-30.0])) < 1e-6
+
+
+def test_train_step_equals_the_tutorial_update():
+    """Our step (logits + BCE-with-logits, one D backward, D frozen in the G step) updates the
+    weights exactly as the tutorial's (Sigmoid + BCELoss, two D backwards, D grads computed in the G step)."""
+    torch.manual_seed(0)
+    cfg = RunConfig(model=DCGANConfig(nz=16, ngf=8, ndf=8, image_size=32),
+                    data=DataConfig(image_size=32), train=TrainConfig(precision="fp32", channels_last=False))
+    m = train_mod.build_models(cfg, torch.device("cpu"))
+    g_ref, d_ref = copy.deepcopy(m.g_core), copy.deepcopy(m.d_core)
+    opt_g = torch.optim.Adam(g_ref.parameters(), lr=2e-4, betas=(0.5, 0.999))
+    opt_d = torch.optim.Adam(d_ref.parameters(), lr=2e-4, betas=(0.5, 0.999))
+    real = torch.rand(8, 3, 32, 32) * 2 - 1
+    noise = torch.randn(8, 16, 1, 1)
+    for _ in range(3):
+        train_mod.train_step(m, real, noise)
+        criterion = nn.BCELoss()
+        d_ref.zero_grad()
+        err_real = criterion(d_ref(real), torch.ones(8))
+        err_real.backward()
+        fake = g_ref(noise)
+        err_fake = criterion(d_ref(fake.detach()), torch.zeros(8))
+        err_fake.backward()
+        opt_d.step()
+        g_ref.zero_grad()
+        criterion(d_ref(fake), torch.ones(8)).backward()
+        opt_g.step()
+    for ours, ref in ((m.g_core, g_ref), (m.d_core, d_ref)):
+        for (name, a), b in zip(ours.state_dict().items(), ref.state_dict().values()):
+            assert torch.allclose(a.float(), b.float(), atol=1e-5, rtol=1e-4), name
+
+
+def test_tiny_run_trains_reports_and_saves(tmp_path):
+    progress, samples, saved = [], [], []
+    result = train_mod.train(tiny_cfg(tmp_path / "run"), on_progress=lambda s, m: progress.append((s, m)),
+                             on_sample=lambda s, x: samples.append((s, x.shape)),
+                             on_checkpoint=lambda s, p: saved.append(s))
+    assert [s for s, _ in progress] == [2, 4, 6]
+    assert all(math.isfinite(m["loss_d"]) and math.isfinite(m["loss_g"]) and m["images_per_s"] > 0
+               for _, m in progress)
+    assert samples == [(3, (64, 3, 32, 32)), (6, (64, 3, 32, 32))]
+    assert saved == [6] and result["step"] == 6 and result["stopped"] is None
+    folder = ckpt.latest_checkpoint(tmp_path / "run")
+    assert folder.name == "step_00000006" and result["checkpoint"] == str(folder)
+    assert {p.name for p in folder.iterdir()} == {"config.json", "generator.safetensors", "discriminator.safetensors",
+                                                  "generator_ema.safetensors", "optimizer.safetensors"}
+    cfg, g, d, meta = ckpt.load_models(folder)
+    assert meta["step"] == 6 and cfg.model.image_size == 32 and g(torch.randn(2, 16)).shape == (2, 3, 32, 32)
+
+
+def test_should_stop_saves_and_resume_is_exact(tmp_path):
+    """Interrupted at step 4 and resumed to 8 ends with the same weights as 8 steps straight."""
+    full = train_mod.train(tiny_cfg(tmp_path / "full", steps=8))
+    calls = []
+
+    def stop_at_4():
+        calls.append(1)
+        return len(calls) == 2  # polled at steps 2 and 4
+
+    part = train_mod.train(tiny_cfg(tmp_path / "split", steps=8), should_stop=stop_at_4)
+    assert part["step"] == 4 and part["stopped"] == "stopped by request"
+    resumed = train_mod.train(tiny_cfg(tmp_path / "split", steps=8, resume=True))
+    assert resumed["step"] == 8 and resumed["steps_run"] == 4
+    for name in ("generator", "discriminator", "generator_ema"):
+        a = load_file(str(tmp_path / "full" / "checkpoints" / "step_00000008" / f"{name}.safetensors"))
+        b = load_file(str(tmp_path / "split" / "checkpoints" / "step_00000008" / f"{name}.safetensors"))
+        assert a.keys() == b.keys()
+        for k in a:
+            assert torch.equal(a[k], b[k]), f"{name}.{k}"
+    assert full["metrics"]["loss_d"] == resumed["metrics"]["loss_d"]
+
+
+def test_resume_refuses_a_different_model(tmp_path):
+    train_mod.train(tiny_cfg(tmp_path / "r", steps=2))
+    cfg = tiny_cfg(tmp_path / "r", steps=4, resume=True)
+    cfg.model.ngf = 16
+    with pytest.raises(ValueError, match="different model config"):
+        train_mod.train(cfg)
+
+
+def test_nonfinite_loss_stops_and_keeps_last_checkpoint(tmp_path, monkeypatch):
+    cfg = tiny_cfg(tmp_path / "nan", steps=8, checkpoint_every=2)
+    real_step = train_mod.train_step
+    count = {"n": 0}
+
+    def poisoned(m, real, noise):
+        count["n"] += 1
+        out = real_step(m, real, noise)
+        if count["n"] >= 5:
+            out["loss_d"] = out["loss_d"] * float("nan")
+        return out
+
+    monkeypatch.setattr(train_mod, "train_step", poisoned)
+    result = train_mod.train(cfg)
+    assert result["stopped"].startswith("non-finite loss at step 6")
+    assert ckpt.latest_checkpoint(tmp_path / "nan").name == "step_00000004"
+
+
+def test_seeded_runs_reproducible_and_data_is_not_labels(tmp_path):
+    a = train_mod.train(tiny_cfg(tmp_path / "a", steps=4))
+    b = train_mod.train(tiny_cfg(tmp_path / "b", steps=4))
+    ga = load_file(str(tmp_path / "a" / "checkpoints" / "step_00000004" / "generator.safetensors"))
+    gb = load_file(str(tmp_path / "b" / "checkpoints" / "step_00000004" / "generator.safetensors"))
+    assert all(torch.equal(ga[k], gb[k]) for k in ga)
+    assert a["metrics"] == b["metrics"] or a["metrics"].keys() == b["metrics"].keys()
+
+
+def test_batches_are_index_gathers_in_range():
+    images = load_dataset(DataConfig(source="shapes", num_images=10, image_size=32), use_cache=False).images
+    gen = train_mod.step_generator(0, 0, 5, torch.device("cpu"))
+    batch = train_mod.get_batch(images, 7, gen, torch.channels_last)
+    assert batch.shape == (7, 3, 32, 32) and batch.is_contiguous(memory_format=torch.channels_last)
+    assert batch.min() >= -1 and batch.max() <= 1
+    gen2 = train_mod.step_generator(0, 0, 5, torch.device("cpu"))
+    assert torch.equal(batch, train_mod.get_batch(images, 7, gen2, torch.channels_last))
+
+
+def test_precision_choice():
+    cpu = torch.device("cpu")
+    assert train_mod.resolve_precision("fp32", cpu) is None
+    assert train_mod.resolve_precision("bf16", cpu) is torch.bfloat16
+    assert train_mod.resolve_precision("auto", cpu) == (torch.bfloat16 if train_mod.cpu_bf16_is_fast() else None)
+
+
+def test_bf16_autocast_step_runs_and_is_close_to_fp32():
+    torch.manual_seed(0)
+    cfg = RunConfig(model=DCGANConfig(nz=16, ngf=8, ndf=8, image_size=32), data=DataConfig(image_size=32),
+                    train=TrainConfig(precision="bf16"))
+    m = train_mod.build_models(cfg, torch.device("cpu"))
+    out = train_mod.train_step(m, torch.rand(4, 3, 32, 32) * 2 - 1, torch.randn(4, 16, 1, 1))
+    assert all(torch.isfinite(v) for v in out.values())
+    assert 0 < out["d_real"] < 1 and abs(out["loss_d"].item() - 2 * math.log(2)) < 0.3

@@ -52,6 +52,10 @@ class TrainConfig:
     channels_last: Optional[bool] = None  # None: on with bf16
     compile: bool = False  # torch.compile G and D (CUDA mostly)
     ema_decay: float = 0.0  # 0 disables the EMA copy of G
+    # Stabilisers, off by default (off = the tutorial's algorithm exactly):
+    real_label: float = 1.0  # one-sided label smoothing when < 1 (Salimans et al. 2016 use 0.9)
+    instance_noise: float = 0.0  # std of Gaussian noise added to every D input, in [-1, 1] image units
+    instance_noise_steps: int = 0  # anneal that std linearly to 0 over this many steps (0: constant)
     log_every: int = 50  # metrics are copied to the host only every N steps
     sample_every: int = 500
     checkpoint_every: int = 500
@@ -99,6 +103,8 @@ def validate(cfg: RunConfig) -> RunConfig:
         ("train.beta1", t.beta1, 0.0, 0.9999),
         ("train.beta2", t.beta2, 0.0, 0.99999),
         ("train.ema_decay", t.ema_decay, 0.0, 0.99999),
+        ("train.real_label", t.real_label, 0.5, 1.0),
+        ("train.instance_noise", t.instance_noise, 0.0, 2.0),
     ):
         if not isinstance(value, (int, float)) or not lo <= float(value) <= hi:  # NaN fails too
             raise ValueError(f"{name} must be a number in [{lo}, {hi}], not {value!r}")

@@ -5,9 +5,11 @@ import torch
 import torch.nn.functional as F
 
 
-def d_loss_bce(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
-    """The DCGAN tutorial's errD = BCE(D(x), 1) + BCE(D(G(z)), 0), computed from logits."""
-    real = F.binary_cross_entropy_with_logits(real_logits.float(), torch.ones_like(real_logits, dtype=torch.float32))
+def d_loss_bce(real_logits: torch.Tensor, fake_logits: torch.Tensor, real_label: float = 1.0) -> torch.Tensor:
+    """The DCGAN tutorial's errD = BCE(D(x), 1) + BCE(D(G(z)), 0), computed from logits.
+    `real_label` < 1 is one-sided label smoothing (the fake target stays 0)."""
+    real = F.binary_cross_entropy_with_logits(real_logits.float(),
+                                              torch.full_like(real_logits, real_label, dtype=torch.float32))
     fake = F.binary_cross_entropy_with_logits(fake_logits.float(), torch.zeros_like(fake_logits, dtype=torch.float32))
     return real + fake
 

@@ -105,21 +105,31 @@ def _autocast(device: torch.device, dtype: Optional[torch.dtype]):
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
-def train_step(m: Models, real: torch.Tensor, noise: torch.Tensor) -> dict[str, torch.Tensor]:
-    """One DCGAN update of D then G. Returns detached metric tensors (no host sync)."""
+def train_step(m: Models, real: torch.Tensor, noise: torch.Tensor, real_label: float = 1.0,
+               input_noise_std: float = 0.0, gen: Optional[torch.Generator] = None) -> dict[str, torch.Tensor]:
+    """One DCGAN update of D then G. Returns detached metric tensors (no host sync).
+
+    With the defaults this is the tutorial's update. `real_label` < 1 smooths the real target;
+    `input_noise_std` > 0 adds Gaussian instance noise (drawn from `gen`) to every image D sees."""
     device = real.device
+
+    def noisy(x: torch.Tensor) -> torch.Tensor:
+        if input_noise_std <= 0:
+            return x
+        return x + input_noise_std * torch.randn(x.shape, generator=gen, device=device, dtype=x.dtype)
+
     with _autocast(device, m.autocast_dtype):
-        real_logits = m.D(real, logits=True)
+        real_logits = m.D(noisy(real), logits=True)
         fake = m.G(noise)
-        fake_logits = m.D(fake.detach(), logits=True)
-        loss_d = d_loss_bce(real_logits, fake_logits)
+        fake_logits = m.D(noisy(fake.detach()), logits=True)
+        loss_d = d_loss_bce(real_logits, fake_logits, real_label)
     m.opt_d.zero_grad(set_to_none=True)
     loss_d.backward()
     m.opt_d.step()
 
     m.d_core.requires_grad_(False)  # G's gradient flows through D; D's own weight grads are not needed
     with _autocast(device, m.autocast_dtype):
-        gen_logits = m.d_for_g(fake, logits=True)
+        gen_logits = m.d_for_g(noisy(fake), logits=True)
         loss_g = g_loss_bce(gen_logits)
     m.opt_g.zero_grad(set_to_none=True)
     loss_g.backward()
@@ -140,6 +150,14 @@ def update_ema(ema: nn.Module, model: nn.Module, decay: float) -> None:
     torch._foreach_lerp_(ema_p, p, 1.0 - decay)
     for eb, b in zip(ema.buffers(), model.buffers()):
         eb.copy_(b)
+
+
+def instance_noise_std(t: config_mod.TrainConfig, step: int) -> float:
+    if t.instance_noise <= 0:
+        return 0.0
+    if t.instance_noise_steps <= 0:
+        return t.instance_noise
+    return t.instance_noise * max(0.0, 1.0 - step / t.instance_noise_steps)
 
 
 def step_generator(seed: int, rank: int, step: int, device: torch.device) -> torch.Generator:
@@ -246,7 +264,7 @@ def train(cfg: config_mod.RunConfig, on_progress: Optional[ProgressFn] = None,
         gen = step_generator(t.seed, rank, step, device)
         real = get_batch(images, t.batch_size, gen, m.memory_format)
         noise = torch.randn(t.batch_size, cfg.model.nz, 1, 1, generator=gen, device=device)
-        metrics = train_step(m, real, noise)
+        metrics = train_step(m, real, noise, t.real_label, instance_noise_std(t, step), gen)
         if m.ema is not None:
             update_ema(m.ema, m.g_core, t.ema_decay)
         step += 1

@@ -175,6 +175,7 @@ def main(argv=None) -> dict:
         "reference_loss_g": round(ref["loss_g"], 4) if ref else None,
         "fast_loss_d": round(fst["loss_d"], 4), "fast_loss_g": round(fst["loss_g"], 4),
         "fast_precision": fst["precision"], "fast_channels_last": fst["channels_last"], "compile": args.compile,
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(), "cpu_bf16_native": train_mod.cpu_bf16_is_fast(),
         "torch": torch.__version__,
     }
     print(json.dumps(result))

@@ -163,3 +163,26 @@ def test_bf16_autocast_step_runs_and_is_close_to_fp32():
     out = train_mod.train_step(m, torch.rand(4, 3, 32, 32) * 2 - 1, torch.randn(4, 16, 1, 1))
     assert all(torch.isfinite(v) for v in out.values())
     assert 0 < out["d_real"] < 1 and abs(out["loss_d"].item() - 2 * math.log(2)) < 0.3
+
+
+def test_label_smoothing_and_instance_noise_options():
+    real, fake = torch.randn(9), torch.randn(9)
+    bce = nn.BCELoss()
+    smoothed = bce(torch.sigmoid(real), torch.full((9,), 0.9)) + bce(torch.sigmoid(fake), torch.zeros(9))
+    assert torch.allclose(losses.d_loss_bce(real, fake, real_label=0.9), smoothed, atol=1e-5)
+    t = TrainConfig(instance_noise=0.2, instance_noise_steps=100)
+    assert train_mod.instance_noise_std(t, 0) == pytest.approx(0.2)
+    assert train_mod.instance_noise_std(t, 50) == pytest.approx(0.1)
+    assert train_mod.instance_noise_std(t, 200) == 0.0
+    assert train_mod.instance_noise_std(TrainConfig(), 5) == 0.0
+
+    cfg = RunConfig(model=DCGANConfig(nz=16, ngf=8, ndf=8, image_size=32), data=DataConfig(image_size=32),
+                    train=TrainConfig(precision="fp32"))
+    real_images, noise = torch.rand(4, 3, 32, 32) * 2 - 1, torch.randn(4, 16, 1, 1)
+    outs = []
+    for std in (0.0, 0.5, 0.5):
+        torch.manual_seed(0)
+        m = train_mod.build_models(cfg, torch.device("cpu"))
+        outs.append(train_mod.train_step(m, real_images, noise, 0.9, std, torch.Generator().manual_seed(1)))
+    assert outs[1]["loss_d"] != outs[0]["loss_d"]  # noise changes what D sees
+    assert outs[1]["loss_d"] == outs[2]["loss_d"]  # and is reproducible from the generator

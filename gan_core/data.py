@@ -125,6 +125,17 @@ def _labels_from_names(names: list[str]) -> tuple[Optional[np.ndarray], list[str
     return np.array([index[t] for t in tops], dtype=np.int64), classes
 
 
+def _keep_readable(images: np.ndarray, ok: np.ndarray, labels: Optional[np.ndarray],
+                   classes: list[str]) -> ImageDataset:
+    """Drop the images that failed to decode (and their labels), counting them as skipped."""
+    return ImageDataset(
+        images=torch.from_numpy(images[ok]),
+        labels=None if labels is None else torch.from_numpy(labels[ok]),
+        class_names=classes,
+        skipped=int((~ok).sum()),
+    )
+
+
 def _from_named(named: list[tuple[str, object]], cfg: DataConfig, progress: Progress) -> ImageDataset:
     named.sort(key=lambda t: t[0])
     if cfg.limit:
@@ -133,12 +144,7 @@ def _from_named(named: list[tuple[str, object]], cfg: DataConfig, progress: Prog
     labels, classes = _labels_from_names([n for n, _ in named])
     if not ok.any():
         raise DataError(f"no readable images in {cfg.path} ({len(named)} files tried)")
-    return ImageDataset(
-        images=torch.from_numpy(images[ok]),
-        labels=None if labels is None else torch.from_numpy(labels[ok]),
-        class_names=classes,
-        skipped=int((~ok).sum()),
-    )
+    return _keep_readable(images, ok, labels, classes)
 
 
 # ---------------------------------------------------------------- sources
@@ -237,12 +243,7 @@ def _from_hf(ds, cfg: DataConfig, progress: Progress) -> ImageDataset:
             classes = sorted({str(v) for v in values})
             index = {c: i for i, c in enumerate(classes)}
             labels = np.array([index[str(v)] for v in values], dtype=np.int64)
-    return ImageDataset(
-        images=torch.from_numpy(images[ok]),
-        labels=None if labels is None else torch.from_numpy(labels[ok]),
-        class_names=classes,
-        skipped=int((~ok).sum()),
-    )
+    return _keep_readable(images, ok, labels, classes)
 
 
 def _load_parquet(cfg: DataConfig, progress: Progress) -> ImageDataset:

@@ -127,13 +127,18 @@ def test_folder_without_images_is_a_clear_error(tmp_path):
         data.load_dataset(DataConfig(source="folder", path=str(tmp_path)), use_cache=False)
 
 
-def test_zip_reads_in_memory_and_ignores_paths(tmp_path):
-    root = make_mixed_folder(tmp_path / "imgs")
-    zpath = tmp_path / "imgs.zip"
+def _zip_folder(root, zpath):
     with zipfile.ZipFile(zpath, "w") as z:
         for f in sorted(root.rglob("*")):
             if f.is_file():
                 z.write(f, f.relative_to(root).as_posix())
+    return zpath
+
+
+def test_zip_reads_in_memory_and_ignores_paths(tmp_path):
+    root = make_mixed_folder(tmp_path / "imgs")
+    zpath = _zip_folder(root, tmp_path / "imgs.zip")
+    with zipfile.ZipFile(zpath, "a") as z:
         buf = io.BytesIO()
         Image.new("RGB", (8, 8), (1, 2, 3)).save(buf, format="PNG")
         z.writestr("../../escape.png", buf.getvalue())  # never extracted: only read as bytes
@@ -146,11 +151,7 @@ def test_zip_reads_in_memory_and_ignores_paths(tmp_path):
 
 def test_zip_with_class_folders_keeps_labels(tmp_path):
     root = make_mixed_folder(tmp_path / "imgs")
-    zpath = tmp_path / "imgs.zip"
-    with zipfile.ZipFile(zpath, "w") as z:
-        for f in sorted(root.rglob("*")):
-            if f.is_file():
-                z.write(f, f.relative_to(root).as_posix())
+    zpath = _zip_folder(root, tmp_path / "imgs.zip")
     ds = data.load_dataset(DataConfig(source="zip", path=str(zpath), image_size=16), use_cache=False)
     assert ds.class_names == ["a", "b"] and ds.labels.tolist() == [0] * 5 + [1] * 5
 

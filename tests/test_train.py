@@ -116,9 +116,9 @@ def test_nonfinite_loss_stops_and_keeps_last_checkpoint(tmp_path, monkeypatch):
     real_step = train_mod.train_step
     count = {"n": 0}
 
-    def poisoned(m, real, noise):
+    def poisoned(m, real, noise, *args):
         count["n"] += 1
-        out = real_step(m, real, noise)
+        out = real_step(m, real, noise, *args)
         if count["n"] >= 5:
             out["loss_d"] = out["loss_d"] * float("nan")
         return out

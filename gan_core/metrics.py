@@ -48,3 +48,33 @@ def mean_pairwise_distance(images: torch.Tensor) -> float:
     d = torch.cdist(x, x) / x.shape[1] ** 0.5
     n = x.shape[0]
     return float(d.sum() / (n * (n - 1)))
+
+
+# ---------------------------------------------------------------- clustering (labels for evaluation only)
+
+def cluster_accuracy(labels, clusters) -> float:
+    """Unsupervised classification accuracy: the best one-to-one mapping of clusters to classes
+    (Hungarian matching, scipy's linear_sum_assignment), then plain accuracy."""
+    import numpy as np
+    from scipy.optimize import linear_sum_assignment
+
+    y, c = np.asarray(labels).ravel(), np.asarray(clusters).ravel()
+    if y.shape != c.shape or y.size == 0:
+        raise ValueError("labels and clusters must be non-empty and the same length")
+    _, y_idx = np.unique(y, return_inverse=True)
+    _, c_idx = np.unique(c, return_inverse=True)
+    counts = np.zeros((c_idx.max() + 1, y_idx.max() + 1), dtype=np.int64)
+    np.add.at(counts, (c_idx, y_idx), 1)
+    rows, cols = linear_sum_assignment(counts, maximize=True)
+    return float(counts[rows, cols].sum() / y.size)
+
+
+def clustering_scores(labels, clusters) -> dict[str, float]:
+    """ACC (Hungarian), NMI and ARI (scikit-learn)."""
+    from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
+
+    return {
+        "acc": cluster_accuracy(labels, clusters),
+        "nmi": float(normalized_mutual_info_score(labels, clusters)),
+        "ari": float(adjusted_rand_score(labels, clusters)),
+    }

@@ -152,6 +152,11 @@ def update_ema(ema: nn.Module, model: nn.Module, decay: float) -> None:
         eb.copy_(b)
 
 
+def ema_decay_at(decay: float, step: int) -> float:
+    """Warm-up so early EMA weights are not dominated by the random init: min(decay, (1+n)/(10+n))."""
+    return min(decay, (1.0 + step) / (10.0 + step))
+
+
 def instance_noise_std(t: config_mod.TrainConfig, step: int) -> float:
     if t.instance_noise <= 0:
         return 0.0
@@ -266,7 +271,7 @@ def train(cfg: config_mod.RunConfig, on_progress: Optional[ProgressFn] = None,
         noise = torch.randn(t.batch_size, cfg.model.nz, 1, 1, generator=gen, device=device)
         metrics = train_step(m, real, noise, t.real_label, instance_noise_std(t, step), gen)
         if m.ema is not None:
-            update_ema(m.ema, m.g_core, t.ema_decay)
+            update_ema(m.ema, m.g_core, ema_decay_at(t.ema_decay, step))
         step += 1
         window_steps += 1
         for k, v in metrics.items():

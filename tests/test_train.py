@@ -175,6 +175,8 @@ def test_label_smoothing_and_instance_noise_options():
     assert train_mod.instance_noise_std(t, 50) == pytest.approx(0.1)
     assert train_mod.instance_noise_std(t, 200) == 0.0
     assert train_mod.instance_noise_std(TrainConfig(), 5) == 0.0
+    assert train_mod.ema_decay_at(0.999, 0) == pytest.approx(0.1)
+    assert train_mod.ema_decay_at(0.999, 10**6) == 0.999
 
     cfg = RunConfig(model=DCGANConfig(nz=16, ngf=8, ndf=8, image_size=32), data=DataConfig(image_size=32),
                     train=TrainConfig(precision="fp32"))

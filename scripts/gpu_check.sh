@@ -3,21 +3,40 @@
 #   scripts/gpu_check.sh OUT_DIR
 # 1. the CUDA tests, 2. the CUDA benchmark at batch 128 (reference vs fast, then fast + torch.compile),
 # 3. a short CUDA training of the default model. Results (JSON, logs, small checkpoints) go to OUT_DIR.
+# Needs only torch, torchvision, safetensors, numpy, pillow, tqdm and pytest (the lent GPU image has
+# them all); the training step calls gan_core directly, so Hydra need not be installed there.
 set -uo pipefail
 OUT_DIR=${1:-${OUT:-gpu_out}}
+PY=${PYTHON:-python3}
 mkdir -p "$OUT_DIR"
 cd "$(dirname "$0")/.."
-export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
+export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 GANLAB_CACHE="$OUT_DIR/.cache"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$OUT_DIR/gpu.txt" 2>&1
-python -c "import torch; print(torch.__version__, torch.cuda.get_device_name())" >> "$OUT_DIR/gpu.txt" 2>&1
+$PY -c "import torch; print(torch.__version__, torch.cuda.get_device_name())" >> "$OUT_DIR/gpu.txt" 2>&1
+cat "$OUT_DIR/gpu.txt"
 
-timeout 120 python -m pytest -q tests/test_cuda.py 2>&1 | tee "$OUT_DIR/cuda_tests.txt" | tail -3
-timeout 150 python scripts/benchmark.py --device cuda --steps 300 --batch 128 2> "$OUT_DIR/benchmark.err" \
+timeout 150 $PY -m pytest -q -p no:cacheprovider tests/test_cuda.py 2>&1 | tee "$OUT_DIR/cuda_tests.txt" | tail -3
+timeout 120 $PY scripts/benchmark.py --device cuda --steps 300 --batch 128 2> "$OUT_DIR/benchmark.err" \
   | tail -1 | tee "$OUT_DIR/benchmark_b128.json"
-timeout 150 python scripts/benchmark.py --device cuda --steps 500 --batch 128 --compile --skip-reference \
+timeout 120 $PY scripts/benchmark.py --device cuda --steps 1000 --batch 128 --skip-reference \
+  2> "$OUT_DIR/benchmark_fast.err" | tail -1 | tee "$OUT_DIR/benchmark_b128_fast_long.json"
+timeout 150 $PY scripts/benchmark.py --device cuda --steps 1000 --batch 128 --compile --skip-reference \
   2> "$OUT_DIR/benchmark_compile.err" | tail -1 | tee "$OUT_DIR/benchmark_b128_compile.json"
-timeout 150 python scripts/train.py train.device=cuda train.steps=3000 train.batch_size=128 train.ema_decay=0.999 \
-  train.log_every=100 train.sample_every=1000 train.checkpoint_every=1000 train.out_dir="$OUT_DIR/shapes-dcgan-cuda" \
-  2> "$OUT_DIR/train.err" | tail -1 | tee "$OUT_DIR/train.json"
+timeout 120 $PY - "$OUT_DIR" <<'PYEOF' 2> "$OUT_DIR/train.err" | tail -1 | tee "$OUT_DIR/train.json"
+import json, sys
+from pathlib import Path
+sys.path.insert(0, ".")
+from gan_core.config import DataConfig, DCGANConfig, RunConfig, TrainConfig
+from gan_core.train import train
+from gan_core.viz import image_grid
+out = Path(sys.argv[1]) / "shapes-dcgan-cuda"
+cfg = RunConfig(model=DCGANConfig(ngf=32, ndf=32), data=DataConfig(source="shapes", num_images=20000),
+                train=TrainConfig(steps=5000, batch_size=64, device="cuda", ema_decay=0.999, real_label=0.9,
+                                  instance_noise=0.1, instance_noise_steps=4000, log_every=250,
+                                  sample_every=1000, checkpoint_every=1000, out_dir=str(out)))
+result = train(cfg, on_sample=lambda s, x: image_grid(x, 8).save(out / f"samples_{s:06d}.png"))
+print(json.dumps(result))
+PYEOF
 rm -f "$OUT_DIR"/shapes-dcgan-cuda/checkpoints/*/optimizer.safetensors
-echo "gpu_check done: $(ls "$OUT_DIR")"
+rm -rf "$OUT_DIR/.cache"
+echo "gpu_check done: $(ls "$OUT_DIR" | tr '\n' ' ')"

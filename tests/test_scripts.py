@@ -126,3 +126,16 @@ def test_benchmark_tiny_run_reports_both_paths():
                 "fast_loss_d", "fast_loss_g"):
         assert key in result
     assert result["reference_img_s"] > 0 and result["fast_img_s"] > 0 and result["batch"] == 4
+
+
+def test_evaluate_clustering_baseline_and_d_features(tmp_path):
+    proc, _ = run_script(["scripts/train.py", *TINY, "train.steps=1", f"train.out_dir={tmp_path / 'run'}"])
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    proc, result = run_script(["scripts/evaluate_clustering.py", "--checkpoint", str(tmp_path / "run"),
+                               "--data.source", "shapes", "--num-images", "60"])
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert result["n"] == 60 and result["k"] == 10 and result["method"].startswith("discriminator")
+    for key in ("acc", "nmi", "ari", "kmeans_acc", "kmeans_nmi"):
+        assert 0 <= result[key] <= 1 or key == "ari"
+    proc, result = run_script(["scripts/evaluate_clustering.py", "--data.source", "scenes", "--num-images", "5"])
+    assert proc.returncode == 2 and result["error"] == "no labels"

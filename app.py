@@ -39,7 +39,7 @@ def sample_grid(model: str, seed: float, count: float):
     except ckpt.CheckpointError as e:
         raise gr.Error(str(e)) from None
     n = int(count)
-    images = sample(g, n, int(seed), cfg.model.nz)
+    images = sample(g, n, int(seed), cfg.model)
     return image_grid(images, nrow=min(n, 8))
 
 

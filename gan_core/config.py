@@ -40,6 +40,25 @@ class DCGANConfig:
 
 
 @dataclass
+class ClusterConfig:
+    """A DCGAN whose generator also takes a categorical code and whose discriminator trunk also
+    feeds K-way cluster heads (plus over-clustering heads), each with a few sub-heads."""
+    kind: str = "cluster"
+    image_size: int = 32
+    channels: int = 1
+    nz: int = 64  # noise dimensions; the one-hot code (k) is appended
+    ngf: int = 64
+    ndf: int = 64
+    k: int = 10
+    overcluster: int = 50  # ~5K ways: more clusters than classes help IIC find finer structure
+    subheads: int = 5  # the one with the lowest IIC loss is used for prediction
+    objective: str = "iic"  # iic | catgan | none (code cross-entropy only: "ours without IIC")
+    iic_weight: float = 1.0
+    code_weight: float = 1.0  # cross-entropy of the cluster head on generated images vs their code
+    cluster_names: Optional[list] = None  # editable, saved with the checkpoint
+
+
+@dataclass
 class TrainConfig:
     steps: int = 2000
     batch_size: int = 128
@@ -66,13 +85,13 @@ class TrainConfig:
 
 @dataclass
 class RunConfig:
-    model: DCGANConfig = field(default_factory=DCGANConfig)
+    model: Any = field(default_factory=DCGANConfig)  # DCGANConfig | ClusterConfig
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     logger: str = "none"  # none | wandb
 
 
-MODEL_CONFIGS: dict[str, type] = {"dcgan": DCGANConfig}
+MODEL_CONFIGS: dict[str, type] = {"dcgan": DCGANConfig, "cluster": ClusterConfig}
 
 
 def validate(cfg: RunConfig) -> RunConfig:
@@ -108,6 +127,15 @@ def validate(cfg: RunConfig) -> RunConfig:
     ):
         if not isinstance(value, (int, float)) or not lo <= float(value) <= hi:  # NaN fails too
             raise ValueError(f"{name} must be a number in [{lo}, {hi}], not {value!r}")
+    if m.kind == "cluster":
+        for name, value, lo, hi in (("model.k", m.k, 2, 1000), ("model.overcluster", m.overcluster, 2, 10000),
+                                    ("model.subheads", m.subheads, 1, 64)):
+            if not isinstance(value, int) or isinstance(value, bool) or not lo <= value <= hi:
+                raise ValueError(f"{name} must be an integer in [{lo}, {hi}], not {value!r}")
+        if m.objective not in ("iic", "catgan", "none"):
+            raise ValueError(f"model.objective must be iic, catgan or none, not {m.objective!r}")
+        if m.cluster_names is not None and len(m.cluster_names) != m.k:
+            raise ValueError(f"model.cluster_names needs {m.k} names, got {len(m.cluster_names)}")
     if t.precision not in ("auto", "bf16", "fp32"):
         raise ValueError(f"train.precision must be auto, bf16 or fp32, not {t.precision!r}")
     if cfg.logger not in ("none", "wandb"):

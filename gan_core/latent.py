@@ -1,19 +1,39 @@
-"""Latent codes: seeded noise and sampling from a trained generator."""
+"""Latent codes: seeded noise (plus the categorical code for `cluster` models) and sampling."""
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
-def noise(n: int, nz: int, seed: int, device: str | torch.device = "cpu") -> torch.Tensor:
-    """(n, nz, 1, 1) standard normal codes; the same seed always gives the same codes on any device."""
-    gen = torch.Generator().manual_seed(int(seed))
-    return torch.randn(n, nz, 1, 1, generator=gen).to(device)
+def latent_dim(model_cfg) -> int:
+    """Size of the generator's input: nz, plus k one-hot code entries for `cluster` models."""
+    return model_cfg.nz + (model_cfg.k if model_cfg.kind == "cluster" else 0)
+
+
+def make_latent(model_cfg, n: int, gen: Optional[torch.Generator], device: str | torch.device = "cpu",
+                codes: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """(n, latent_dim, 1, 1): standard normal noise, then for `cluster` models the one-hot code
+    (uniform over the k codes unless `codes` is given)."""
+    z = torch.randn(n, model_cfg.nz, generator=gen, device=device)
+    if model_cfg.kind == "cluster":
+        if codes is None:
+            codes = torch.randint(0, model_cfg.k, (n,), generator=gen, device=device)
+        z = torch.cat([z, F.one_hot(codes.to(z.device), model_cfg.k).float()], 1)
+    return z[:, :, None, None]
+
+
+def noise(model_cfg, n: int, seed: int, device: str | torch.device = "cpu",
+          codes: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Seeded latents; the same seed gives the same latents on any device (drawn on the CPU)."""
+    return make_latent(model_cfg, n, torch.Generator().manual_seed(int(seed)), "cpu", codes).to(device)
 
 
 @torch.no_grad()
-def sample(g: nn.Module, n: int, seed: int, nz: int) -> torch.Tensor:
+def sample(g: nn.Module, n: int, seed: int, model_cfg, codes: Optional[torch.Tensor] = None) -> torch.Tensor:
     """n images in [-1, 1] from a generator in eval mode (BatchNorm uses its running statistics, so an
-    image depends only on its own code, not on the rest of the batch)."""
+    image depends only on its own latent, not on the rest of the batch)."""
     device = next(g.parameters()).device
-    return g.eval()(noise(n, nz, seed, device)).float()
+    return g.eval()(noise(model_cfg, n, seed, device, codes)).float()

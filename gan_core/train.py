@@ -26,8 +26,10 @@ import torch
 from torch import nn
 
 from . import checkpoint as ckpt
+from . import cluster
 from . import config as config_mod
 from .data import ImageDataset, load_dataset, to_float
+from .latent import make_latent
 from .losses import d_loss_bce, g_loss_bce
 
 ProgressFn = Callable[[int, dict], None]
@@ -72,6 +74,7 @@ class Models:
     autocast_dtype: Optional[torch.dtype] = None
     memory_format: torch.memory_format = torch.contiguous_format
     d_for_g: Optional[nn.Module] = None  # D for the G step: the unwrapped D under DDP
+    model_cfg: object = None  # the model's config (the cluster step reads k, weights, objective)
 
 
 def build_models(cfg: config_mod.RunConfig, device: torch.device) -> Models:
@@ -96,7 +99,7 @@ def build_models(cfg: config_mod.RunConfig, device: torch.device) -> Models:
         ids = [device.index] if device.type == "cuda" else None
         G, D = DDP(G, device_ids=ids), DDP(D, device_ids=ids)
         d_for_g = D.module  # G's step must not trigger D's gradient all-reduce
-    return Models(G, D, g, d, opt_g, opt_d, ema, autocast_dtype, fmt, d_for_g)
+    return Models(G, D, g, d, opt_g, opt_d, ema, autocast_dtype, fmt, d_for_g, cfg.model)
 
 
 def _autocast(device: torch.device, dtype: Optional[torch.dtype]):
@@ -185,6 +188,9 @@ def sample(g: nn.Module, noise: torch.Tensor) -> torch.Tensor:
     return out
 
 
+STEPS = {"dcgan": train_step, "cluster": cluster.train_step}  # model kind -> one training update
+
+
 def _dist_info() -> tuple[int, int]:
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         return torch.distributed.get_rank(), torch.distributed.get_world_size()
@@ -238,8 +244,10 @@ def train(cfg: config_mod.RunConfig, on_progress: Optional[ProgressFn] = None,
             ckpt.load_optimizers(folder, {"G": m.opt_g, "D": m.opt_d})
             step = int(meta["step"])
 
-    fixed_noise = torch.randn(SAMPLE_COUNT, cfg.model.nz, 1, 1,
-                              generator=torch.Generator().manual_seed(t.seed)).to(device)
+    # Sample grids: fixed latents; for cluster models each row of 8 cycles through the codes.
+    codes = torch.arange(SAMPLE_COUNT) % cfg.model.k if cfg.model.kind == "cluster" else None
+    fixed_noise = make_latent(cfg.model, SAMPLE_COUNT, torch.Generator().manual_seed(t.seed), "cpu", codes).to(device)
+    step_fn = STEPS[cfg.model.kind]
     m.G.train()
     m.D.train()
 
@@ -268,8 +276,8 @@ def train(cfg: config_mod.RunConfig, on_progress: Optional[ProgressFn] = None,
     while step < t.steps:
         gen = step_generator(t.seed, rank, step, device)
         real = get_batch(images, t.batch_size, gen, m.memory_format)
-        noise = torch.randn(t.batch_size, cfg.model.nz, 1, 1, generator=gen, device=device)
-        metrics = train_step(m, real, noise, t.real_label, instance_noise_std(t, step), gen)
+        noise = make_latent(cfg.model, t.batch_size, gen, device)
+        metrics = step_fn(m, real, noise, t.real_label, instance_noise_std(t, step), gen)
         if m.ema is not None:
             update_ema(m.ema, m.g_core, ema_decay_at(t.ema_decay, step))
         step += 1

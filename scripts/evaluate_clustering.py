@@ -92,9 +92,17 @@ def main(argv=None) -> dict:
         if d is None:
             print("error: the checkpoint has no discriminator", file=sys.stderr)
             sys.exit(2)
-        scores = metrics.clustering_scores(labels, kmeans(discriminator_features(d, ds.images), k, args.seed))
+        if cfg.model.kind == "cluster":
+            from gan_core.cluster import predict_tensor
+
+            clusters, _ = predict_tensor(d, ds.images)
+            method = f"cluster head {d.best_head()} ({cfg.model.objective})"
+        else:
+            clusters = kmeans(discriminator_features(d, ds.images), k, args.seed)
+            method = "discriminator features + k-means"
+        scores = metrics.clustering_scores(labels, clusters)
         result.update({key: round(v, 4) for key, v in scores.items()})
-        result.update(method="discriminator features + k-means", checkpoint=meta["folder"])
+        result.update(method=method, checkpoint=meta["folder"])
     print(json.dumps(result))
     return result
 

@@ -35,7 +35,7 @@ def main(argv=None) -> dict:
     from gan_core.latent import sample
 
     cfg, g, _, meta = ckpt.load_models(args.checkpoint, ema=not args.no_ema)
-    gen = ((sample(g, args.n, args.seed, cfg.model.nz).clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    gen = ((sample(g, args.n, args.seed, cfg.model).clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
     train_images = load_dataset(cfg.data).images[: args.reference]
     result = {"checkpoint": meta["folder"], "step": meta["step"], "n": args.n}
     if cfg.data.source in ("shapes", "scenes"):

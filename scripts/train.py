@@ -14,18 +14,29 @@ from __future__ import annotations
 import json
 import os
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import hydra  # noqa: E402
 from hydra.core.config_store import ConfigStore  # noqa: E402
-from omegaconf import OmegaConf  # noqa: E402
+from omegaconf import MISSING, OmegaConf  # noqa: E402
 
 from gan_core import config as config_mod  # noqa: E402
 
+@dataclass
+class CliConfig:
+    """RunConfig for Hydra: the model node is left open so `model=<kind>` can pick any kind's config."""
+    model: Any = MISSING
+    data: config_mod.DataConfig = field(default_factory=config_mod.DataConfig)
+    train: config_mod.TrainConfig = field(default_factory=config_mod.TrainConfig)
+    logger: str = "none"
+
+
 cs = ConfigStore.instance()
-cs.store(name="ganlab", node=config_mod.RunConfig)
+cs.store(name="ganlab", node=CliConfig)
 for _kind, _cls in config_mod.MODEL_CONFIGS.items():
     cs.store(group="model", name=_kind, node=_cls)
 cs.store(name="config", node={"defaults": ["ganlab", {"model": "dcgan"}, "_self_"]})

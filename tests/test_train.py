@@ -123,7 +123,7 @@ def test_nonfinite_loss_stops_and_keeps_last_checkpoint(tmp_path, monkeypatch):
             out["loss_d"] = out["loss_d"] * float("nan")
         return out
 
-    monkeypatch.setattr(train_mod, "train_step", poisoned)
+    monkeypatch.setitem(train_mod.STEPS, "dcgan", poisoned)
     result = train_mod.train(cfg)
     assert result["stopped"].startswith("non-finite loss at step 6")
     assert ckpt.latest_checkpoint(tmp_path / "nan").name == "step_00000004"
@@ -188,3 +188,44 @@ def test_label_smoothing_and_instance_noise_options():
         outs.append(train_mod.train_step(m, real_images, noise, 0.9, std, torch.Generator().manual_seed(1)))
     assert outs[1]["loss_d"] != outs[0]["loss_d"]  # noise changes what D sees
     assert outs[1]["loss_d"] == outs[2]["loss_d"]  # and is reproducible from the generator
+
+
+def test_iic_loss_bounds_and_gradients():
+    k = 4
+    big = 50.0
+    codes = torch.arange(8) % k
+    agree = torch.nn.functional.one_hot(codes, k).float() * big
+    # Perfect, balanced agreement reaches the minimum -log K.
+    assert losses.iic_loss(agree, agree).item() == pytest.approx(-math.log(k), abs=1e-4)
+    # Everything in one cluster carries no information.
+    one = torch.zeros(8, k)
+    one[:, 0] = big
+    assert losses.iic_loss(one, one).item() == pytest.approx(0.0, abs=1e-4)
+    # Independent views: mutual information 0.
+    view_a = torch.nn.functional.one_hot(torch.tensor([0, 0, 1, 1]), 2).float() * big
+    view_b = torch.nn.functional.one_hot(torch.tensor([0, 1, 0, 1]), 2).float() * big
+    assert losses.iic_loss(view_a, view_b).item() == pytest.approx(0.0, abs=1e-4)
+    # Hand-computed: pairs (0,0) (0,1) (1,1) (1,1) -> symmetrised joint [[1/4, 1/8], [1/8, 1/2]],
+    # marginals (3/8, 5/8).
+    half = torch.nn.functional.one_hot(torch.tensor([0, 0, 1, 1]), 2).float() * big
+    mostly = torch.nn.functional.one_hot(torch.tensor([0, 1, 1, 1]), 2).float() * big
+    mi = (1 / 4) * math.log((1 / 4) / (9 / 64)) + 2 * (1 / 8) * math.log((1 / 8) / (15 / 64)) \
+        + (1 / 2) * math.log((1 / 2) / (25 / 64))
+    assert losses.iic_loss(half, mostly).item() == pytest.approx(-mi, abs=1e-4)
+    # Hand-computed: uniform predictions give joint = 1/K^2 everywhere -> 0.
+    assert losses.iic_loss(torch.zeros(5, k), torch.zeros(5, k)).item() == pytest.approx(0.0, abs=1e-6)
+    logits = torch.randn(16, k, requires_grad=True)
+    losses.iic_loss(logits, logits + 0.1 * torch.randn(16, k)).backward()
+    assert torch.isfinite(logits.grad).all() and logits.grad.abs().sum() > 0
+
+
+def test_code_ce_and_catgan_losses():
+    codes = torch.tensor([0, 1, 2])
+    right = torch.nn.functional.one_hot(codes, 3).float() * 20
+    assert losses.code_ce(right, codes) < 1e-6 and losses.code_ce(-right, codes) > 10
+    uniform = torch.zeros(6, 3)
+    certain = torch.nn.functional.one_hot(torch.arange(6) % 3, 3).float() * 30
+    # CatGAN D: certain+balanced on real, uncertain on fake -> -log3 - log3
+    assert losses.catgan_d_loss(certain, uniform).item() == pytest.approx(-2 * math.log(3), abs=1e-4)
+    assert losses.catgan_g_loss(certain).item() == pytest.approx(-math.log(3), abs=1e-4)
+    assert losses.catgan_g_loss(uniform).item() == pytest.approx(0.0, abs=1e-5)

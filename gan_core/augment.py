@@ -1,0 +1,58 @@
+"""Augmentations on image tensors, on whatever device the batch is on (no PIL, no workers).
+
+Used by the clustering objective (IIC needs two views of each real image that share its class
+but not its nuisances): random resized crop, translation, small rotation, and brightness /
+contrast (plus saturation for RGB) jitter. No flips by default: for some classes (shoes facing
+one way, digits) a mirror image is another thing.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+
+
+@dataclass
+class AugmentConfig:
+    crop_scale: tuple[float, float] = (0.6, 1.0)  # area kept by the random resized crop
+    translate: float = 0.1  # max shift, as a fraction of the image side
+    rotate_deg: float = 15.0
+    brightness: float = 0.25
+    contrast: float = 0.25
+    saturation: float = 0.25  # RGB only
+    flip: bool = False
+
+
+def _uniform(n: int, lo: float, hi: float, gen: Optional[torch.Generator], device) -> torch.Tensor:
+    return torch.rand(n, generator=gen, device=device) * (hi - lo) + lo
+
+
+def augment(x: torch.Tensor, gen: Optional[torch.Generator] = None, cfg: AugmentConfig = AugmentConfig()) -> torch.Tensor:
+    """x: (N, C, H, W) in [-1, 1] -> an augmented copy, same shape, dtype and range."""
+    n, c = x.shape[:2]
+    dev = x.device
+    scale = _uniform(n, *cfg.crop_scale, gen, dev).sqrt()  # side of the crop, relative
+    angle = _uniform(n, -cfg.rotate_deg, cfg.rotate_deg, gen, dev) * math.pi / 180
+    # The crop may sit anywhere inside the image, plus the translation.
+    room = (1 - scale)
+    tx = _uniform(n, -1, 1, gen, dev) * room + _uniform(n, -cfg.translate, cfg.translate, gen, dev) * 2
+    ty = _uniform(n, -1, 1, gen, dev) * room + _uniform(n, -cfg.translate, cfg.translate, gen, dev) * 2
+    cos, sin = angle.cos() * scale, angle.sin() * scale
+    sx = torch.where(_uniform(n, 0, 1, gen, dev) < 0.5, -1.0, 1.0) if cfg.flip else torch.ones(n, device=dev)
+    theta = torch.stack([torch.stack([cos * sx, -sin, tx], 1), torch.stack([sin * sx, cos, ty], 1)], 1)
+    grid = F.affine_grid(theta.float(), list(x.shape), align_corners=False)
+    # Outside the image, repeat its border (backgrounds are usually flat).
+    out = F.grid_sample(x.float(), grid.to(x.device), mode="bilinear", padding_mode="border", align_corners=False)
+    # Photometric jitter, in [0, 1] units.
+    out = (out + 1) / 2
+    shape = (n, 1, 1, 1)
+    out = out * _uniform(n, 1 - cfg.brightness, 1 + cfg.brightness, gen, dev).view(shape)
+    mean = out.mean(dim=(1, 2, 3), keepdim=True)
+    out = (out - mean) * _uniform(n, 1 - cfg.contrast, 1 + cfg.contrast, gen, dev).view(shape) + mean
+    if c == 3 and cfg.saturation > 0:
+        gray = (0.299 * out[:, :1] + 0.587 * out[:, 1:2] + 0.114 * out[:, 2:3])
+        out = (out - gray) * _uniform(n, 1 - cfg.saturation, 1 + cfg.saturation, gen, dev).view(shape) + gray
+    return (out.clamp(0, 1) * 2 - 1).to(x.dtype)

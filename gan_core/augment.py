@@ -56,3 +56,10 @@ def augment(x: torch.Tensor, gen: Optional[torch.Generator] = None, cfg: Augment
         gray = (0.299 * out[:, :1] + 0.587 * out[:, 1:2] + 0.114 * out[:, 2:3])
         out = (out - gray) * _uniform(n, 1 - cfg.saturation, 1 + cfg.saturation, gen, dev).view(shape) + gray
     return (out.clamp(0, 1) * 2 - 1).to(x.dtype)
+
+
+def instance_noise(x: torch.Tensor, std: float, gen: Optional[torch.Generator] = None) -> torch.Tensor:
+    """x plus Gaussian noise of `std` (drawn from `gen`); x itself when std <= 0."""
+    if std <= 0:
+        return x
+    return x + std * torch.randn(x.shape, generator=gen, device=x.device, dtype=x.dtype)

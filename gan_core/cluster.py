@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import dcgan
-from .augment import augment
+from .augment import augment, instance_noise
 from .config import ClusterConfig, DCGANConfig
 from .losses import catgan_d_loss, catgan_g_loss, code_ce, d_loss_bce, g_loss_bce, iic_loss
 
@@ -76,16 +76,14 @@ def codes_of(noise: torch.Tensor, cfg: ClusterConfig) -> torch.Tensor:
 def train_step(m, real: torch.Tensor, noise: torch.Tensor, real_label: float = 1.0, input_noise_std: float = 0.0,
                gen: Optional[torch.Generator] = None) -> dict[str, torch.Tensor]:
     """One update of D (GAN + clustering objective) then G. `m` is gan_core.train.Models."""
-    from .train import _autocast
+    from .train import _autocast, g_update_and_metrics
 
     cfg: ClusterConfig = m.model_cfg
     device = real.device
     codes = codes_of(noise, cfg)
 
     def noisy(x: torch.Tensor) -> torch.Tensor:
-        if input_noise_std <= 0:
-            return x
-        return x + input_noise_std * torch.randn(x.shape, generator=gen, device=device, dtype=x.dtype)
+        return instance_noise(x, input_noise_std, gen)
 
     view = augment(real, gen).contiguous(memory_format=m.memory_format)
     with _autocast(device, m.autocast_dtype):
@@ -121,19 +119,9 @@ def train_step(m, real: torch.Tensor, noise: torch.Tensor, real_label: float = 1
                 [code_ce(gen_clusters[s], codes) for s in range(cfg.subheads)]).mean()
         elif cfg.objective == "catgan":
             loss_g = loss_g + torch.stack([catgan_g_loss(gen_clusters[s]) for s in range(cfg.subheads)]).mean()
-    m.opt_g.zero_grad(set_to_none=True)
-    loss_g.backward()
-    m.opt_g.step()
-    m.d_core.requires_grad_(True)
-    return {
-        "loss_d": loss_d.detach(),
-        "loss_g": loss_g.detach(),
-        "d_real": torch.sigmoid(real_logits.detach().float()).mean(),
-        "d_fake": torch.sigmoid(fake_logits.detach().float()).mean(),
-        "d_fake_after": torch.sigmoid(gen_logits.detach().float()).mean(),
-        "cluster_loss": per_head.detach().float().min(),
-        "code_ce": ce.detach().float(),
-    }
+    metrics = g_update_and_metrics(m, loss_d, loss_g, real_logits, fake_logits, gen_logits)
+    metrics.update(cluster_loss=per_head.detach().float().min(), code_ce=ce.detach().float())
+    return metrics
 
 
 @torch.no_grad()

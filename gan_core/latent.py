@@ -32,8 +32,15 @@ def noise(model_cfg, n: int, seed: int, device: str | torch.device = "cpu",
 
 
 @torch.no_grad()
+def generate(g: nn.Module, latents: torch.Tensor) -> torch.Tensor:
+    """Images in [-1, 1] from `latents`, with G in eval mode (BatchNorm uses its running statistics,
+    so an image depends only on its own latent, not on the rest of the batch); G's mode is restored."""
+    was_training = g.training
+    out = g.eval()(latents).float()
+    g.train(was_training)
+    return out
+
+
 def sample(g: nn.Module, n: int, seed: int, model_cfg, codes: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """n images in [-1, 1] from a generator in eval mode (BatchNorm uses its running statistics, so an
-    image depends only on its own latent, not on the rest of the batch)."""
-    device = next(g.parameters()).device
-    return g.eval()(noise(model_cfg, n, seed, device, codes)).float()
+    """n images from seeded latents (see `noise`)."""
+    return generate(g, noise(model_cfg, n, seed, next(g.parameters()).device, codes))

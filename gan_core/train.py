@@ -28,8 +28,9 @@ from torch import nn
 from . import checkpoint as ckpt
 from . import cluster
 from . import config as config_mod
+from .augment import instance_noise
 from .data import ImageDataset, load_dataset, to_float
-from .latent import make_latent
+from .latent import generate, make_latent
 from .losses import d_loss_bce, g_loss_bce
 
 ProgressFn = Callable[[int, dict], None]
@@ -117,9 +118,7 @@ def train_step(m: Models, real: torch.Tensor, noise: torch.Tensor, real_label: f
     device = real.device
 
     def noisy(x: torch.Tensor) -> torch.Tensor:
-        if input_noise_std <= 0:
-            return x
-        return x + input_noise_std * torch.randn(x.shape, generator=gen, device=device, dtype=x.dtype)
+        return instance_noise(x, input_noise_std, gen)
 
     with _autocast(device, m.autocast_dtype):
         real_logits = m.D(noisy(real), logits=True)
@@ -134,6 +133,12 @@ def train_step(m: Models, real: torch.Tensor, noise: torch.Tensor, real_label: f
     with _autocast(device, m.autocast_dtype):
         gen_logits = m.d_for_g(noisy(fake), logits=True)
         loss_g = g_loss_bce(gen_logits)
+    return g_update_and_metrics(m, loss_d, loss_g, real_logits, fake_logits, gen_logits)
+
+
+def g_update_and_metrics(m: Models, loss_d, loss_g, real_logits, fake_logits, gen_logits) -> dict[str, torch.Tensor]:
+    """Finish a step: backpropagate G's loss (D frozen by the caller), step G, unfreeze D, and
+    return the detached metrics every model kind reports."""
     m.opt_g.zero_grad(set_to_none=True)
     loss_g.backward()
     m.opt_g.step()
@@ -177,15 +182,6 @@ def step_generator(seed: int, rank: int, step: int, device: torch.device) -> tor
 def get_batch(images: torch.Tensor, batch_size: int, gen: torch.Generator, fmt: torch.memory_format) -> torch.Tensor:
     idx = torch.randint(0, images.shape[0], (batch_size,), generator=gen, device=images.device)
     return to_float(images.index_select(0, idx)).contiguous(memory_format=fmt)
-
-
-@torch.no_grad()
-def sample(g: nn.Module, noise: torch.Tensor) -> torch.Tensor:
-    was_training = g.training
-    g.eval()
-    out = g(noise).float()
-    g.train(was_training)
-    return out
 
 
 STEPS = {"dcgan": train_step, "cluster": cluster.train_step}  # model kind -> one training update
@@ -307,7 +303,7 @@ def train(cfg: config_mod.RunConfig, on_progress: Optional[ProgressFn] = None,
                 stop_reason = "stopped by request"
                 break
         if rank == 0 and on_sample and (step % t.sample_every == 0 or step == t.steps):
-            on_sample(step, sample(m.ema if m.ema is not None else m.g_core, fixed_noise))
+            on_sample(step, generate(m.ema if m.ema is not None else m.g_core, fixed_noise))
         if step % t.checkpoint_every == 0 and step < t.steps:
             last_saved = save() or last_saved
 

@@ -88,7 +88,11 @@ def write_folder(folder: Path, cfg: config_mod.RunConfig, step: int, modules: di
             (tmp / "README.md").write_text(model_card)
         _write_json(tmp / "config.json", {"format": FORMAT, "step": step, "metrics": metrics or {},
                                           "config": config_mod.to_dict(cfg)})
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o777 & ~umask)  # mkdtemp (and the safetensors writer) create private files
         for f in tmp.iterdir():
+            os.chmod(f, 0o666 & ~umask)
             with open(f, "rb") as fh:
                 os.fsync(fh.fileno())
         _fsync_dir(tmp)

@@ -53,6 +53,10 @@ def test_export_fp16_loads_and_matches(tmp_path):
     assert names == {"config.json", "README.md", "generator.safetensors", "discriminator.safetensors",
                      "generator_ema.safetensors"}
     assert load_file(str(out / "generator.safetensors"))["main.0.weight"].dtype == torch.float16
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (out.stat().st_mode & 0o777) == 0o777 & ~umask  # a shared folder, not a private temp dir
+    assert ((out / "config.json").stat().st_mode & 0o777) == 0o666 & ~umask
     _, g32, _, _ = ckpt.load_models(tmp_path / "run")
     _, g16, d16, meta = ckpt.load_models(out)
     z = torch.randn(3, 8)

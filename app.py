@@ -8,12 +8,15 @@ import functools
 import os
 from pathlib import Path
 
-import gradio as gr
-import torch
+# No analytics calls from a local or offline app (set GRADIO_ANALYTICS_ENABLED=True to allow them).
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
-from gan_core import checkpoint as ckpt
-from gan_core.latent import sample
-from gan_core.viz import image_grid
+import gradio as gr  # noqa: E402
+import torch  # noqa: E402
+
+from gan_core import checkpoint as ckpt  # noqa: E402
+from gan_core.latent import sample  # noqa: E402
+from gan_core.viz import image_grid  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent
 CHECKPOINTS = ROOT / "checkpoints"

@@ -131,13 +131,16 @@ def save_training_checkpoint(out_dir: str | Path, cfg: config_mod.RunConfig, ste
 
 
 def latest_checkpoint(out_dir: str | Path) -> Optional[Path]:
+    """The folder `OUT/latest` names, or (if that is missing or mid-replacement) the newest
+    complete `step_*` folder."""
     out_dir = Path(out_dir)
     pointer = out_dir / "latest"
     if pointer.exists():
         folder = out_dir / "checkpoints" / pointer.read_text().strip()
         if (folder / "config.json").exists():
             return folder
-    return None
+    done = sorted(p for p in (out_dir / "checkpoints").glob("step_*") if (p / "config.json").exists())
+    return done[-1] if done else None
 
 
 def resolve(path_or_repo: str | Path, revision: Optional[str] = None) -> Path:
@@ -180,7 +183,10 @@ def load_weights(module: nn.Module, file: Path) -> None:
     """Load a safetensors file into `module`, refusing missing, extra or mis-shaped tensors."""
     if not file.exists():
         raise CheckpointError(f"missing {file.name} in {file.parent}")
-    tensors = load_file(str(file))
+    try:
+        tensors = load_file(str(file))
+    except Exception as e:  # noqa: BLE001 - safetensors raises its own error type on a damaged file
+        raise CheckpointError(f"unreadable {file.name} in {file.parent}: {e}") from None
     own = module.state_dict()
     missing, extra = set(own) - set(tensors), set(tensors) - set(own)
     if missing or extra:

@@ -97,7 +97,7 @@ def train_step(m, real: torch.Tensor, noise: torch.Tensor, real_label: float = 1
             ce = torch.stack([code_ce(fake_clusters[s], codes) for s in range(cfg.subheads)]).mean()
             loss_d = loss_d + cfg.code_weight * ce
         if cfg.objective == "iic":
-            _, view_clusters, view_over = m.D(view, logits=True, heads=True)
+            _, view_clusters, view_over = m.D(noisy(view), logits=True, heads=True)  # as noised as `real`
             per_head = torch.stack([iic_loss(real_clusters[s], view_clusters[s]) + iic_loss(real_over[s], view_over[s])
                                     for s in range(cfg.subheads)])
             loss_d = loss_d + cfg.iic_weight * per_head.mean()

@@ -231,6 +231,8 @@ def _from_hf(ds, cfg: DataConfig, progress: Progress) -> ImageDataset:
     images, ok = _decode_many(items, cfg.image_size, cfg.channels, progress)
     if not ok.any():
         raise DataError(f"no readable images in column {col!r} of {cfg.path}")
+    if cfg.label_column and cfg.label_column not in ds.features:
+        raise DataError(f"label column {cfg.label_column!r} not found; columns: {', '.join(ds.features)}")
     label_col = cfg.label_column or ("label" if "label" in ds.features else None)
     labels, classes = None, []
     if label_col and label_col in ds.features:
@@ -281,8 +283,13 @@ def read_idx(path: str | Path) -> np.ndarray:
     """An IDX file (MNIST format), gzipped or raw -> numpy array."""
     path = Path(path)
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as f:
-        data = f.read()
+    try:
+        with opener(path, "rb") as f:
+            data = f.read()
+    except (OSError, EOFError) as e:
+        raise DataError(f"cannot read IDX file {path}: {e}") from None
+    if len(data) < 4:
+        raise DataError(f"not an IDX file: {path}")
     zero, dtype_code, ndim = struct.unpack(">HBB", data[:4])
     dtypes = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
     if zero != 0 or dtype_code not in dtypes:

@@ -23,8 +23,9 @@ def iic_loss(logits_a: torch.Tensor, logits_b: torch.Tensor, eps: float = 1e-8) 
     """IIC (Ji et al. 2019): minus the mutual information between the cluster assignments of two
     views of the same images. logits_*: (N, K). Minimum -log K when the clusters are balanced and
     both views always agree; 0 when the assignments are independent (or all in one cluster)."""
-    pa, pb = logits_a.float().softmax(1), logits_b.float().softmax(1)
-    joint = pa.t() @ pb / pa.shape[0]  # (K, K), sums to 1
+    with torch.autocast(device_type=logits_a.device.type, enabled=False):  # entries ~1/K^2: keep fp32
+        pa, pb = logits_a.float().softmax(1), logits_b.float().softmax(1)
+        joint = pa.t() @ pb / pa.shape[0]  # (K, K), sums to 1
     joint = ((joint + joint.t()) / 2).clamp_min(eps)
     pi, pj = joint.sum(1, keepdim=True), joint.sum(0, keepdim=True)
     return (joint * (pi.log() + pj.log() - joint.log())).sum()

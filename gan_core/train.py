@@ -40,7 +40,13 @@ SAMPLE_COUNT = 64
 def resolve_device(name: str = "auto") -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"train.device must be auto, cpu, cuda or cuda:N, not {name!r}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("train.device asks for CUDA, but no CUDA GPU is available here (use cpu or auto)")
+    return device
 
 
 def cpu_bf16_is_fast() -> bool:
@@ -98,7 +104,9 @@ def build_models(cfg: config_mod.RunConfig, device: torch.device) -> Models:
         from torch.nn.parallel import DistributedDataParallel as DDP
 
         ids = [device.index] if device.type == "cuda" else None
-        G, D = DDP(G, device_ids=ids), DDP(D, device_ids=ids)
+        # Without IIC the over-clustering heads get no gradient; DDP must be told to expect that.
+        unused = cfg.model.kind == "cluster" and cfg.model.objective != "iic"
+        G, D = DDP(G, device_ids=ids), DDP(D, device_ids=ids, find_unused_parameters=unused)
         d_for_g = D.module  # G's step must not trigger D's gradient all-reduce
     return Models(G, D, g, d, opt_g, opt_d, ema, autocast_dtype, fmt, d_for_g, cfg.model)
 
@@ -174,8 +182,11 @@ def instance_noise_std(t: config_mod.TrainConfig, step: int) -> float:
 
 
 def step_generator(seed: int, rank: int, step: int, device: torch.device) -> torch.Generator:
+    """A generator seeded by a hash of (seed, rank, step): no two triples share a stream."""
+    import numpy as np
+
     gen = torch.Generator(device=device)
-    gen.manual_seed((seed * 1_000_003 + rank * 7_919 + step) % (2**63))
+    gen.manual_seed(int(np.random.SeedSequence([seed, rank, step]).generate_state(1, np.uint64)[0] >> 1))
     return gen
 
 
@@ -220,6 +231,8 @@ def train(cfg: config_mod.RunConfig, on_progress: Optional[ProgressFn] = None,
     if len(ds) == 0:
         raise ValueError("the dataset has no images")
     images = ds.images[rank::world] if world > 1 else ds.images
+    if len(images) == 0:
+        raise ValueError(f"{len(ds)} images cannot be shared among {world} processes")
     if images.shape[1] != cfg.data.channels or images.shape[-1] != cfg.data.image_size:
         raise ValueError(f"dataset images are {tuple(images.shape[1:])}, the config asks for "
                          f"{cfg.data.channels}x{cfg.data.image_size}x{cfg.data.image_size}")
@@ -235,8 +248,13 @@ def train(cfg: config_mod.RunConfig, on_progress: Optional[ProgressFn] = None,
                 raise ValueError(f"cannot resume: {folder} was trained with a different model config")
             ckpt.load_weights(m.g_core, folder / "generator.safetensors")
             ckpt.load_weights(m.d_core, folder / "discriminator.safetensors")
-            if m.ema is not None and (folder / "generator_ema.safetensors").exists():
-                ckpt.load_weights(m.ema, folder / "generator_ema.safetensors")
+            if m.ema is not None:
+                if (folder / "generator_ema.safetensors").exists():
+                    ckpt.load_weights(m.ema, folder / "generator_ema.safetensors")
+                else:  # EMA switched on at resume: start it from the trained G, not from the init
+                    m.ema.load_state_dict(m.g_core.state_dict())
+            if not (folder / "optimizer.safetensors").exists():
+                raise ValueError(f"cannot resume from {folder}: it has no optimizer state (an exported checkpoint?)")
             ckpt.load_optimizers(folder, {"G": m.opt_g, "D": m.opt_d})
             step = int(meta["step"])
 
@@ -281,7 +299,8 @@ def train(cfg: config_mod.RunConfig, on_progress: Optional[ProgressFn] = None,
         for k, v in metrics.items():
             sums[k] = sums[k] + v if k in sums else v.clone()
 
-        if step % t.log_every == 0 or step == t.steps:
+        # Metrics are also checked before every checkpoint, so a non-finite model is never saved.
+        if step % t.log_every == 0 or step == t.steps or step % t.checkpoint_every == 0:
             values = torch.stack([sums[k].float() for k in sums]).div(window_steps).tolist()  # the one host sync
             now = time.perf_counter()
             last_metrics = dict(zip(sums, values))
@@ -289,16 +308,17 @@ def train(cfg: config_mod.RunConfig, on_progress: Optional[ProgressFn] = None,
             last_metrics.update(step=step, images_per_s=rate,
                                 eta_s=(t.steps - step) * t.batch_size * world / max(rate, 1e-9))
             sums, window_t0, window_steps = {}, now, 0
-            if not all(math.isfinite(v) for v in values):
-                stop_reason = f"non-finite loss at step {step}; kept the last good checkpoint"
-                break
-            if rank == 0 and on_progress:
+            bad = not all(math.isfinite(v) for v in values)
+            if rank == 0 and on_progress and not bad:
                 on_progress(step, last_metrics)
             stop = bool(should_stop and should_stop())
-            if world > 1:
-                flag = torch.tensor([float(stop)], device=device)
-                torch.distributed.all_reduce(flag)
-                stop = flag.item() > 0
+            if world > 1:  # every rank stops together, or the others would hang in the next all-reduce
+                flags = torch.tensor([float(bad), float(stop)], device=device)
+                torch.distributed.all_reduce(flags)
+                bad, stop = flags[0].item() > 0, flags[1].item() > 0
+            if bad:
+                stop_reason = f"non-finite loss at step {step}; kept the last good checkpoint"
+                break
             if stop:
                 stop_reason = "stopped by request"
                 break
@@ -307,7 +327,7 @@ def train(cfg: config_mod.RunConfig, on_progress: Optional[ProgressFn] = None,
         if step % t.checkpoint_every == 0 and step < t.steps:
             last_saved = save() or last_saved
 
-    if stop_reason is None or stop_reason == "stopped by request":
+    if (stop_reason is None or stop_reason == "stopped by request") and step > start_step:
         last_saved = save() or last_saved
     elapsed = time.perf_counter() - t0
     return {

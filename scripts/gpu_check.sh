@@ -8,7 +8,7 @@
 set -uo pipefail
 OUT_DIR=${1:-${OUT:-gpu_out}}
 PY=${PYTHON:-python3}
-mkdir -p "$OUT_DIR"
+OUT_DIR=$(mkdir -p "$OUT_DIR" && cd "$OUT_DIR" && pwd)
 cd "$(dirname "$0")/.."
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 GANLAB_CACHE="$OUT_DIR/.cache"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$OUT_DIR/gpu.txt" 2>&1

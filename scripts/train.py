@@ -46,15 +46,14 @@ HYDRA_DEFAULTS = ["hydra.run.dir=.", "hydra.output_subdir=null", "hydra/job_logg
                   "hydra/hydra_logging=none"]
 
 
-def _init_distributed():
+def _init_distributed(device: str):
     import torch
 
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return None
     import torch.distributed as dist
 
-    device = os.environ.get("GANLAB_DEVICE")
-    backend = "nccl" if torch.cuda.is_available() and device != "cpu" else "gloo"
+    backend = "nccl" if torch.cuda.is_available() and not device.startswith("cpu") else "gloo"
     dist.init_process_group(backend=backend)
     if backend == "nccl":
         local = int(os.environ.get("LOCAL_RANK", "0"))
@@ -78,7 +77,7 @@ def main(raw) -> None:
         print(f"error: {e}", file=sys.stderr)
         print(json.dumps({"error": str(e)}))
         sys.exit(2)
-    dist_device = _init_distributed()
+    dist_device = _init_distributed(cfg.train.device)
     if dist_device is not None and cfg.train.device == "auto":
         cfg.train.device = dist_device
     rank = int(os.environ.get("RANK", "0"))

@@ -51,7 +51,7 @@ def test_torchrun_ddp_two_cpu_processes(tmp_path):
     out = tmp_path / "ddp"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29533",
            "scripts/train.py", *TINY, "train.steps=3", f"train.out_dir={out}", "train.checkpoint_every=2"]
-    env = dict(os.environ, OMP_NUM_THREADS="1", GANLAB_DEVICE="cpu")
+    env = dict(os.environ, OMP_NUM_THREADS="1")
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     lines = [l for l in proc.stdout.splitlines() if l.startswith("{")]

@@ -1,5 +1,7 @@
 import copy
+import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -229,3 +231,42 @@ def test_code_ce_and_catgan_losses():
     assert losses.catgan_d_loss(certain, uniform).item() == pytest.approx(-2 * math.log(3), abs=1e-4)
     assert losses.catgan_g_loss(certain).item() == pytest.approx(-math.log(3), abs=1e-4)
     assert losses.catgan_g_loss(uniform).item() == pytest.approx(0.0, abs=1e-5)
+
+
+def test_resume_edge_cases(tmp_path):
+    first = train_mod.train(tiny_cfg(tmp_path / "r", steps=4))
+    saved = json.loads((Path(first["checkpoint"]) / "config.json").read_text())
+    again = train_mod.train(tiny_cfg(tmp_path / "r", steps=4, resume=True))  # already finished
+    assert again["steps_run"] == 0 and again["checkpoint"] == first["checkpoint"]
+    assert json.loads((Path(first["checkpoint"]) / "config.json").read_text()) == saved  # not rewritten
+    (tmp_path / "r" / "latest").unlink()  # e.g. killed between the folder rename and the pointer
+    assert ckpt.latest_checkpoint(tmp_path / "r").name == "step_00000004"
+    (Path(first["checkpoint"]) / "optimizer.safetensors").unlink()
+    with pytest.raises(ValueError, match="no optimizer state"):
+        train_mod.train(tiny_cfg(tmp_path / "r", steps=6, resume=True))
+
+
+def test_bad_loop_settings_and_devices_are_clear_errors(tmp_path):
+    from gan_core.config import validate
+
+    for field, value in (("log_every", 0), ("checkpoint_every", 0), ("sample_every", -1)):
+        cfg = tiny_cfg(tmp_path)
+        setattr(cfg.train, field, value)
+        with pytest.raises(ValueError, match=field):
+            validate(cfg)
+    cfg = tiny_cfg(tmp_path)
+    cfg.data.limit = -3
+    with pytest.raises(ValueError, match="data.limit"):
+        validate(cfg)
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="no CUDA GPU"):
+            train_mod.resolve_device("cuda")
+    with pytest.raises(ValueError, match="train.device"):
+        train_mod.resolve_device("tpu9")
+
+
+def test_step_streams_do_not_collide():
+    cpu = torch.device("cpu")
+    draws = {tuple(torch.randint(0, 2**30, (4,), generator=train_mod.step_generator(s, r, k, cpu)).tolist())
+             for s, r, k in ((0, 1, 0), (0, 0, 7919), (1, 0, 0), (0, 0, 1_000_003), (0, 0, 0))}
+    assert len(draws) == 5

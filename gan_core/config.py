@@ -6,7 +6,6 @@ from it; Hydra (scripts/train.py) and the app's widgets map onto these fields on
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -183,6 +182,3 @@ def from_dict(values: dict) -> RunConfig:
         **{k: v for k, v in values.items() if k in ("logger",)},
     )
 
-
-def dumps(cfg: RunConfig) -> str:
-    return json.dumps(to_dict(cfg), indent=2, sort_keys=True)

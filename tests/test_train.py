@@ -131,13 +131,15 @@ def test_nonfinite_loss_stops_and_keeps_last_checkpoint(tmp_path, monkeypatch):
     assert ckpt.latest_checkpoint(tmp_path / "nan").name == "step_00000004"
 
 
-def test_seeded_runs_reproducible_and_data_is_not_labels(tmp_path):
+def test_seeded_runs_are_reproducible(tmp_path):
     a = train_mod.train(tiny_cfg(tmp_path / "a", steps=4))
     b = train_mod.train(tiny_cfg(tmp_path / "b", steps=4))
     ga = load_file(str(tmp_path / "a" / "checkpoints" / "step_00000004" / "generator.safetensors"))
     gb = load_file(str(tmp_path / "b" / "checkpoints" / "step_00000004" / "generator.safetensors"))
     assert all(torch.equal(ga[k], gb[k]) for k in ga)
-    assert a["metrics"] == b["metrics"] or a["metrics"].keys() == b["metrics"].keys()
+    timing = ("images_per_s", "eta_s")
+    assert {k: v for k, v in a["metrics"].items() if k not in timing} == \
+        {k: v for k, v in b["metrics"].items() if k not in timing}
 
 
 def test_batches_are_index_gathers_in_range():

@@ -85,7 +85,8 @@ def train_step(m, real: torch.Tensor, noise: torch.Tensor, real_label: float = 1
     def noisy(x: torch.Tensor) -> torch.Tensor:
         return instance_noise(x, input_noise_std, gen)
 
-    view = augment(real, gen).contiguous(memory_format=m.memory_format)
+    # The augmented view is only needed by IIC; the other objectives skip the work.
+    view = augment(real, gen).contiguous(memory_format=m.memory_format) if cfg.objective == "iic" else None
     with _autocast(device, m.autocast_dtype):
         real_logits, real_clusters, real_over = m.D(noisy(real), logits=True, heads=True)
         fake = m.G(noise)

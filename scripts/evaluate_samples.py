@@ -36,13 +36,14 @@ def main(argv=None) -> dict:
 
     cfg, g, _, meta = ckpt.load_models(args.checkpoint, ema=not args.no_ema)
     gen = ((sample(g, args.n, args.seed, cfg.model).clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-    train_images = load_dataset(cfg.data).images[: args.reference]
+    all_train = load_dataset(cfg.data).images
+    train_images = all_train[: args.reference]
     result = {"checkpoint": meta["folder"], "step": meta["step"], "n": args.n}
     if cfg.data.source in ("shapes", "scenes"):
         held_cfg = dataclasses.replace(cfg.data, num_images=args.n, seed=cfg.data.seed + 10_000, limit=None)
         held = load_dataset(held_cfg).images
     else:
-        held = load_dataset(cfg.data).images[-args.n:]
+        held = all_train[-args.n:]
     for name, images in (("generated", gen), ("real_heldout", held)):
         result[f"{name}_two_colour_coverage"] = round(metrics.two_colour_coverage(images), 4)
         result[f"{name}_nearest_train_distance"] = round(metrics.nearest_real_distance(images, train_images), 4)

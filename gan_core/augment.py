@@ -2,7 +2,8 @@
 
 Used by the clustering objective (IIC needs two views of each real image that share its class
 but not its nuisances): random resized crop, translation, small rotation, and brightness /
-contrast (plus saturation for RGB) jitter. No flips by default: for some classes (shoes facing
+contrast (plus saturation for RGB) jitter, or a random remap of each channel's range (inverting
+some) where colour must not decide the class at all. No flips by default: for some classes (shoes facing
 one way, digits) a mirror image is another thing.
 """
 from __future__ import annotations
@@ -23,6 +24,7 @@ class AugmentConfig:
     brightness: float = 0.25
     contrast: float = 0.25
     saturation: float = 0.25  # RGB only
+    colour_remap: bool = False  # map each channel's [0, 1] onto a random sub-range, maybe inverted: colour is a nuisance
     flip: bool = False
 
 
@@ -55,6 +57,13 @@ def augment(x: torch.Tensor, gen: Optional[torch.Generator] = None, cfg: Augment
     if c == 3 and cfg.saturation > 0:
         gray = (0.299 * out[:, :1] + 0.587 * out[:, 1:2] + 0.114 * out[:, 2:3])
         out = (out - gray) * _uniform(n, 1 - cfg.saturation, 1 + cfg.saturation, gen, dev).view(shape) + gray
+    if cfg.colour_remap:  # channel range [0, 1] -> [lo, lo + m], inverted for about half the channels
+        shape_c = (n, c, 1, 1)
+        m = 0.25 + 0.75 * torch.rand(shape_c, generator=gen, device=dev)
+        lo = (1 - m) * torch.rand(shape_c, generator=gen, device=dev)
+        flip = torch.rand(shape_c, generator=gen, device=dev) < 0.5
+        v = out.clamp(0, 1)
+        out = lo + m * torch.where(flip, 1 - v, v)
     return (out.clamp(0, 1) * 2 - 1).to(x.dtype)
 
 

@@ -22,7 +22,7 @@ from . import config as config_mod
 from . import cluster, dcgan
 
 FORMAT = "ganlab-checkpoint/1"
-WEIGHT_FILES = ("generator", "discriminator", "generator_ema")
+WEIGHT_FILES = ("generator", "discriminator", "generator_ema", "discriminator_ema")
 HUB_PATTERNS = ["*.json", "*.safetensors", "*.md", "*.png"]
 MODELS = {"dcgan": dcgan.build, "cluster": cluster.build}  # model kind -> build(config) -> (G, D)
 
@@ -47,6 +47,15 @@ def _write_json(path: Path, obj: dict) -> None:
         json.dump(obj, f, indent=2, sort_keys=True)
         f.flush()
         os.fsync(f.fileno())
+
+
+def write_json(path: Path, obj: dict) -> None:
+    """Replace a JSON file atomically: a reader sees the old file or the new one, never half of one."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    _write_json(tmp, obj)
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
 
 
 def _module_tensors(module: nn.Module, dtype: Optional[torch.dtype]) -> dict[str, torch.Tensor]:
@@ -215,14 +224,17 @@ def load_optimizers(folder: Path, optimizers: dict[str, torch.optim.Optimizer]) 
 
 
 def load_models(path_or_repo: str | Path, device: str | torch.device = "cpu", ema: bool = True):
-    """-> (cfg, G, D, meta) in eval mode on `device`; G is the EMA copy when there is one and `ema`."""
+    """-> (cfg, G, D, meta) in eval mode on `device`; G and D are the EMA copies where they exist and `ema`."""
     folder = resolve(path_or_repo)
     cfg, meta = read_config(folder)
     g, d = MODELS[cfg.model.kind](cfg.model)
     g_file = folder / "generator_ema.safetensors"
     load_weights(g, g_file if ema and g_file.exists() else folder / "generator.safetensors")
-    if (folder / "discriminator.safetensors").exists():
-        load_weights(d, folder / "discriminator.safetensors")
+    d_file = folder / "discriminator_ema.safetensors"
+    if not (ema and d_file.exists()):
+        d_file = folder / "discriminator.safetensors"
+    if d_file.exists():
+        load_weights(d, d_file)
     else:
         d = None
     meta["folder"] = str(folder)
@@ -239,7 +251,7 @@ def export(src: str | Path, dst: str | Path, dtype: torch.dtype = torch.float16,
     for name in WEIGHT_FILES:
         if (folder / f"{name}.safetensors").exists():
             g, d = MODELS[cfg.model.kind](cfg.model)
-            module = d if name == "discriminator" else g
+            module = d if name.startswith("discriminator") else g
             load_weights(module, folder / f"{name}.safetensors")
             modules[name] = module
     return write_folder(Path(dst), cfg, meta["step"], modules, metrics=meta.get("metrics"), dtype=dtype,

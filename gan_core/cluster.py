@@ -11,6 +11,8 @@ heads and over-clustering heads (several sub-heads each). Objective (`ClusterCon
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Optional
 
 import torch
@@ -18,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import dcgan
-from .augment import augment, instance_noise
+from .augment import AugmentConfig, augment, instance_noise
 from .config import ClusterConfig, DCGANConfig
 from .losses import catgan_d_loss, catgan_g_loss, code_ce, d_loss_bce, g_loss_bce, iic_loss
 
@@ -73,6 +75,10 @@ def codes_of(noise: torch.Tensor, cfg: ClusterConfig) -> torch.Tensor:
     return noise[:, cfg.nz:].flatten(1).argmax(1)
 
 
+def augment_config(cfg: ClusterConfig) -> AugmentConfig:
+    return AugmentConfig(rotate_deg=float(cfg.aug_rotate_deg), colour_remap=cfg.aug_colour == "remap")
+
+
 def train_step(m, real: torch.Tensor, noise: torch.Tensor, real_label: float = 1.0, input_noise_std: float = 0.0,
                gen: Optional[torch.Generator] = None) -> dict[str, torch.Tensor]:
     """One update of D (GAN + clustering objective) then G. `m` is gan_core.train.Models."""
@@ -86,7 +92,9 @@ def train_step(m, real: torch.Tensor, noise: torch.Tensor, real_label: float = 1
         return instance_noise(x, input_noise_std, gen)
 
     # The augmented view is only needed by IIC; the other objectives skip the work.
-    view = augment(real, gen).contiguous(memory_format=m.memory_format) if cfg.objective == "iic" else None
+    r = cfg.iic_repeats
+    view = (augment(real.repeat(r, 1, 1, 1), gen, augment_config(cfg)).contiguous(memory_format=m.memory_format)
+            if cfg.objective == "iic" else None)
     with _autocast(device, m.autocast_dtype):
         real_logits, real_clusters, real_over = m.D(noisy(real), logits=True, heads=True)
         fake = m.G(noise)
@@ -99,7 +107,9 @@ def train_step(m, real: torch.Tensor, noise: torch.Tensor, real_label: float = 1
             loss_d = loss_d + cfg.code_weight * ce
         if cfg.objective == "iic":
             _, view_clusters, view_over = m.D(noisy(view), logits=True, heads=True)  # as noised as `real`
-            per_head = torch.stack([iic_loss(real_clusters[s], view_clusters[s]) + iic_loss(real_over[s], view_over[s])
+            # Each view pairs with its own clean image: the joint is estimated from r * N pairs.
+            per_head = torch.stack([iic_loss(real_clusters[s].repeat(r, 1), view_clusters[s])
+                                    + iic_loss(real_over[s].repeat(r, 1), view_over[s])
                                     for s in range(cfg.subheads)])
             loss_d = loss_d + cfg.iic_weight * per_head.mean()
         elif cfg.objective == "catgan":
@@ -140,3 +150,177 @@ def predict_tensor(d: ClusterDiscriminator, images: torch.Tensor, batch: int = 5
     d.train(was_training)
     p = torch.cat(probs)
     return p.argmax(1), p
+
+
+# ---------------------------------------------------------------- classifier API
+
+def default_names(k: int) -> list[str]:
+    return [f"cluster {i}" for i in range(k)]
+
+
+def to_model_images(images, size: int, channels: int) -> torch.Tensor:
+    """Images of any size and kind -> uint8 (N, channels, size, size), resized like training data
+    (shorter side to `size`, centre crop; colour converted like the loaders do).
+
+    Accepts one image or a list of them: PIL images, file paths, raw bytes, numpy arrays (H, W),
+    (H, W, C) or (N, H, W, C) as uint8 or floats in [0, 1], and torch tensors (C, H, W) or
+    (N, C, H, W) as uint8 or floats in [-1, 1] (the generator's range)."""
+    import numpy as np
+    from PIL import Image
+
+    from .data import decode_image
+
+    if isinstance(images, torch.Tensor):
+        x = images if images.dim() == 4 else images.unsqueeze(0)
+        if x.dtype != torch.uint8:
+            x = ((x.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+        if x.shape[1] == channels and x.shape[-2:] == (size, size):
+            return x.cpu().contiguous()
+        images = [Image.fromarray(im.permute(1, 2, 0).squeeze(-1).cpu().numpy()) for im in x]
+    elif isinstance(images, np.ndarray) and (images.ndim == 4 or (images.ndim == 3 and images.shape[-1] not in (1, 3, 4))):
+        images = list(images) if images.ndim == 4 else [images]
+    elif not isinstance(images, (list, tuple)):
+        images = [images]
+    out = []
+    for im in images:
+        if isinstance(im, torch.Tensor):
+            out.append(to_model_images(im, size, channels))
+            continue
+        if isinstance(im, np.ndarray):
+            arr = im if im.dtype == np.uint8 else (np.clip(im, 0, 1) * 255).round().astype(np.uint8)
+            im = Image.fromarray(arr.squeeze(-1) if arr.ndim == 3 and arr.shape[-1] == 1 else arr)
+        out.append(torch.from_numpy(np.array(decode_image(im, size, channels))).unsqueeze(0))
+    if not out:
+        return torch.empty(0, channels, size, size, dtype=torch.uint8)
+    return torch.cat(out)
+
+
+@dataclass
+class Prediction:
+    ids: torch.Tensor  # int64 (N,): the cluster of each image
+    probs: torch.Tensor  # float (N, K): the cluster probabilities
+    names: list  # the K cluster names
+
+    def labels(self, i: int) -> dict[str, float]:
+        """{cluster name: probability} for image i (what a label widget shows)."""
+        return {name: float(p) for name, p in zip(self.names, self.probs[i])}
+
+    def top(self, i: int, n: int = 3) -> list[tuple[str, float]]:
+        p, idx = self.probs[i].topk(min(n, len(self.names)))
+        return [(self.names[j], float(q)) for j, q in zip(idx.tolist(), p)]
+
+
+@dataclass
+class Exemplars:
+    real: torch.Tensor  # uint8 (n, C, H, W): the training images the cluster is surest of, most confident first
+    confidence: torch.Tensor  # (n,): their probability of the cluster
+    fake: torch.Tensor  # float [-1, 1] (n, C, H, W): generated with the cluster's code
+
+
+class ClusterModel:
+    """A trained `cluster` checkpoint as an image classifier with editable cluster names.
+
+        model = ClusterModel.load("checkpoints/fashion-mnist-clusters")
+        pred = model.predict([Image.open("a.png"), "b.jpg"])
+        pred.ids, pred.probs, pred.labels(0)
+        model.rename({3: "bags"}); model.save_names()
+        ex = model.exemplars(3)  # ex.real (most confident training images), ex.fake (generated)
+    """
+
+    def __init__(self, cfg, g: nn.Module, d: ClusterDiscriminator, folder: Optional[str] = None):
+        if cfg.model.kind != "cluster":
+            raise ValueError(f"a {cfg.model.kind!r} model is not a cluster classifier")
+        if d is None:
+            raise ValueError("this checkpoint has no discriminator, so it cannot classify")
+        self.cfg, self.g, self.d, self.folder = cfg, g.eval(), d.eval(), folder
+        self._train_images: Optional[torch.Tensor] = None
+        self._train_probs: Optional[torch.Tensor] = None
+
+    @classmethod
+    def load(cls, path_or_repo, device: str | torch.device = "cpu") -> "ClusterModel":
+        from .checkpoint import load_models
+
+        cfg, g, d, meta = load_models(path_or_repo, device)
+        return cls(cfg, g, d, meta["folder"])
+
+    @property
+    def k(self) -> int:
+        return self.cfg.model.k
+
+    @property
+    def names(self) -> list[str]:
+        return list(self.cfg.model.cluster_names or default_names(self.k))
+
+    def rename(self, names) -> list[str]:
+        """A full list of K names, or {cluster index: name} for some; blank names fall back to the default."""
+        current = self.names
+        items = names.items() if isinstance(names, dict) else enumerate(names)
+        if not isinstance(names, dict) and len(names) != self.k:
+            raise ValueError(f"{self.k} names needed, got {len(names)}")
+        for i, name in items:
+            i = int(i)
+            if not 0 <= i < self.k:
+                raise ValueError(f"no cluster {i}: clusters are 0..{self.k - 1}")
+            name = " ".join(str(name if name is not None else "").split())[:64]
+            current[i] = name or default_names(self.k)[i]
+        if len(set(current)) != len(current):
+            raise ValueError("cluster names must differ from each other")
+        self.cfg.model.cluster_names = current
+        return current
+
+    def save_names(self, folder=None) -> Path:
+        """Write the names into the checkpoint's config.json (atomically), in `folder` or where it was loaded from."""
+        from .checkpoint import read_config, write_json
+
+        target = Path(folder or self.folder or "")
+        if not (target / "config.json").exists():
+            raise ValueError(f"no checkpoint at {target} to save the names into")
+        _, meta = read_config(target)
+        meta.pop("folder", None)
+        meta["config"]["model"]["cluster_names"] = self.names
+        write_json(target / "config.json", meta)
+        return target
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.d.parameters()).device
+
+    def predict(self, images, batch: int = 256) -> Prediction:
+        """Images of any kind and size (see `to_model_images`) -> cluster ids, probabilities and names."""
+        x = to_model_images(images, self.cfg.data.image_size, self.cfg.data.channels)
+        if len(x) == 0:
+            return Prediction(torch.empty(0, dtype=torch.long), torch.empty(0, self.k), self.names)
+        ids, probs = predict_tensor(self.d, x, batch)
+        return Prediction(ids, probs, self.names)
+
+    def training_images(self, limit: int = 20000) -> torch.Tensor:
+        """Up to `limit` images of the training data named in the config (read once, then kept)."""
+        if self._train_images is None:
+            from dataclasses import replace
+
+            from .data import load_dataset
+
+            self._train_images = load_dataset(replace(self.cfg.data, limit=limit)).images
+        return self._train_images
+
+    def exemplars(self, k: int, n: int = 8, images: Optional[torch.Tensor] = None, seed: int = 0) -> Exemplars:
+        """For cluster k: the n images (of `images`, or of the training data) it is most confident of,
+        and n generated images with code k. Raises DataError when the training data cannot be read."""
+        from .latent import sample
+
+        if not 0 <= int(k) < self.k:
+            raise ValueError(f"no cluster {k}: clusters are 0..{self.k - 1}")
+        if images is None:
+            pool = self.training_images()
+            if self._train_probs is None:
+                self._train_probs = predict_tensor(self.d, pool)[1]
+            probs = self._train_probs
+        else:
+            pool = to_model_images(images, self.cfg.data.image_size, self.cfg.data.channels)
+            probs = predict_tensor(self.d, pool)[1]
+        mine = (probs.argmax(1) == k).nonzero().flatten()
+        conf = probs[mine, k]
+        order = conf.argsort(descending=True)[:n]
+        codes = torch.full((n,), int(k), dtype=torch.long)
+        fake = sample(self.g, n, seed, self.cfg.model, codes).cpu()
+        return Exemplars(pool[mine[order]], conf[order], fake)

@@ -53,6 +53,9 @@ class ClusterConfig:
     subheads: int = 5  # the one with the lowest IIC loss is used for prediction
     objective: str = "iic"  # iic | catgan | none (code cross-entropy only: "ours without IIC")
     iic_weight: float = 1.0
+    iic_repeats: int = 1  # augmented views per real image for IIC (pairs: the image with each view)
+    aug_rotate_deg: float = 15.0  # IIC views: rotation range (180 where orientation is a nuisance)
+    aug_colour: str = "jitter"  # IIC views: "jitter" (brightness/contrast/saturation) or "remap" (any colours)
     code_weight: float = 1.0  # cross-entropy of the cluster head on generated images vs their code
     cluster_names: Optional[list] = None  # editable, saved with the checkpoint
 
@@ -133,9 +136,13 @@ def validate(cfg: RunConfig) -> RunConfig:
             raise ValueError(f"{name} must be a number in [{lo}, {hi}], not {value!r}")
     if m.kind == "cluster":
         for name, value, lo, hi in (("model.k", m.k, 2, 1000), ("model.overcluster", m.overcluster, 2, 10000),
-                                    ("model.subheads", m.subheads, 1, 64)):
+                                    ("model.subheads", m.subheads, 1, 64), ("model.iic_repeats", m.iic_repeats, 1, 64)):
             if not isinstance(value, int) or isinstance(value, bool) or not lo <= value <= hi:
                 raise ValueError(f"{name} must be an integer in [{lo}, {hi}], not {value!r}")
+        if m.aug_colour not in ("jitter", "remap"):
+            raise ValueError(f"model.aug_colour must be jitter or remap, not {m.aug_colour!r}")
+        if not isinstance(m.aug_rotate_deg, (int, float)) or not 0 <= float(m.aug_rotate_deg) <= 180:
+            raise ValueError(f"model.aug_rotate_deg must be a number in [0, 180], not {m.aug_rotate_deg!r}")
         if m.objective not in ("iic", "catgan", "none"):
             raise ValueError(f"model.objective must be iic, catgan or none, not {m.objective!r}")
         if m.cluster_names is not None and len(m.cluster_names) != m.k:

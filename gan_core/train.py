@@ -82,6 +82,7 @@ class Models:
     memory_format: torch.memory_format = torch.contiguous_format
     d_for_g: Optional[nn.Module] = None  # D for the G step: the unwrapped D under DDP
     model_cfg: object = None  # the model's config (the cluster step reads k, weights, objective)
+    ema_d: Optional[nn.Module] = None  # EMA copy of D, for models whose D is used at inference (cluster)
 
 
 def build_models(cfg: config_mod.RunConfig, device: torch.device) -> Models:
@@ -108,7 +109,9 @@ def build_models(cfg: config_mod.RunConfig, device: torch.device) -> Models:
         unused = cfg.model.kind == "cluster" and cfg.model.objective != "iic"
         G, D = DDP(G, device_ids=ids), DDP(D, device_ids=ids, find_unused_parameters=unused)
         d_for_g = D.module  # G's step must not trigger D's gradient all-reduce
-    return Models(G, D, g, d, opt_g, opt_d, ema, autocast_dtype, fmt, d_for_g, cfg.model)
+    # A cluster model classifies with its D, so D gets an EMA copy too (the weights used to predict).
+    ema_d = copy.deepcopy(d).eval().requires_grad_(False) if t.ema_decay > 0 and cfg.model.kind == "cluster" else None
+    return Models(G, D, g, d, opt_g, opt_d, ema, autocast_dtype, fmt, d_for_g, cfg.model, ema_d)
 
 
 def _autocast(device: torch.device, dtype: Optional[torch.dtype]):
@@ -253,6 +256,11 @@ def train(cfg: config_mod.RunConfig, on_progress: Optional[ProgressFn] = None,
                     ckpt.load_weights(m.ema, folder / "generator_ema.safetensors")
                 else:  # EMA switched on at resume: start it from the trained G, not from the init
                     m.ema.load_state_dict(m.g_core.state_dict())
+            if m.ema_d is not None:
+                if (folder / "discriminator_ema.safetensors").exists():
+                    ckpt.load_weights(m.ema_d, folder / "discriminator_ema.safetensors")
+                else:
+                    m.ema_d.load_state_dict(m.d_core.state_dict())
             if not (folder / "optimizer.safetensors").exists():
                 raise ValueError(f"cannot resume from {folder}: it has no optimizer state (an exported checkpoint?)")
             ckpt.load_optimizers(folder, {"G": m.opt_g, "D": m.opt_d})
@@ -269,6 +277,8 @@ def train(cfg: config_mod.RunConfig, on_progress: Optional[ProgressFn] = None,
         out = {"generator": m.g_core, "discriminator": m.d_core}
         if m.ema is not None:
             out["generator_ema"] = m.ema
+        if m.ema_d is not None:
+            out["discriminator_ema"] = m.ema_d
         return out
 
     last_metrics: dict[str, float] = {}
@@ -294,6 +304,8 @@ def train(cfg: config_mod.RunConfig, on_progress: Optional[ProgressFn] = None,
         metrics = step_fn(m, real, noise, t.real_label, instance_noise_std(t, step), gen)
         if m.ema is not None:
             update_ema(m.ema, m.g_core, ema_decay_at(t.ema_decay, step))
+        if m.ema_d is not None:
+            update_ema(m.ema_d, m.d_core, ema_decay_at(t.ema_decay, step))
         step += 1
         window_steps += 1
         for k, v in metrics.items():

@@ -4,7 +4,8 @@
     python scripts/evaluate_clustering.py --data.source idx --data.path /usr/share/datasets/fashion-mnist --split test
     python scripts/evaluate_clustering.py --checkpoint checkpoints/shapes-dcgan --data.source shapes
 
-Always runs the baseline, k-means on raw pixels. With --checkpoint of a `dcgan` model it also runs
+Always runs the baseline, k-means on raw pixels. With --checkpoint of a `cluster` model it scores the
+model's cluster head (EMA weights where saved); of a `dcgan` model, or with --features, it runs
 "discriminator features + k-means" (standardised trunk features of D). Scores: ACC with Hungarian
 matching at K = number of classes, NMI and ARI. Last stdout line:
 {"acc", "nmi", "ari", "n", "k", "kmeans_acc", "kmeans_nmi", ...} (acc/nmi/ari null without a checkpoint).
@@ -51,6 +52,8 @@ def main(argv=None) -> dict:
     p.add_argument("--limit", type=int, default=None, help="evaluate on at most this many images")
     p.add_argument("--num-images", type=int, default=2000, help="for the procedural sources")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--features", action="store_true",
+                   help="score D's trunk features + k-means even for a cluster model (a baseline)")
     args = p.parse_args(argv)
 
     import numpy as np
@@ -92,7 +95,7 @@ def main(argv=None) -> dict:
         if d is None:
             print("error: the checkpoint has no discriminator", file=sys.stderr)
             sys.exit(2)
-        if cfg.model.kind == "cluster":
+        if cfg.model.kind == "cluster" and not args.features:
             from gan_core.cluster import predict_tensor
 
             clusters, _ = predict_tensor(d, ds.images)

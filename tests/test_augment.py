@@ -27,3 +27,29 @@ def test_translation_moves_content():
     ys, xs = torch.nonzero(moved[0, 0] > 0, as_tuple=True)
     assert len(ys) > 20  # the square survives
     assert (ys.float().mean() - 15.5).abs() + (xs.float().mean() - 15.5).abs() > 1  # and moved
+
+
+def test_colour_remap_changes_colours_but_keeps_the_picture():
+    """Each channel is mapped affinely (sometimes inverted) onto a sub-range of at least 0.25:
+    the shape survives exactly (|correlation| 1 per channel), the colours do not."""
+    n = 64
+    x = -torch.ones(n, 3, 16, 16)
+    x[:, 0, 4:12, 4:12] = 0.6  # a square that differs from the background in every channel
+    x[:, 1, 4:12, 4:12] = -0.2
+    x[:, 2, 4:12, 4:12] = 1.0
+    cfg = AugmentConfig(crop_scale=(1.0, 1.0), translate=0.0, rotate_deg=0.0, brightness=0.0, contrast=0.0,
+                        saturation=0.0, colour_remap=True)
+    out = augment(x, torch.Generator().manual_seed(0), cfg)
+    assert out.min() >= -1 and out.max() <= 1
+    inside, outside = out[:, :, 8, 8], out[:, :, 0, 0]
+    step = (inside - outside).abs() / 2  # per image and channel, in [0, 1] units
+    raw = (x[0, :, 8, 8] - x[0, :, 0, 0]).abs() / 2
+    assert (step >= 0.25 * raw - 1e-4).all()  # contrast never vanishes
+    flipped = (inside < outside).float().mean()
+    assert 0.3 < flipped < 0.7  # about half the channels inverted
+    assert outside.std(0).min() > 0.1  # background colours vary a lot across the batch
+    for i in range(4):
+        for c in range(3):
+            a, b = x[i, c].flatten(), out[i, c].flatten()
+            corr = torch.corrcoef(torch.stack([a, b]))[0, 1].abs()
+            assert corr > 0.999

@@ -90,3 +90,125 @@ def test_cli_trains_a_cluster_model_and_evaluates_it(tmp_path):
                                "--num-images", "40"])
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert result["method"].startswith("cluster head") and 0 <= result["acc"] <= 1 and result["k"] == 10
+
+
+def test_iic_repeats_and_augmentation_settings_train(tmp_path):
+    cfg = tiny(tmp_path / "rep", "iic")
+    cfg.model.iic_repeats, cfg.model.aug_rotate_deg, cfg.model.aug_colour = 3, 180.0, "remap"
+    result = train(cfg)
+    assert result["step"] == 4 and all(v == v for v in result["metrics"].values())
+    from gan_core.config import validate
+
+    for field, value in (("iic_repeats", 0), ("aug_colour", "sepia"), ("aug_rotate_deg", 400.0)):
+        bad = tiny("x")
+        setattr(bad.model, field, value)
+        with pytest.raises(ValueError, match=field):
+            validate(bad)
+
+
+def test_iic_repeats_pair_each_view_with_its_own_image(monkeypatch, tmp_path):
+    """With r repeats the IIC joint sees r * N pairs, and view j of image i pairs with image i."""
+    seen = []
+    real_iic = cluster.iic_loss
+
+    def spy(a, b):
+        seen.append((a.detach().clone(), b.detach().clone()))
+        return real_iic(a, b)
+
+    monkeypatch.setattr(cluster, "augment", lambda x, gen=None, cfg=None: x.clone())  # views == images
+    monkeypatch.setattr(cluster, "iic_loss", spy)
+    cfg = tiny(tmp_path / "pairs", "iic", steps=1)
+    cfg.model.iic_repeats = 3
+    train(cfg)
+    a, b = seen[0]
+    assert a.shape[0] == b.shape[0] == 3 * cfg.train.batch_size
+    assert torch.allclose(a, b, atol=1e-5)  # identical views -> identical logits, row by row
+
+
+def test_cluster_model_keeps_an_ema_discriminator_for_inference(tmp_path):
+    cfg = tiny(tmp_path / "ema", "iic", steps=6, ema_decay=0.9)
+    train(cfg)
+    folder = ckpt.latest_checkpoint(tmp_path / "ema")
+    assert (folder / "discriminator_ema.safetensors").exists()
+    _, _, d_ema, _ = ckpt.load_models(folder)
+    _, _, d_raw, _ = ckpt.load_models(folder, ema=False)
+    from safetensors.torch import load_file
+
+    ema_w = load_file(str(folder / "discriminator_ema.safetensors"))
+    name = "cluster.weight"
+    assert torch.equal(d_ema.state_dict()[name], ema_w[name])
+    assert not torch.equal(d_ema.state_dict()[name], d_raw.state_dict()[name])
+    # resuming continues the EMA from the file, and the run goes on to the new step count
+    cfg.train.steps, cfg.train.resume = 8, True
+    assert train(cfg)["step"] == 8
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    out = tmp_path_factory.mktemp("clf")
+    train(tiny(out, "iic", steps=4))
+    return ckpt.latest_checkpoint(out)
+
+
+def test_predict_accepts_any_image_kind_and_size(trained):
+    import numpy as np
+    from PIL import Image
+
+    model = cluster.ClusterModel.load(trained)
+    rng = np.random.default_rng(0)
+    arr = rng.integers(0, 256, (32, 32), dtype=np.uint8)
+    as_uint8 = torch.from_numpy(arr)[None, None]
+    routes = [
+        Image.fromarray(arr),  # PIL, gray
+        Image.fromarray(np.stack([arr] * 3, -1)),  # PIL, RGB -> converted to the model's 1 channel
+        arr,  # numpy (H, W) uint8
+        arr[:, :, None].astype(np.float32) / 255,  # numpy (H, W, 1) float in [0, 1]
+        as_uint8[0],  # tensor (C, H, W) uint8
+        as_uint8.float() / 127.5 - 1,  # tensor (N, C, H, W) in [-1, 1]
+    ]
+    preds = [model.predict(r) for r in routes]
+    for p in preds:
+        assert p.ids.shape == (1,) and p.probs.shape == (1, 3)
+        assert torch.allclose(p.probs.sum(1), torch.ones(1), atol=1e-5)
+        assert torch.allclose(p.probs, preds[0].probs, atol=2e-2)  # the same picture, however it came
+    big = model.predict([Image.fromarray(rng.integers(0, 256, (300, 200, 3), dtype=np.uint8)), Image.new("L", (5, 9))])
+    assert big.ids.shape == (2,) and set(big.labels(0)) == set(model.names)
+    assert [name for name, _ in big.top(1, 3)] == sorted(model.names, key=lambda n: -big.labels(1)[n])
+    assert model.predict([]).probs.shape == (0, 3)
+
+
+def test_cluster_names_rename_and_save(trained, tmp_path):
+    import shutil
+
+    folder = tmp_path / "copy"
+    shutil.copytree(trained, folder)
+    model = cluster.ClusterModel.load(folder)
+    assert model.names == ["cluster 0", "cluster 1", "cluster 2"]
+    assert model.rename({1: "  round   things "}) == ["cluster 0", "round things", "cluster 2"]
+    with pytest.raises(ValueError, match="differ"):
+        model.rename({2: "round things"})
+    with pytest.raises(ValueError, match="no cluster"):
+        model.rename({7: "x"})
+    with pytest.raises(ValueError, match="3 names"):
+        model.rename(["a"])
+    model.save_names()
+    again = cluster.ClusterModel.load(folder)
+    assert again.names == ["cluster 0", "round things", "cluster 2"]
+    assert again.predict(torch.zeros(1, 1, 32, 32)).names == again.names
+
+
+def test_exemplars_are_the_most_confident_members(trained):
+    model = cluster.ClusterModel.load(trained)
+    pool = model.training_images()
+    assert pool.shape == (32, 1, 32, 32)  # the training data named in the config (built-in shapes)
+    probs = model.predict(pool).probs
+    k = int(probs.argmax(1).bincount(minlength=3).argmax())  # a non-empty cluster
+    ex = model.exemplars(k, n=4)
+    assert 1 <= len(ex.real) <= 4 and ex.fake.shape == (4, 1, 32, 32)
+    assert (ex.confidence[:-1] >= ex.confidence[1:]).all()
+    again = model.predict(ex.real)
+    assert (again.ids == k).all()
+    members = probs[probs.argmax(1) == k, k]
+    assert torch.allclose(ex.confidence[0], members.max())
+    with pytest.raises(ValueError, match="no cluster"):
+        model.exemplars(5)

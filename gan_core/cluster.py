@@ -104,7 +104,7 @@ def train_step(m, real: torch.Tensor, noise: torch.Tensor, real_label: float = 1
         ce = torch.zeros((), device=device)
         if cfg.objective in ("iic", "none"):
             ce = torch.stack([code_ce(fake_clusters[s], codes) for s in range(cfg.subheads)]).mean()
-            loss_d = loss_d + cfg.code_weight * ce
+            loss_d = loss_d + (cfg.code_weight if cfg.code_weight_d is None else cfg.code_weight_d) * ce
         if cfg.objective == "iic":
             _, view_clusters, view_over = m.D(noisy(view), logits=True, heads=True)  # as noised as `real`
             # Each view pairs with its own clean image: the joint is estimated from r * N pairs.

@@ -56,7 +56,8 @@ class ClusterConfig:
     iic_repeats: int = 1  # augmented views per real image for IIC (pairs: the image with each view)
     aug_rotate_deg: float = 15.0  # IIC views: rotation range (180 where orientation is a nuisance)
     aug_colour: str = "jitter"  # IIC views: "jitter" (brightness/contrast/saturation) or "remap" (any colours)
-    code_weight: float = 1.0  # cross-entropy of the cluster head on generated images vs their code
+    code_weight: float = 1.0  # cross-entropy of the cluster head on generated images vs their code (G's loss)
+    code_weight_d: Optional[float] = None  # the same term in D's loss (None: code_weight); small: IIC leads
     cluster_names: Optional[list] = None  # editable, saved with the checkpoint
 
 
@@ -139,6 +140,10 @@ def validate(cfg: RunConfig) -> RunConfig:
                                     ("model.subheads", m.subheads, 1, 64), ("model.iic_repeats", m.iic_repeats, 1, 64)):
             if not isinstance(value, int) or isinstance(value, bool) or not lo <= value <= hi:
                 raise ValueError(f"{name} must be an integer in [{lo}, {hi}], not {value!r}")
+        for name, value in (("model.iic_weight", m.iic_weight), ("model.code_weight", m.code_weight),
+                            ("model.code_weight_d", 0.0 if m.code_weight_d is None else m.code_weight_d)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= float(value) <= 100:
+                raise ValueError(f"{name} must be a number in [0, 100], not {value!r}")
         if m.aug_colour not in ("jitter", "remap"):
             raise ValueError(f"model.aug_colour must be jitter or remap, not {m.aug_colour!r}")
         if not isinstance(m.aug_rotate_deg, (int, float)) or not 0 <= float(m.aug_rotate_deg) <= 180:

@@ -99,7 +99,8 @@ def test_iic_repeats_and_augmentation_settings_train(tmp_path):
     assert result["step"] == 4 and all(v == v for v in result["metrics"].values())
     from gan_core.config import validate
 
-    for field, value in (("iic_repeats", 0), ("aug_colour", "sepia"), ("aug_rotate_deg", 400.0)):
+    for field, value in (("iic_repeats", 0), ("aug_colour", "sepia"), ("aug_rotate_deg", 400.0),
+                         ("code_weight_d", float("nan")), ("iic_weight", -1.0)):
         bad = tiny("x")
         setattr(bad.model, field, value)
         with pytest.raises(ValueError, match=field):
@@ -212,3 +213,18 @@ def test_exemplars_are_the_most_confident_members(trained):
     assert torch.allclose(ex.confidence[0], members.max())
     with pytest.raises(ValueError, match="no cluster"):
         model.exemplars(5)
+
+
+def test_code_weight_d_zero_leaves_the_heads_to_iic(tmp_path):
+    """Without IIC and with code_weight_d = 0 nothing trains D's cluster heads; with 1 the code term does."""
+    heads = {}
+    for w in (0.0, 1.0):
+        cfg = tiny(tmp_path / f"w{w}", "none", steps=3)
+        cfg.model.code_weight_d = w
+        train(cfg)
+        _, _, d, _ = ckpt.load_models(tmp_path / f"w{w}")
+        heads[w] = d.cluster.weight.detach().clone()
+    torch.manual_seed(0)
+    _, d0 = cluster.build(tiny("x").model)
+    assert torch.equal(heads[0.0], d0.cluster.weight)
+    assert not torch.equal(heads[1.0], d0.cluster.weight)

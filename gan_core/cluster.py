@@ -32,6 +32,9 @@ class ClusterDiscriminator(nn.Module):
         self.trunk = base.main[:-2]  # the seed's convs, ending at (N, ndf*mult, 4, 4)
         self.adv = base.main[-2]  # Conv(ndf*mult, 1, 4, 1, 0): real/fake logit
         width = base.main[-2].in_channels * 16
+        self.hidden = (nn.Sequential(nn.Linear(width, cfg.head_hidden), nn.ReLU(inplace=True))
+                       if cfg.head_hidden > 0 else nn.Identity())
+        width = cfg.head_hidden or width
         self.k, self.over, self.subheads = cfg.k, cfg.overcluster, cfg.subheads
         self.cluster = nn.Linear(width, cfg.subheads * cfg.k)  # all sub-heads in one matmul
         self.overcluster = nn.Linear(width, cfg.subheads * cfg.overcluster)
@@ -44,7 +47,7 @@ class ClusterDiscriminator(nn.Module):
         adv = adv if logits else torch.sigmoid(adv)
         if not heads:
             return adv
-        f = h.flatten(1)
+        f = self.hidden(h.flatten(1))
         n = f.shape[0]
         clusters = self.cluster(f).view(n, self.subheads, self.k).transpose(0, 1)  # (S, N, K)
         over = self.overcluster(f).view(n, self.subheads, self.over).transpose(0, 1)  # (S, N, O)

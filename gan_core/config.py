@@ -51,6 +51,7 @@ class ClusterConfig:
     k: int = 10
     overcluster: int = 50  # ~5K ways: more clusters than classes help IIC find finer structure
     subheads: int = 5  # the one with the lowest IIC loss is used for prediction
+    head_hidden: int = 0  # >0: the heads read a shared hidden layer of this width (ReLU) instead of the trunk
     objective: str = "iic"  # iic | catgan | none (code cross-entropy only: "ours without IIC")
     iic_weight: float = 1.0
     iic_repeats: int = 1  # augmented views per real image for IIC (pairs: the image with each view)
@@ -137,7 +138,8 @@ def validate(cfg: RunConfig) -> RunConfig:
             raise ValueError(f"{name} must be a number in [{lo}, {hi}], not {value!r}")
     if m.kind == "cluster":
         for name, value, lo, hi in (("model.k", m.k, 2, 1000), ("model.overcluster", m.overcluster, 2, 10000),
-                                    ("model.subheads", m.subheads, 1, 64), ("model.iic_repeats", m.iic_repeats, 1, 64)):
+                                    ("model.subheads", m.subheads, 1, 64), ("model.iic_repeats", m.iic_repeats, 1, 64),
+                                    ("model.head_hidden", m.head_hidden, 0, 8192)):
             if not isinstance(value, int) or isinstance(value, bool) or not lo <= value <= hi:
                 raise ValueError(f"{name} must be an integer in [{lo}, {hi}], not {value!r}")
         for name, value in (("model.iic_weight", m.iic_weight), ("model.code_weight", m.code_weight),

@@ -228,3 +228,12 @@ def test_code_weight_d_zero_leaves_the_heads_to_iic(tmp_path):
     _, d0 = cluster.build(tiny("x").model)
     assert torch.equal(heads[0.0], d0.cluster.weight)
     assert not torch.equal(heads[1.0], d0.cluster.weight)
+
+
+def test_heads_can_read_a_hidden_layer():
+    cfg = ClusterConfig(nz=8, ngf=8, ndf=8, k=4, overcluster=12, subheads=2, head_hidden=16)
+    g, d = cluster.build(cfg)
+    assert d.cluster.in_features == 16 and d.overcluster.in_features == 16
+    _, clusters, over = d(g(make_latent(cfg, 3, None)), logits=True, heads=True)
+    assert clusters.shape == (2, 3, 4) and over.shape == (2, 3, 12)
+    assert isinstance(cluster.build(ClusterConfig(nz=8, ngf=8, ndf=8))[1].hidden, torch.nn.Identity)

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 @dataclass
 class AugmentConfig:
-    crop_scale: tuple[float, float] = (0.6, 1.0)  # area kept by the random resized crop
+    crop_scale: tuple[float, float] = (0.6, 1.0)  # area of the crop window / the image's (above 1: zoom out)
     translate: float = 0.1  # max shift, as a fraction of the image side
     rotate_deg: float = 15.0
     brightness: float = 0.25
@@ -38,8 +38,8 @@ def augment(x: torch.Tensor, gen: Optional[torch.Generator] = None, cfg: Augment
     dev = x.device
     scale = _uniform(n, *cfg.crop_scale, gen, dev).sqrt()  # side of the crop, relative
     angle = _uniform(n, -cfg.rotate_deg, cfg.rotate_deg, gen, dev) * math.pi / 180
-    # The crop may sit anywhere inside the image, plus the translation.
-    room = (1 - scale)
+    # The crop may sit anywhere inside the image (or, zooming out, anywhere around it), plus the translation.
+    room = (1 - scale).abs()
     tx = _uniform(n, -1, 1, gen, dev) * room + _uniform(n, -cfg.translate, cfg.translate, gen, dev) * 2
     ty = _uniform(n, -1, 1, gen, dev) * room + _uniform(n, -cfg.translate, cfg.translate, gen, dev) * 2
     cos, sin = angle.cos() * scale, angle.sin() * scale

@@ -79,7 +79,9 @@ def codes_of(noise: torch.Tensor, cfg: ClusterConfig) -> torch.Tensor:
 
 
 def augment_config(cfg: ClusterConfig) -> AugmentConfig:
-    return AugmentConfig(rotate_deg=float(cfg.aug_rotate_deg), colour_remap=cfg.aug_colour == "remap")
+    return AugmentConfig(crop_scale=(float(cfg.aug_scale_min), float(cfg.aug_scale_max)),
+                         translate=float(cfg.aug_translate), rotate_deg=float(cfg.aug_rotate_deg),
+                         colour_remap=cfg.aug_colour == "remap")
 
 
 def train_step(m, real: torch.Tensor, noise: torch.Tensor, real_label: float = 1.0, input_noise_std: float = 0.0,

@@ -56,6 +56,9 @@ class ClusterConfig:
     iic_weight: float = 1.0
     iic_repeats: int = 1  # augmented views per real image for IIC (pairs: the image with each view)
     aug_rotate_deg: float = 15.0  # IIC views: rotation range (180 where orientation is a nuisance)
+    aug_scale_min: float = 0.6  # IIC views: area of the random crop relative to the image ...
+    aug_scale_max: float = 1.0  # ... (above 1 zooms out, so object size becomes a nuisance)
+    aug_translate: float = 0.1  # IIC views: extra shift, as a fraction of the side (large: position is a nuisance)
     aug_colour: str = "jitter"  # IIC views: "jitter" (brightness/contrast/saturation) or "remap" (any colours)
     code_weight: float = 1.0  # cross-entropy of the cluster head on generated images vs their code (G's loss)
     code_weight_d: Optional[float] = None  # the same term in D's loss (None: code_weight); small: IIC leads
@@ -146,6 +149,13 @@ def validate(cfg: RunConfig) -> RunConfig:
                             ("model.code_weight_d", 0.0 if m.code_weight_d is None else m.code_weight_d)):
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= float(value) <= 100:
                 raise ValueError(f"{name} must be a number in [0, 100], not {value!r}")
+        for name, value, lo, hi in (("model.aug_scale_min", m.aug_scale_min, 0.05, 4.0),
+                                    ("model.aug_scale_max", m.aug_scale_max, 0.05, 4.0),
+                                    ("model.aug_translate", m.aug_translate, 0.0, 1.0)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not lo <= float(value) <= hi:
+                raise ValueError(f"{name} must be a number in [{lo}, {hi}], not {value!r}")
+        if m.aug_scale_min > m.aug_scale_max:
+            raise ValueError(f"model.aug_scale_min ({m.aug_scale_min}) is above model.aug_scale_max ({m.aug_scale_max})")
         if m.aug_colour not in ("jitter", "remap"):
             raise ValueError(f"model.aug_colour must be jitter or remap, not {m.aug_colour!r}")
         if not isinstance(m.aug_rotate_deg, (int, float)) or not 0 <= float(m.aug_rotate_deg) <= 180:

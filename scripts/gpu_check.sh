@@ -2,7 +2,7 @@
 # GPU checks in one go (target: well under 8 minutes on one H100/H200):
 #   scripts/gpu_check.sh OUT_DIR
 # 1. the CUDA tests, 2. the CUDA benchmark at batch 128 (reference vs fast, then fast + torch.compile),
-# 3. a short CUDA training of the default model. Results (JSON, logs, small checkpoints) go to OUT_DIR.
+# 3. a short CUDA training of the default model, 4. Fashion-MNIST clustering when its files are there. Results (JSON, logs, small checkpoints) go to OUT_DIR.
 # Needs only torch, torchvision, safetensors, numpy, pillow, tqdm and pytest (the lent GPU image has
 # them all); the training step calls gan_core directly, so Hydra need not be installed there.
 set -uo pipefail
@@ -37,6 +37,35 @@ cfg = RunConfig(model=DCGANConfig(ngf=32, ndf=32), data=DataConfig(source="shape
 result = train(cfg, on_sample=lambda s, x: image_grid(x, 8).save(out / f"samples_{s:06d}.png"))
 print(json.dumps(result))
 PYEOF
+# 4. Fashion-MNIST clustering on the GPU, when the IDX files travelled with the tree (git-ignored
+#    data/fashion-mnist, sent with the device tool's `carry`) or sit where Debian puts them.
+FMNIST=${GANLAB_FMNIST:-data/fashion-mnist}
+[ -e "$FMNIST/t10k-images-idx3-ubyte.gz" ] || FMNIST=/usr/share/datasets/fashion-mnist
+if [ -e "$FMNIST/t10k-images-idx3-ubyte.gz" ]; then
+  timeout 200 $PY - "$OUT_DIR" "$FMNIST" <<'PYEOF' 2> "$OUT_DIR/fmnist.err" | tail -1 | tee "$OUT_DIR/fmnist_clusters.json"
+import json, sys, time
+from pathlib import Path
+sys.path.insert(0, ".")
+from gan_core import metrics
+from gan_core.cluster import ClusterModel
+from gan_core.config import ClusterConfig, DataConfig, RunConfig, TrainConfig
+from gan_core.data import load_dataset
+from gan_core.train import train
+out, path = Path(sys.argv[1]) / "fmnist-clusters-cuda", sys.argv[2]
+data = DataConfig(source="idx", path=path, image_size=32, channels=1)
+cfg = RunConfig(model=ClusterConfig(k=10, ngf=32, ndf=32), data=data,
+                train=TrainConfig(steps=30000, batch_size=64, device="cuda", ema_decay=0.999, log_every=500,
+                                  checkpoint_every=5000, keep_checkpoints=8, out_dir=str(out)))
+t0 = time.time()
+result = train(cfg)
+test = load_dataset(DataConfig(source="idx", path=path, split="test", image_size=32, channels=1))
+pred = ClusterModel.load(result["checkpoint"], "cuda").predict(test.images)
+result.update({k: round(v, 4) for k, v in metrics.clustering_scores(test.labels.numpy(), pred.ids.numpy()).items()},
+              wall_s=round(time.time() - t0, 1))
+print(json.dumps(result))
+PYEOF
+fi
+rm -f "$OUT_DIR"/fmnist-clusters-cuda/checkpoints/*/optimizer.safetensors
 rm -f "$OUT_DIR"/shapes-dcgan-cuda/checkpoints/*/optimizer.safetensors
 rm -rf "$OUT_DIR/.cache"
 echo "gpu_check done: $(ls "$OUT_DIR" | tr '\n' ' ')"

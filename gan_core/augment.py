@@ -21,6 +21,7 @@ class AugmentConfig:
     crop_scale: tuple[float, float] = (0.6, 1.0)  # area of the crop window / the image's (above 1: zoom out)
     translate: float = 0.1  # max shift, as a fraction of the image side
     rotate_deg: float = 15.0
+    aspect: float = 0.0  # log of the largest width/height stretch (0: keep the aspect ratio)
     brightness: float = 0.25
     contrast: float = 0.25
     saturation: float = 0.25  # RGB only
@@ -42,9 +43,11 @@ def augment(x: torch.Tensor, gen: Optional[torch.Generator] = None, cfg: Augment
     room = (1 - scale).abs()
     tx = _uniform(n, -1, 1, gen, dev) * room + _uniform(n, -cfg.translate, cfg.translate, gen, dev) * 2
     ty = _uniform(n, -1, 1, gen, dev) * room + _uniform(n, -cfg.translate, cfg.translate, gen, dev) * 2
+    stretch = _uniform(n, -cfg.aspect, cfg.aspect, gen, dev).exp().sqrt() if cfg.aspect > 0 else torch.ones(n, device=dev)
     cos, sin = angle.cos() * scale, angle.sin() * scale
     sx = torch.where(_uniform(n, 0, 1, gen, dev) < 0.5, -1.0, 1.0) if cfg.flip else torch.ones(n, device=dev)
-    theta = torch.stack([torch.stack([cos * sx, -sin, tx], 1), torch.stack([sin * sx, cos, ty], 1)], 1)
+    theta = torch.stack([torch.stack([cos * sx * stretch, -sin / stretch, tx], 1),
+                         torch.stack([sin * sx * stretch, cos / stretch, ty], 1)], 1)
     grid = F.affine_grid(theta.float(), list(x.shape), align_corners=False)
     # Outside the image, repeat its border (backgrounds are usually flat).
     out = F.grid_sample(x.float(), grid.to(x.device), mode="bilinear", padding_mode="border", align_corners=False)

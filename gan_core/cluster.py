@@ -81,6 +81,8 @@ def codes_of(noise: torch.Tensor, cfg: ClusterConfig) -> torch.Tensor:
 def augment_config(cfg: ClusterConfig) -> AugmentConfig:
     return AugmentConfig(crop_scale=(float(cfg.aug_scale_min), float(cfg.aug_scale_max)),
                          translate=float(cfg.aug_translate), rotate_deg=float(cfg.aug_rotate_deg),
+                         aspect=float(cfg.aug_aspect), brightness=float(cfg.aug_photometric),
+                         contrast=float(cfg.aug_photometric),
                          colour_remap=cfg.aug_colour == "remap")
 
 

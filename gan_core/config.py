@@ -59,6 +59,8 @@ class ClusterConfig:
     aug_scale_min: float = 0.6  # IIC views: area of the random crop relative to the image ...
     aug_scale_max: float = 1.0  # ... (above 1 zooms out, so object size becomes a nuisance)
     aug_translate: float = 0.1  # IIC views: extra shift, as a fraction of the side (large: position is a nuisance)
+    aug_aspect: float = 0.0  # IIC views: log of the largest width/height stretch (0: none)
+    aug_photometric: float = 0.25  # IIC views: brightness and contrast jitter range (jitter mode)
     aug_colour: str = "jitter"  # IIC views: "jitter" (brightness/contrast/saturation) or "remap" (any colours)
     code_weight: float = 1.0  # cross-entropy of the cluster head on generated images vs their code (G's loss)
     code_weight_d: Optional[float] = None  # the same term in D's loss (None: code_weight); small: IIC leads
@@ -151,7 +153,9 @@ def validate(cfg: RunConfig) -> RunConfig:
                 raise ValueError(f"{name} must be a number in [0, 100], not {value!r}")
         for name, value, lo, hi in (("model.aug_scale_min", m.aug_scale_min, 0.05, 4.0),
                                     ("model.aug_scale_max", m.aug_scale_max, 0.05, 4.0),
-                                    ("model.aug_translate", m.aug_translate, 0.0, 1.0)):
+                                    ("model.aug_translate", m.aug_translate, 0.0, 1.0),
+                                    ("model.aug_aspect", m.aug_aspect, 0.0, 1.0),
+                                    ("model.aug_photometric", m.aug_photometric, 0.0, 0.9)):
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not lo <= float(value) <= hi:
                 raise ValueError(f"{name} must be a number in [{lo}, {hi}], not {value!r}")
         if m.aug_scale_min > m.aug_scale_max:

@@ -53,3 +53,19 @@ def test_colour_remap_changes_colours_but_keeps_the_picture():
             a, b = x[i, c].flatten(), out[i, c].flatten()
             corr = torch.corrcoef(torch.stack([a, b]))[0, 1].abs()
             assert corr > 0.999
+
+
+def test_aspect_stretch_changes_width_against_height():
+    """A centred square, stretched: the width/height ratio of the result varies within the range."""
+    from gan_core.augment import AugmentConfig
+
+    x = -torch.ones(32, 1, 32, 32)
+    x[:, :, 10:22, 10:22] = 1.0
+    cfg = AugmentConfig(crop_scale=(1.0, 1.0), translate=0.0, rotate_deg=0.0, brightness=0.0, contrast=0.0,
+                        aspect=0.4)
+    out = augment(x, torch.Generator().manual_seed(0), cfg)
+    mask = out[:, 0] > 0
+    w, h = mask.any(1).sum(1).float(), mask.any(2).sum(1).float()
+    ratio = w / h
+    assert ratio.max() > 1.15 and ratio.min() < 0.87  # both ways
+    assert ratio.max() < 1.6 and ratio.min() > 0.6  # within exp(+-0.4) ~ 1.49, plus pixel rounding

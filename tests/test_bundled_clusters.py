@@ -1,0 +1,37 @@
+"""The shipped Fashion-MNIST clustering model, checked on the held-out test split (a correctness
+check of what is bundled, not a timing). CI installs Debian's dataset-fashion-mnist."""
+import os
+from pathlib import Path
+
+import pytest
+
+from gan_core import metrics
+from gan_core.cluster import ClusterModel
+from gan_core.config import DataConfig
+from gan_core.data import load_dataset
+
+ROOT = Path(__file__).resolve().parents[1]
+FMNIST = Path(os.environ.get("GANLAB_FMNIST", "/usr/share/datasets/fashion-mnist"))
+needs_fmnist = pytest.mark.skipif(not (FMNIST / "t10k-images-idx3-ubyte.gz").exists(),
+                                  reason="Fashion-MNIST files absent (apt-get install dataset-fashion-mnist)")
+
+
+@needs_fmnist
+def test_bundled_fashion_mnist_model_clusters_the_test_split():
+    model = ClusterModel.load(ROOT / "checkpoints" / "fashion-mnist-clusters")
+    test = load_dataset(DataConfig(source="idx", path=str(FMNIST), split="test", image_size=32, channels=1))
+    pred = model.predict(test.images)
+    scores = metrics.clustering_scores(test.labels.numpy(), pred.ids.numpy())
+    assert len(pred.ids) == 10000
+    # Measured: ACC 0.611, NMI 0.610. The project's target is ACC >= 0.65 (not reached yet, see the
+    # model card); this pins the shipped model's own level so a broken export or loader fails.
+    assert scores["acc"] >= 0.60 and scores["nmi"] >= 0.60, scores
+    assert pred.names[3] == "bags" and set(pred.labels(0)) == set(pred.names)
+
+
+@needs_fmnist
+def test_bundled_model_exemplars_come_from_the_training_data():
+    model = ClusterModel.load(ROOT / "checkpoints" / "fashion-mnist-clusters")
+    ex = model.exemplars(4, n=4)  # "trousers"
+    assert ex.real.shape == (4, 1, 32, 32) and ex.fake.shape == (4, 1, 32, 32)
+    assert (ex.confidence > 0.9).all()

@@ -237,3 +237,38 @@ def test_heads_can_read_a_hidden_layer():
     _, clusters, over = d(g(make_latent(cfg, 3, None)), logits=True, heads=True)
     assert clusters.shape == (2, 3, 4) and over.shape == (2, 3, 12)
     assert isinstance(cluster.build(ClusterConfig(nz=8, ngf=8, ndf=8))[1].hidden, torch.nn.Identity)
+
+
+def test_evaluate_clustering_on_a_class_folder_and_idx_files(tmp_path):
+    """Any labelled source: a folder with class subfolders and IDX files (test split), for the cluster
+    head and for D features + k-means; the last line has the documented keys."""
+    import gzip
+
+    import numpy as np
+    from PIL import Image
+
+    out = tmp_path / "run"
+    train(tiny(out, "iic", steps=2))
+    rng = np.random.default_rng(0)
+    for cls, value in (("dark", 30), ("light", 220)):
+        (tmp_path / "folder" / cls).mkdir(parents=True)
+        for i in range(6):
+            arr = np.full((40, 30), value, np.uint8) + rng.integers(0, 20, (40, 30), dtype=np.uint8)
+            Image.fromarray(arr).save(tmp_path / "folder" / cls / f"{i}.png")
+    idx = tmp_path / "idx"
+    idx.mkdir()
+    images = rng.integers(0, 256, (9, 28, 28), dtype=np.uint8)
+    with gzip.open(idx / "t10k-images-idx3-ubyte.gz", "wb") as f:
+        f.write(bytes([0, 0, 8, 3]) + np.array([9, 28, 28], ">i4").tobytes() + images.tobytes())
+    with gzip.open(idx / "t10k-labels-idx1-ubyte.gz", "wb") as f:
+        f.write(bytes([0, 0, 8, 1]) + np.array([9], ">i4").tobytes() + (np.arange(9, dtype=np.uint8) % 3).tobytes())
+    runs = [(["--data.source", "folder", "--data.path", str(tmp_path / "folder")], 12, 2, "cluster head"),
+            (["--data.source", "idx", "--data.path", str(idx), "--split", "test"], 9, 3, "cluster head"),
+            (["--data.source", "idx", "--data.path", str(idx), "--split", "test", "--features"], 9, 3,
+             "discriminator features")]
+    for args, n, k, method in runs:
+        proc, result = run_script(["scripts/evaluate_clustering.py", "--checkpoint", str(out), *args])
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        assert {"acc", "nmi", "ari", "n", "k", "kmeans_acc", "kmeans_nmi"} <= set(result)
+        assert result["n"] == n and result["k"] == k and result["method"].startswith(method)
+        assert 0 <= result["acc"] <= 1 and 0 <= result["kmeans_acc"] <= 1

@@ -49,8 +49,15 @@ def augment(x: torch.Tensor, gen: Optional[torch.Generator] = None, cfg: Augment
     theta = torch.stack([torch.stack([cos * sx * stretch, -sin / stretch, tx], 1),
                          torch.stack([sin * sx * stretch, cos / stretch, ty], 1)], 1)
     grid = F.affine_grid(theta.float(), list(x.shape), align_corners=False)
-    # Outside the image, repeat its border (backgrounds are usually flat).
-    out = F.grid_sample(x.float(), grid.to(x.device), mode="bilinear", padding_mode="border", align_corners=False)
+    if cfg.crop_scale[1] > 1:
+        # Zooming out: fill around the image with its background, the mean of its four corners
+        # (repeating the border would smear an object that touches the edge into stripes).
+        xf = x.float()
+        bg = (xf[:, :, 0, 0] + xf[:, :, 0, -1] + xf[:, :, -1, 0] + xf[:, :, -1, -1]).div(4)[:, :, None, None]
+        out = F.grid_sample(xf - bg, grid.to(x.device), mode="bilinear", padding_mode="zeros", align_corners=False) + bg
+    else:
+        # Outside the image (shifts, rotations), repeat its border (backgrounds are usually flat).
+        out = F.grid_sample(x.float(), grid.to(x.device), mode="bilinear", padding_mode="border", align_corners=False)
     # Photometric jitter, in [0, 1] units.
     out = (out + 1) / 2
     shape = (n, 1, 1, 1)

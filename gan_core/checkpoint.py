@@ -51,10 +51,18 @@ def _write_json(path: Path, obj: dict) -> None:
 
 def write_json(path: Path, obj: dict) -> None:
     """Replace a JSON file atomically: a reader sees the old file or the new one, never half of one."""
+    import tempfile
+
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    _write_json(tmp, obj)
-    os.replace(tmp, path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        os.chmod(tmp, 0o644)
+        _write_json(Path(tmp), obj)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
     _fsync_dir(path.parent)
 
 

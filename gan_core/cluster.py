@@ -165,36 +165,85 @@ def default_names(k: int) -> list[str]:
     return [f"cluster {i}" for i in range(k)]
 
 
-def to_model_images(images, size: int, channels: int) -> torch.Tensor:
+def _to_uint8(arr, float_range: tuple[float, float]):
+    """A numpy array of any numeric dtype -> uint8: uint8 as is, uint16 scaled, other integers
+    checked to lie in 0..255, floats mapped from `float_range` to 0..255."""
+    import numpy as np
+
+    if arr.dtype == np.uint8:
+        return arr
+    if arr.dtype == np.uint16:
+        return (arr // 257).astype(np.uint8)
+    if arr.dtype == np.bool_:
+        return arr.astype(np.uint8) * 255
+    if np.issubdtype(arr.dtype, np.integer):
+        if arr.size and (arr.min() < 0 or arr.max() > 255):
+            raise ValueError(f"integer image values must lie in 0..255, not {arr.min()}..{arr.max()}")
+        return arr.astype(np.uint8)
+    if np.issubdtype(arr.dtype, np.floating):
+        lo, hi = float_range
+        return (np.clip((arr.astype(np.float32) - lo) / (hi - lo), 0, 1) * 255).round().astype(np.uint8)
+    raise ValueError(f"cannot read an image array of dtype {arr.dtype}")
+
+
+def _split_array(arr) -> list:
+    """A numpy array -> a list of single images, each (H, W) or (H, W, C)."""
+    if arr.ndim == 2:
+        return [arr]
+    if arr.ndim == 3:
+        # (H, W, C) when the last axis can be channels, else a batch (N, H, W); channels-first
+        # numpy images come as (N, C, H, W) (or as torch tensors).
+        return [arr] if arr.shape[-1] in (1, 3, 4) else list(arr)
+    if arr.ndim == 4:
+        if arr.shape[-1] not in (1, 3, 4) and arr.shape[1] in (1, 3, 4):
+            arr = arr.transpose(0, 2, 3, 1)  # (N, C, H, W)
+        return list(arr)
+    raise ValueError(f"cannot read an image array of shape {arr.shape}")
+
+
+def to_model_images(images, size: int, channels: int, float_range: Optional[tuple[float, float]] = None) -> torch.Tensor:
     """Images of any size and kind -> uint8 (N, channels, size, size), resized like training data
     (shorter side to `size`, centre crop; colour converted like the loaders do).
 
     Accepts one image or a list of them: PIL images, file paths, raw bytes, numpy arrays (H, W),
-    (H, W, C) or (N, H, W, C) as uint8 or floats in [0, 1], and torch tensors (C, H, W) or
-    (N, C, H, W) as uint8 or floats in [-1, 1] (the generator's range)."""
+    (H, W, C) (C = 1, 3 or 4), (N, H, W), (N, H, W, C) or (N, C, H, W), and torch tensors (H, W),
+    (C, H, W) or (N, C, H, W). Integer arrays are 0..255 (uint16: 0..65535); float values are read
+    in `float_range`, by default [0, 1] for numpy arrays and [-1, 1] (the generator's range) for
+    torch tensors."""
     import numpy as np
     from PIL import Image
 
     from .data import decode_image
 
     if isinstance(images, torch.Tensor):
-        x = images if images.dim() == 4 else images.unsqueeze(0)
-        if x.dtype != torch.uint8:
-            x = ((x.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-        if x.shape[1] == channels and x.shape[-2:] == (size, size):
-            return x.cpu().contiguous()
-        images = [Image.fromarray(im.permute(1, 2, 0).squeeze(-1).cpu().numpy()) for im in x]
-    elif isinstance(images, np.ndarray) and (images.ndim == 4 or (images.ndim == 3 and images.shape[-1] not in (1, 3, 4))):
-        images = list(images) if images.ndim == 4 else [images]
+        x = images.detach().cpu()
+        if x.dim() == 2:
+            x = x[None, None]
+        elif x.dim() == 3:
+            x = x[None]
+        if x.dim() != 4:
+            raise ValueError(f"cannot read an image tensor of shape {tuple(images.shape)}")
+        if x.dtype == torch.bfloat16 or x.dtype == torch.float16:
+            x = x.float()
+        arr = _to_uint8(x.numpy(), float_range or (-1.0, 1.0))
+        if arr.shape[1] == channels and arr.shape[-2:] == (size, size):
+            return torch.from_numpy(np.ascontiguousarray(arr))
+        images = list(arr.transpose(0, 2, 3, 1))
+    elif isinstance(images, np.ndarray):
+        images = _split_array(images)
     elif not isinstance(images, (list, tuple)):
         images = [images]
     out = []
     for im in images:
-        if isinstance(im, torch.Tensor):
-            out.append(to_model_images(im, size, channels))
+        if isinstance(im, (torch.Tensor, list, tuple)) or (isinstance(im, np.ndarray) and im.ndim == 4):
+            out.append(to_model_images(im, size, channels, float_range))
             continue
         if isinstance(im, np.ndarray):
-            arr = im if im.dtype == np.uint8 else (np.clip(im, 0, 1) * 255).round().astype(np.uint8)
+            parts = _split_array(im)
+            if len(parts) != 1:
+                out.append(to_model_images(im, size, channels, float_range))
+                continue
+            arr = _to_uint8(parts[0], float_range or (0.0, 1.0))
             im = Image.fromarray(arr.squeeze(-1) if arr.ndim == 3 and arr.shape[-1] == 1 else arr)
         out.append(torch.from_numpy(np.array(decode_image(im, size, channels))).unsqueeze(0))
     if not out:
@@ -282,9 +331,14 @@ class ClusterModel:
         target = Path(folder or self.folder or "")
         if not (target / "config.json").exists():
             raise ValueError(f"no checkpoint at {target} to save the names into")
-        _, meta = read_config(target)
+        from . import config as config_mod
+
+        saved, meta = read_config(target)
+        if saved.model.kind != "cluster" or saved.model.k != self.k:
+            raise ValueError(f"{target} holds a model with other clusters; its names were not changed")
         meta.pop("folder", None)
         meta["config"]["model"]["cluster_names"] = self.names
+        config_mod.validate(config_mod.from_dict(meta["config"]))
         write_json(target / "config.json", meta)
         return target
 
@@ -292,9 +346,9 @@ class ClusterModel:
     def device(self) -> torch.device:
         return next(self.d.parameters()).device
 
-    def predict(self, images, batch: int = 256) -> Prediction:
+    def predict(self, images, batch: int = 256, float_range: Optional[tuple[float, float]] = None) -> Prediction:
         """Images of any kind and size (see `to_model_images`) -> cluster ids, probabilities and names."""
-        x = to_model_images(images, self.cfg.data.image_size, self.cfg.data.channels)
+        x = to_model_images(images, self.cfg.data.image_size, self.cfg.data.channels, float_range)
         if len(x) == 0:
             return Prediction(torch.empty(0, dtype=torch.long), torch.empty(0, self.k), self.names)
         ids, probs = predict_tensor(self.d, x, batch)

@@ -153,7 +153,7 @@ def validate(cfg: RunConfig) -> RunConfig:
                 raise ValueError(f"{name} must be a number in [0, 100], not {value!r}")
         for name, value, lo, hi in (("model.aug_scale_min", m.aug_scale_min, 0.05, 4.0),
                                     ("model.aug_scale_max", m.aug_scale_max, 0.05, 4.0),
-                                    ("model.aug_translate", m.aug_translate, 0.0, 1.0),
+                                    ("model.aug_translate", m.aug_translate, 0.0, 0.5),
                                     ("model.aug_aspect", m.aug_aspect, 0.0, 1.0),
                                     ("model.aug_photometric", m.aug_photometric, 0.0, 0.9)):
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not lo <= float(value) <= hi:
@@ -162,7 +162,8 @@ def validate(cfg: RunConfig) -> RunConfig:
             raise ValueError(f"model.aug_scale_min ({m.aug_scale_min}) is above model.aug_scale_max ({m.aug_scale_max})")
         if m.aug_colour not in ("jitter", "remap"):
             raise ValueError(f"model.aug_colour must be jitter or remap, not {m.aug_colour!r}")
-        if not isinstance(m.aug_rotate_deg, (int, float)) or not 0 <= float(m.aug_rotate_deg) <= 180:
+        if (isinstance(m.aug_rotate_deg, bool) or not isinstance(m.aug_rotate_deg, (int, float))
+                or not 0 <= float(m.aug_rotate_deg) <= 180):
             raise ValueError(f"model.aug_rotate_deg must be a number in [0, 180], not {m.aug_rotate_deg!r}")
         if m.objective not in ("iic", "catgan", "none"):
             raise ValueError(f"model.objective must be iic, catgan or none, not {m.objective!r}")

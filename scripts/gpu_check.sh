@@ -42,7 +42,7 @@ PYEOF
 FMNIST=${GANLAB_FMNIST:-data/fashion-mnist}
 [ -e "$FMNIST/t10k-images-idx3-ubyte.gz" ] || FMNIST=/usr/share/datasets/fashion-mnist
 if [ -e "$FMNIST/t10k-images-idx3-ubyte.gz" ]; then
-  timeout 200 $PY - "$OUT_DIR" "$FMNIST" <<'PYEOF' 2> "$OUT_DIR/fmnist.err" | tail -1 | tee "$OUT_DIR/fmnist_clusters.json"
+  timeout 240 $PY - "$OUT_DIR" "$FMNIST" <<'PYEOF' 2> "$OUT_DIR/fmnist.err" | tail -1 | tee "$OUT_DIR/fmnist_clusters.json"
 import json, sys, time
 from pathlib import Path
 sys.path.insert(0, ".")
@@ -54,7 +54,7 @@ from gan_core.train import train
 out, path = Path(sys.argv[1]) / "fmnist-clusters-cuda", sys.argv[2]
 data = DataConfig(source="idx", path=path, image_size=32, channels=1)
 cfg = RunConfig(model=ClusterConfig(k=10, ngf=32, ndf=32), data=data,
-                train=TrainConfig(steps=30000, batch_size=64, device="cuda", ema_decay=0.999, log_every=500,
+                train=TrainConfig(steps=20000, batch_size=64, device="cuda", ema_decay=0.999, log_every=500,
                                   checkpoint_every=5000, keep_checkpoints=8, out_dir=str(out)))
 t0 = time.time()
 result = train(cfg)

@@ -46,7 +46,7 @@ def main(argv=None) -> dict:
         print(f"error: {e}", file=sys.stderr)
         print(json.dumps({"error": str(e)}))
         sys.exit(2)
-    patterns = ["config.json", "*.png", "README.md", "generator*.safetensors", "discriminator.safetensors"]
+    patterns = ["config.json", "*.png", "README.md", "generator*.safetensors", "discriminator*.safetensors"]
     if args.with_optimizer:
         patterns.append("optimizer.safetensors")
     files = sorted(f.name for f in folder.iterdir() if any(f.match(pat) for pat in patterns))

@@ -69,3 +69,14 @@ def test_aspect_stretch_changes_width_against_height():
     ratio = w / h
     assert ratio.max() > 1.15 and ratio.min() < 0.87  # both ways
     assert ratio.max() < 1.6 and ratio.min() > 0.6  # within exp(+-0.4) ~ 1.49, plus pixel rounding
+
+
+def test_zoom_out_pads_with_the_background_not_stripes():
+    """A bar touching top and bottom must shrink when zoomed out (border padding would keep it full height)."""
+    x = -torch.ones(8, 1, 32, 32)
+    x[:, :, :, 14:18] = 1.0
+    cfg = AugmentConfig(crop_scale=(4.0, 4.0), translate=0.0, rotate_deg=0.0, brightness=0.0, contrast=0.0)
+    out = augment(x, torch.Generator().manual_seed(0), cfg)
+    rows = (out[:, 0] > 0).any(2).sum(1)
+    assert (rows <= 20).all() and (rows >= 12).all()  # half the side (2x zoom out), give or take the blur
+    assert out.min() >= -1 and out.max() <= 1

@@ -139,9 +139,14 @@ def test_cluster_model_keeps_an_ema_discriminator_for_inference(tmp_path):
     name = "cluster.weight"
     assert torch.equal(d_ema.state_dict()[name], ema_w[name])
     assert not torch.equal(d_ema.state_dict()[name], d_raw.state_dict()[name])
-    # resuming continues the EMA from the file, and the run goes on to the new step count
+    # resuming continues the EMA from the file: 6 + 2 steps == 8 straight, bitwise
     cfg.train.steps, cfg.train.resume = 8, True
     assert train(cfg)["step"] == 8
+    straight = tiny(tmp_path / "straight", "iic", steps=8, ema_decay=0.9)
+    train(straight)
+    a = load_file(str(ckpt.latest_checkpoint(tmp_path / "ema") / "discriminator_ema.safetensors"))
+    b = load_file(str(ckpt.latest_checkpoint(tmp_path / "straight") / "discriminator_ema.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
 
 
 @pytest.fixture(scope="module")
@@ -151,7 +156,7 @@ def trained(tmp_path_factory):
     return ckpt.latest_checkpoint(out)
 
 
-def test_predict_accepts_any_image_kind_and_size(trained):
+def test_predict_accepts_any_image_kind_and_size(trained, tmp_path):
     import numpy as np
     from PIL import Image
 
@@ -172,6 +177,36 @@ def test_predict_accepts_any_image_kind_and_size(trained):
         assert p.ids.shape == (1,) and p.probs.shape == (1, 3)
         assert torch.allclose(p.probs.sum(1), torch.ones(1), atol=1e-5)
         assert torch.allclose(p.probs, preds[0].probs, atol=2e-2)  # the same picture, however it came
+    more = [
+        torch.from_numpy(arr),  # tensor (H, W) uint8
+        torch.from_numpy(arr).float()[None] / 255,  # tensor in [0, 1], with float_range
+        arr.astype(np.int64),  # other integer dtypes, 0..255
+        arr.astype(np.uint16) * 257,  # 16-bit
+        np.stack([arr] * 3)[None],  # numpy (1, C, H, W)
+    ]
+    ranges = [None, (0.0, 1.0), None, None, None]
+    for r, fr in zip(more, ranges):
+        p = model.predict(r, float_range=fr)
+        assert p.ids.shape == (1,) and torch.allclose(p.probs, preds[0].probs, atol=2e-2)
+    batches = {  # several images in one array, and a list mixing kinds
+        "numpy (N, H, W)": np.stack([arr] * 4),
+        "numpy (N, H, W, C)": np.stack([np.stack([arr] * 3, -1)] * 4),
+        "numpy (N, C, H, W)": np.stack([arr[None]] * 4),
+        "tensor to resize": torch.from_numpy(np.stack([arr] * 4)).float()[:, None].repeat(1, 3, 2, 2) / 127.5 - 1,
+        "list": [np.stack([arr] * 2), Image.fromarray(arr), torch.from_numpy(arr)],
+    }
+    for name, batch in batches.items():
+        p = model.predict(batch)
+        n = 4
+        assert p.ids.shape == (n,), name
+        if name != "tensor to resize":  # that one was upscaled 2x, then resized back: close, not equal
+            assert torch.allclose(p.probs, preds[0].probs.expand(n, -1), atol=2e-2), name
+    png = tmp_path / "x.png"
+    Image.fromarray(arr).save(png)
+    for r in (str(png), png.read_bytes()):
+        assert torch.allclose(model.predict(r).probs, preds[0].probs, atol=1e-4)
+    with pytest.raises(ValueError, match="0..255"):
+        model.predict(arr.astype(np.int64) * 3)
     big = model.predict([Image.fromarray(rng.integers(0, 256, (300, 200, 3), dtype=np.uint8)), Image.new("L", (5, 9))])
     assert big.ids.shape == (2,) and set(big.labels(0)) == set(model.names)
     assert [name for name, _ in big.top(1, 3)] == sorted(model.names, key=lambda n: -big.labels(1)[n])
@@ -193,6 +228,8 @@ def test_cluster_names_rename_and_save(trained, tmp_path):
     with pytest.raises(ValueError, match="3 names"):
         model.rename(["a"])
     model.save_names()
+    assert (folder / "config.json").stat().st_mode & 0o777 == 0o644
+    assert not list(folder.glob(".config.json.*"))  # no temporary file left behind
     again = cluster.ClusterModel.load(folder)
     assert again.names == ["cluster 0", "round things", "cluster 2"]
     assert again.predict(torch.zeros(1, 1, 32, 32)).names == again.names

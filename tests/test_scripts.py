@@ -139,3 +139,11 @@ def test_evaluate_clustering_baseline_and_d_features(tmp_path):
         assert 0 <= result[key] <= 1 or key == "ari"
     proc, result = run_script(["scripts/evaluate_clustering.py", "--data.source", "scenes", "--num-images", "5"])
     assert proc.returncode == 2 and result["error"] == "no labels"
+
+
+def test_push_dry_run_ships_both_discriminators_of_a_cluster_model():
+    proc, result = run_script(["scripts/push_to_hub.py", "--checkpoint", "checkpoints/fashion-mnist-clusters",
+                               "--repo", "me/fmnist", "--dry-run"])
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert {"discriminator.safetensors", "discriminator_ema.safetensors", "generator_ema.safetensors",
+            "config.json", "README.md", "exemplars.png"} <= set(result["files"])

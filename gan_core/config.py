@@ -103,6 +103,18 @@ class RunConfig:
 MODEL_CONFIGS: dict[str, type] = {"dcgan": DCGANConfig, "cluster": ClusterConfig}
 
 
+def _check_ints(*checks: tuple) -> None:
+    for name, value, lo, hi in checks:
+        if not isinstance(value, int) or isinstance(value, bool) or not lo <= value <= hi:
+            raise ValueError(f"{name} must be an integer in [{lo}, {hi}], not {value!r}")
+
+
+def _check_numbers(*checks: tuple) -> None:
+    for name, value, lo, hi in checks:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not lo <= float(value) <= hi:  # NaN fails
+            raise ValueError(f"{name} must be a number in [{lo}, {hi}], not {value!r}")
+
+
 def validate(cfg: RunConfig) -> RunConfig:
     """Check ranges and types before anything is allocated; raise ValueError with one clear line."""
     d, m, t = cfg.data, cfg.model, cfg.train
@@ -116,7 +128,7 @@ def validate(cfg: RunConfig) -> RunConfig:
         raise ValueError(f"channels must be 1 or 3, not {d.channels}")
     if m.kind not in MODEL_CONFIGS:
         raise ValueError(f"model kind must be one of {', '.join(MODEL_CONFIGS)}, not {m.kind!r}")
-    for name, value, lo, hi in (
+    _check_ints(
         ("train.steps", t.steps, 1, 10_000_000),
         ("train.batch_size", t.batch_size, 1, 65536),
         ("data.num_images", d.num_images, 1, 10_000_000),
@@ -128,43 +140,31 @@ def validate(cfg: RunConfig) -> RunConfig:
         ("model.nz", m.nz, 1, 4096),
         ("model.ngf", m.ngf, 1, 1024),
         ("model.ndf", m.ndf, 1, 1024),
-    ):
-        if not isinstance(value, int) or isinstance(value, bool) or not lo <= value <= hi:
-            raise ValueError(f"{name} must be an integer in [{lo}, {hi}], not {value!r}")
-    for name, value, lo, hi in (
+    )
+    _check_numbers(
         ("train.lr", t.lr, 1e-8, 1.0),
         ("train.beta1", t.beta1, 0.0, 0.9999),
         ("train.beta2", t.beta2, 0.0, 0.99999),
         ("train.ema_decay", t.ema_decay, 0.0, 0.99999),
         ("train.real_label", t.real_label, 0.5, 1.0),
         ("train.instance_noise", t.instance_noise, 0.0, 2.0),
-    ):
-        if not isinstance(value, (int, float)) or not lo <= float(value) <= hi:  # NaN fails too
-            raise ValueError(f"{name} must be a number in [{lo}, {hi}], not {value!r}")
+    )
     if m.kind == "cluster":
-        for name, value, lo, hi in (("model.k", m.k, 2, 1000), ("model.overcluster", m.overcluster, 2, 10000),
-                                    ("model.subheads", m.subheads, 1, 64), ("model.iic_repeats", m.iic_repeats, 1, 64),
-                                    ("model.head_hidden", m.head_hidden, 0, 8192)):
-            if not isinstance(value, int) or isinstance(value, bool) or not lo <= value <= hi:
-                raise ValueError(f"{name} must be an integer in [{lo}, {hi}], not {value!r}")
-        for name, value in (("model.iic_weight", m.iic_weight), ("model.code_weight", m.code_weight),
-                            ("model.code_weight_d", 0.0 if m.code_weight_d is None else m.code_weight_d)):
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= float(value) <= 100:
-                raise ValueError(f"{name} must be a number in [0, 100], not {value!r}")
-        for name, value, lo, hi in (("model.aug_scale_min", m.aug_scale_min, 0.05, 4.0),
-                                    ("model.aug_scale_max", m.aug_scale_max, 0.05, 4.0),
-                                    ("model.aug_translate", m.aug_translate, 0.0, 0.5),
-                                    ("model.aug_aspect", m.aug_aspect, 0.0, 1.0),
-                                    ("model.aug_photometric", m.aug_photometric, 0.0, 0.9)):
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not lo <= float(value) <= hi:
-                raise ValueError(f"{name} must be a number in [{lo}, {hi}], not {value!r}")
+        _check_ints(("model.k", m.k, 2, 1000), ("model.overcluster", m.overcluster, 2, 10000),
+                    ("model.subheads", m.subheads, 1, 64), ("model.iic_repeats", m.iic_repeats, 1, 64),
+                    ("model.head_hidden", m.head_hidden, 0, 8192))
+        _check_numbers(("model.iic_weight", m.iic_weight, 0.0, 100.0), ("model.code_weight", m.code_weight, 0.0, 100.0),
+                       ("model.code_weight_d", 0.0 if m.code_weight_d is None else m.code_weight_d, 0.0, 100.0),
+                       ("model.aug_rotate_deg", m.aug_rotate_deg, 0.0, 180.0),
+                       ("model.aug_scale_min", m.aug_scale_min, 0.05, 4.0),
+                       ("model.aug_scale_max", m.aug_scale_max, 0.05, 4.0),
+                       ("model.aug_translate", m.aug_translate, 0.0, 0.5),
+                       ("model.aug_aspect", m.aug_aspect, 0.0, 1.0),
+                       ("model.aug_photometric", m.aug_photometric, 0.0, 0.9))
         if m.aug_scale_min > m.aug_scale_max:
             raise ValueError(f"model.aug_scale_min ({m.aug_scale_min}) is above model.aug_scale_max ({m.aug_scale_max})")
         if m.aug_colour not in ("jitter", "remap"):
             raise ValueError(f"model.aug_colour must be jitter or remap, not {m.aug_colour!r}")
-        if (isinstance(m.aug_rotate_deg, bool) or not isinstance(m.aug_rotate_deg, (int, float))
-                or not 0 <= float(m.aug_rotate_deg) <= 180):
-            raise ValueError(f"model.aug_rotate_deg must be a number in [0, 180], not {m.aug_rotate_deg!r}")
         if m.objective not in ("iic", "catgan", "none"):
             raise ValueError(f"model.objective must be iic, catgan or none, not {m.objective!r}")
         if m.cluster_names is not None and len(m.cluster_names) != m.k:

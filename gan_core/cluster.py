@@ -326,13 +326,12 @@ class ClusterModel:
 
     def save_names(self, folder=None) -> Path:
         """Write the names into the checkpoint's config.json (atomically), in `folder` or where it was loaded from."""
+        from . import config as config_mod
         from .checkpoint import read_config, write_json
 
         target = Path(folder or self.folder or "")
         if not (target / "config.json").exists():
             raise ValueError(f"no checkpoint at {target} to save the names into")
-        from . import config as config_mod
-
         saved, meta = read_config(target)
         if saved.model.kind != "cluster" or saved.model.k != self.k:
             raise ValueError(f"{target} holds a model with other clusters; its names were not changed")

@@ -171,6 +171,12 @@ def update_ema(ema: nn.Module, model: nn.Module, decay: float) -> None:
         eb.copy_(b)
 
 
+def _ema_copies(m: Models) -> list[tuple[str, nn.Module, nn.Module]]:
+    """(checkpoint file name, EMA copy, the model it follows) for each EMA copy the run keeps."""
+    pairs = [("generator_ema", m.ema, m.g_core), ("discriminator_ema", m.ema_d, m.d_core)]
+    return [(name, ema, core) for name, ema, core in pairs if ema is not None]
+
+
 def ema_decay_at(decay: float, step: int) -> float:
     """Warm-up so early EMA weights are not dominated by the random init: min(decay, (1+n)/(10+n))."""
     return min(decay, (1.0 + step) / (10.0 + step))
@@ -251,16 +257,11 @@ def train(cfg: config_mod.RunConfig, on_progress: Optional[ProgressFn] = None,
                 raise ValueError(f"cannot resume: {folder} was trained with a different model config")
             ckpt.load_weights(m.g_core, folder / "generator.safetensors")
             ckpt.load_weights(m.d_core, folder / "discriminator.safetensors")
-            if m.ema is not None:
-                if (folder / "generator_ema.safetensors").exists():
-                    ckpt.load_weights(m.ema, folder / "generator_ema.safetensors")
-                else:  # EMA switched on at resume: start it from the trained G, not from the init
-                    m.ema.load_state_dict(m.g_core.state_dict())
-            if m.ema_d is not None:
-                if (folder / "discriminator_ema.safetensors").exists():
-                    ckpt.load_weights(m.ema_d, folder / "discriminator_ema.safetensors")
-                else:
-                    m.ema_d.load_state_dict(m.d_core.state_dict())
+            for name, ema, core in _ema_copies(m):
+                if (folder / f"{name}.safetensors").exists():
+                    ckpt.load_weights(ema, folder / f"{name}.safetensors")
+                else:  # EMA switched on at resume: start it from the trained model, not from the init
+                    ema.load_state_dict(core.state_dict())
             if not (folder / "optimizer.safetensors").exists():
                 raise ValueError(f"cannot resume from {folder}: it has no optimizer state (an exported checkpoint?)")
             ckpt.load_optimizers(folder, {"G": m.opt_g, "D": m.opt_d})
@@ -275,10 +276,7 @@ def train(cfg: config_mod.RunConfig, on_progress: Optional[ProgressFn] = None,
 
     def modules() -> dict[str, nn.Module]:
         out = {"generator": m.g_core, "discriminator": m.d_core}
-        if m.ema is not None:
-            out["generator_ema"] = m.ema
-        if m.ema_d is not None:
-            out["discriminator_ema"] = m.ema_d
+        out.update((name, ema) for name, ema, _ in _ema_copies(m))
         return out
 
     last_metrics: dict[str, float] = {}
@@ -302,10 +300,8 @@ def train(cfg: config_mod.RunConfig, on_progress: Optional[ProgressFn] = None,
         real = get_batch(images, t.batch_size, gen, m.memory_format)
         noise = make_latent(cfg.model, t.batch_size, gen, device)
         metrics = step_fn(m, real, noise, t.real_label, instance_noise_std(t, step), gen)
-        if m.ema is not None:
-            update_ema(m.ema, m.g_core, ema_decay_at(t.ema_decay, step))
-        if m.ema_d is not None:
-            update_ema(m.ema_d, m.d_core, ema_decay_at(t.ema_decay, step))
+        for _, ema, core in _ema_copies(m):
+            update_ema(ema, core, ema_decay_at(t.ema_decay, step))
         step += 1
         window_steps += 1
         for k, v in metrics.items():

@@ -1,71 +1,104 @@
 #!/usr/bin/env bash
-# GPU checks in one go (target: well under 8 minutes on one H100/H200):
-#   scripts/gpu_check.sh OUT_DIR
-# 1. the CUDA tests, 2. the CUDA benchmark at batch 128 (reference vs fast, then fast + torch.compile),
-# 3. a short CUDA training of the default model, 4. Fashion-MNIST clustering when its files are there. Results (JSON, logs, small checkpoints) go to OUT_DIR.
-# Needs only torch, torchvision, safetensors, numpy, pillow, tqdm and pytest (the lent GPU image has
-# them all); the training step calls gan_core directly, so Hydra need not be installed there.
+# GPU checks in one go, about 8.5 minutes on one H100/H200:  scripts/gpu_check.sh OUT_DIR
+#  1. GPU to itself: the CUDA benchmark at batch 128 (reference vs fast), then fast + torch.compile.
+#  2. Side by side until one deadline: Fashion-MNIST clustering runs (scripts/cluster_run.py; three
+#     seeds of batch 256 with 2 IIC views per image, and the CPU-bundled recipe, batch 64), the CUDA
+#     tests, and a short CUDA training of the default DCGAN.
+#  3. Each clustering run scores its checkpoints on the test split and exports its last one (fp16 .tar).
+# OUT_DIR gets at most 8 files (the device tool's limit): results.jsonl (one JSON object per part),
+# logs.tar.gz (logs, the DCGAN run's samples and fp16 checkpoint) and fmnist_*.tar.
+# Needs only torch, torchvision, numpy, pillow, safetensors, scipy, scikit-learn, tqdm and pytest (the
+# lent GPU image has them); no Hydra. Fashion-MNIST: data/fashion-mnist (git-ignored; send it with the
+# device tool's `carry`) or /usr/share/datasets/fashion-mnist.
+# Knobs: GPU_CHECK_DEVICE=cpu GPU_CHECK_SMOKE=1 runs the same plumbing in a minute on a CPU.
 set -uo pipefail
 OUT_DIR=${1:-${OUT:-gpu_out}}
 PY=${PYTHON:-python3}
+DEV=${GPU_CHECK_DEVICE:-cuda}
+SMOKE=${GPU_CHECK_SMOKE:-0}
+BUDGET_S=${GPU_CHECK_BUDGET_S:-500}  # the whole script ends by about this many seconds
+T0=$(date +%s)
 OUT_DIR=$(mkdir -p "$OUT_DIR" && cd "$OUT_DIR" && pwd)
 cd "$(dirname "$0")/.."
-export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 GANLAB_CACHE="$OUT_DIR/.cache"
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$OUT_DIR/gpu.txt" 2>&1
-$PY -c "import torch; print(torch.__version__, torch.cuda.get_device_name())" >> "$OUT_DIR/gpu.txt" 2>&1
-cat "$OUT_DIR/gpu.txt"
+LOG="$OUT_DIR/logs"
+mkdir -p "$LOG"
+export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 GANLAB_CACHE="$LOG/.cache"
+RESULTS="$OUT_DIR/results.jsonl"
+: > "$RESULTS"
+record() {  # record NAME FILE: append FILE's last line, tagged, to results.jsonl
+  local line; line=$(tail -n 1 "$2" 2>/dev/null)
+  case "$line" in
+    "{"*) echo "{\"part\": \"$1\", \"result\": $line}" >> "$RESULTS" ;;
+    *) echo "{\"part\": \"$1\", \"error\": \"no JSON result; see logs/$(basename "$2")\"}" >> "$RESULTS" ;;
+  esac
+}
+elapsed() { echo $(( $(date +%s) - T0 )); }
 
-timeout 150 $PY -m pytest -q -p no:cacheprovider tests/test_cuda.py 2>&1 | tee "$OUT_DIR/cuda_tests.txt" | tail -3
-timeout 120 $PY scripts/benchmark.py --device cuda --steps 300 --batch 128 2> "$OUT_DIR/benchmark.err" \
-  | tail -1 | tee "$OUT_DIR/benchmark_b128.json"
-timeout 120 $PY scripts/benchmark.py --device cuda --steps 1000 --batch 128 --skip-reference \
-  2> "$OUT_DIR/benchmark_fast.err" | tail -1 | tee "$OUT_DIR/benchmark_b128_fast_long.json"
-timeout 150 $PY scripts/benchmark.py --device cuda --steps 1000 --batch 128 --compile --skip-reference \
-  2> "$OUT_DIR/benchmark_compile.err" | tail -1 | tee "$OUT_DIR/benchmark_b128_compile.json"
-timeout 120 $PY - "$OUT_DIR" <<'PYEOF' 2> "$OUT_DIR/train.err" | tail -1 | tee "$OUT_DIR/train.json"
+{ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
+  $PY -c "import sys, torch; print(sys.version.split()[0], torch.__version__, torch.cuda.get_device_name() if torch.cuda.is_available() else 'no cuda')"
+  nproc; } > "$LOG/gpu.txt" 2>&1
+cat "$LOG/gpu.txt"
+echo "{\"part\": \"machine\", \"result\": $(python3 -c "import json,sys; print(json.dumps(open(sys.argv[1]).read()))" "$LOG/gpu.txt")}" >> "$RESULTS"
+
+# 1. Benchmarks, alone on the GPU.
+if [ "$SMOKE" = 1 ]; then BSTEPS=3; CSTEPS=3; BATCH=16; else BSTEPS=300; CSTEPS=1000; BATCH=128; fi
+timeout 100 $PY scripts/benchmark.py --device "$DEV" --steps $BSTEPS --batch $BATCH --images 5000 > "$LOG/benchmark.log" 2>&1
+record benchmark_b128 "$LOG/benchmark.log"
+timeout 120 $PY scripts/benchmark.py --device "$DEV" --steps $CSTEPS --batch $BATCH --images 5000 --compile --skip-reference \
+  > "$LOG/benchmark_compile.log" 2>&1
+record benchmark_b128_compile "$LOG/benchmark_compile.log"
+echo "benchmarks done at $(elapsed) s"
+
+# 2. Side by side until the deadline.
+FMNIST=${GANLAB_FMNIST:-data/fashion-mnist}
+[ -e "$FMNIST/t10k-images-idx3-ubyte.gz" ] || FMNIST=/usr/share/datasets/fashion-mnist
+TRAIN_S=$(( BUDGET_S - $(elapsed) - 60 ))  # leave a minute for scoring, export and packing
+MARGIN_S=120  # scoring and export after the training deadline
+[ "$SMOKE" = 1 ] && TRAIN_S=20 && MARGIN_S=600  # 2 CPU cores shared by four runs
+MINUTES=$(python3 -c "print(max(0.5, $TRAIN_S / 60))")
+pids=()
+if [ -e "$FMNIST/t10k-images-idx3-ubyte.gz" ]; then
+  CK=5000; [ "$SMOKE" = 1 ] && CK=20
+  run_fmnist() {  # NAME ARGS...
+    local name=$1; shift
+    OMP_NUM_THREADS=2 GANLAB_CACHE="$LOG/.cache-$name" timeout $(( TRAIN_S + MARGIN_S )) $PY scripts/cluster_run.py \
+      --data-path "$FMNIST" --device "$DEV" --minutes "$MINUTES" --checkpoint-every $CK \
+      --out "$LOG/runs/$name" --export "$OUT_DIR/$name.tar" "$@" > "$LOG/$name.log" 2>&1
+  }
+  for s in 0 1 2; do run_fmnist "fmnist_b256r2_s$s" --seed $s --batch 256 --iic-repeats 2 & pids+=($!); done
+  run_fmnist fmnist_b64_s0 --seed 0 --batch 64 & pids+=($!)
+else
+  echo "{\"part\": \"fmnist\", \"error\": \"no Fashion-MNIST files at $FMNIST\"}" >> "$RESULTS"
+fi
+echo "clustering runs: $MINUTES min each, started at $(elapsed) s"
+timeout 150 $PY -m pytest -q -p no:cacheprovider tests/test_cuda.py > "$LOG/cuda_tests.log" 2>&1
+echo "{\"part\": \"cuda_tests\", \"result\": {\"rc\": $?, \"summary\": \"$(tail -n 1 "$LOG/cuda_tests.log" | tr -d '"')\"}}" >> "$RESULTS"
+DSTEPS=3000; [ "$SMOKE" = 1 ] && DSTEPS=4
+timeout 200 $PY - "$LOG" "$DEV" "$DSTEPS" > "$LOG/dcgan.log" 2>&1 <<'PYEOF'
 import json, sys
 from pathlib import Path
 sys.path.insert(0, ".")
+from gan_core.checkpoint import export
 from gan_core.config import DataConfig, DCGANConfig, RunConfig, TrainConfig
 from gan_core.train import train
 from gan_core.viz import image_grid
-out = Path(sys.argv[1]) / "shapes-dcgan-cuda"
+out = Path(sys.argv[1]) / "runs" / "shapes-dcgan"
+steps = int(sys.argv[3])
 cfg = RunConfig(model=DCGANConfig(ngf=32, ndf=32), data=DataConfig(source="shapes", num_images=20000),
-                train=TrainConfig(steps=5000, batch_size=64, device="cuda", ema_decay=0.999, real_label=0.9,
-                                  instance_noise=0.1, instance_noise_steps=4000, log_every=250,
+                train=TrainConfig(steps=steps, batch_size=64, device=sys.argv[2], ema_decay=0.999, real_label=0.9,
+                                  instance_noise=0.1, instance_noise_steps=max(1, steps * 4 // 5), log_every=250,
                                   sample_every=1000, checkpoint_every=1000, out_dir=str(out)))
-result = train(cfg, on_sample=lambda s, x: image_grid(x, 8).save(out / f"samples_{s:06d}.png"))
+result = train(cfg, on_sample=lambda s, x: image_grid(x, 8).save(Path(sys.argv[1]) / f"dcgan_samples_{s:06d}.png"))
+export(result["checkpoint"], Path(sys.argv[1]) / "shapes-dcgan-cuda")
 print(json.dumps(result))
 PYEOF
-# 4. Fashion-MNIST clustering on the GPU, when the IDX files travelled with the tree (git-ignored
-#    data/fashion-mnist, sent with the device tool's `carry`) or sit where Debian puts them.
-FMNIST=${GANLAB_FMNIST:-data/fashion-mnist}
-[ -e "$FMNIST/t10k-images-idx3-ubyte.gz" ] || FMNIST=/usr/share/datasets/fashion-mnist
-if [ -e "$FMNIST/t10k-images-idx3-ubyte.gz" ]; then
-  timeout 240 $PY - "$OUT_DIR" "$FMNIST" <<'PYEOF' 2> "$OUT_DIR/fmnist.err" | tail -1 | tee "$OUT_DIR/fmnist_clusters.json"
-import json, sys, time
-from pathlib import Path
-sys.path.insert(0, ".")
-from gan_core import metrics
-from gan_core.cluster import ClusterModel
-from gan_core.config import ClusterConfig, DataConfig, RunConfig, TrainConfig
-from gan_core.data import load_dataset
-from gan_core.train import train
-out, path = Path(sys.argv[1]) / "fmnist-clusters-cuda", sys.argv[2]
-data = DataConfig(source="idx", path=path, image_size=32, channels=1)
-cfg = RunConfig(model=ClusterConfig(k=10, ngf=32, ndf=32), data=data,
-                train=TrainConfig(steps=20000, batch_size=64, device="cuda", ema_decay=0.999, log_every=500,
-                                  checkpoint_every=5000, keep_checkpoints=8, out_dir=str(out)))
-t0 = time.time()
-result = train(cfg)
-test = load_dataset(DataConfig(source="idx", path=path, split="test", image_size=32, channels=1))
-pred = ClusterModel.load(result["checkpoint"], "cuda").predict(test.images)
-result.update({k: round(v, 4) for k, v in metrics.clustering_scores(test.labels.numpy(), pred.ids.numpy()).items()},
-              wall_s=round(time.time() - t0, 1))
-print(json.dumps(result))
-PYEOF
-fi
-rm -f "$OUT_DIR"/fmnist-clusters-cuda/checkpoints/*/optimizer.safetensors
-rm -f "$OUT_DIR"/shapes-dcgan-cuda/checkpoints/*/optimizer.safetensors
-rm -rf "$OUT_DIR/.cache"
-echo "gpu_check done: $(ls "$OUT_DIR" | tr '\n' ' ')"
+record dcgan_short "$LOG/dcgan.log"
+for p in "${pids[@]}"; do wait "$p"; done
+for f in "$LOG"/fmnist_*.log; do [ -e "$f" ] && record "$(basename "$f" .log)" "$f"; done
+echo "all parts done at $(elapsed) s"
+
+# 3. Pack: logs and small files in one archive (the run folders' full checkpoints stay behind).
+tar -czf "$OUT_DIR/logs.tar.gz" --exclude='./runs' --exclude='./.cache*' -C "$LOG" . 2>/dev/null
+rm -rf "$LOG"
+cat "$RESULTS"
+echo "gpu_check done at $(elapsed) s: $(ls "$OUT_DIR" | tr '\n' ' ')"

@@ -19,6 +19,7 @@ import json
 import sys
 import tempfile
 import time
+from typing import Optional
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -110,10 +111,11 @@ def reference(folder: Path, device: torch.device, steps: int, batch: int, warmup
 
 
 def fast(folder: Path, device: torch.device, steps: int, batch: int, warmup: int, compile_: bool,
-         precision: str, cache: Path) -> dict:
+         precision: str, cache: Path, channels_last: Optional[bool] = None) -> dict:
     """gan_core's routine: the same blocks `gan_core.train.train` runs, timed without its I/O."""
     cfg = RunConfig(data=DataConfig(source="folder", path=str(folder), cache_dir=str(cache)),
-                    train=TrainConfig(batch_size=batch, device=str(device), compile=compile_, precision=precision))
+                    train=TrainConfig(batch_size=batch, device=str(device), compile=compile_, precision=precision,
+                                      channels_last=channels_last))
     t_decode = time.perf_counter()
     images = load_dataset(cfg.data).images.to(device)
     decode_s = time.perf_counter() - t_decode
@@ -148,6 +150,7 @@ def main(argv=None) -> dict:
     p.add_argument("--workers", type=int, default=2, help="the reference DataLoader's workers (tutorial: 2)")
     p.add_argument("--compile", action="store_true", help="torch.compile the fast path")
     p.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"])
+    p.add_argument("--channels-last", default="auto", choices=["auto", "on", "off"], help="the fast path's memory format")
     p.add_argument("--skip-reference", action="store_true")
     args = p.parse_args(argv)
     device = torch.device(args.device)
@@ -163,7 +166,8 @@ def main(argv=None) -> dict:
         ref = None if args.skip_reference else reference(folder, device, args.steps, args.batch, warmup, args.workers)
         if ref:
             print(f"reference: {ref['img_s']:.1f} img/s", file=sys.stderr)
-        fst = fast(folder, device, args.steps, args.batch, warmup, args.compile, args.precision, Path(tmp) / "cache")
+        fst = fast(folder, device, args.steps, args.batch, warmup, args.compile, args.precision, Path(tmp) / "cache",
+                   {"auto": None, "on": True, "off": False}[args.channels_last])
         print(f"fast: {fst['img_s']:.1f} img/s", file=sys.stderr)
     result = {
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)",

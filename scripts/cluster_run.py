@@ -50,7 +50,8 @@ def train_mutual_information(d, images, cfg, device, batch: int = 1024, seed: in
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data-source", default="idx")
-    p.add_argument("--data-path", required=True)
+    p.add_argument("--data-path", default=None, help="IDX folder, image folder, ... (not for shapes/scenes)")
+    p.add_argument("--num-images", type=int, default=20000, help="shapes/scenes: images to train on")
     p.add_argument("--image-size", type=int, default=32)
     p.add_argument("--channels", type=int, default=1)
     p.add_argument("--eval-split", default="test")
@@ -81,7 +82,7 @@ def main(argv=None) -> dict:
 
     device = resolve_device(args.device)
     data = DataConfig(source=args.data_source, path=args.data_path, image_size=args.image_size,
-                      channels=args.channels)
+                      channels=args.channels, num_images=args.num_images)
     cfg = RunConfig(
         model=ClusterConfig(k=args.k, ngf=args.ngf, ndf=args.ndf, iic_repeats=args.iic_repeats,
                             image_size=args.image_size, channels=args.channels),
@@ -95,8 +96,11 @@ def main(argv=None) -> dict:
     result = train(cfg, dataset=train_set, should_stop=(lambda: time.time() > deadline) if deadline else None)
     train_s = time.time() - t0
 
+    # Procedural sources have no splits: score on other images, drawn with another seed.
+    procedural = args.data_source in ("shapes", "scenes")
     test = load_dataset(DataConfig(source=args.data_source, path=args.data_path, image_size=args.image_size,
-                                   channels=args.channels, split=args.eval_split))
+                                   channels=args.channels, split=args.eval_split,
+                                   seed=1 if procedural else 0, num_images=min(args.num_images, 5000)))
     if test.labels is None:
         raise SystemExit(f"the {args.eval_split} split has no labels to score against")
     labels = test.labels.numpy()

@@ -22,15 +22,15 @@ def test_bundled_fashion_mnist_model_clusters_the_test_split():
     pred = model.predict(test.images)
     scores = metrics.clustering_scores(test.labels.numpy(), pred.ids.numpy())
     assert len(pred.ids) == 10000
-    # Measured: ACC 0.611, NMI 0.610. The project's target is ACC >= 0.65 (not reached yet, see the
+    # Measured: ACC 0.6475, NMI 0.659. The project's target is ACC >= 0.65 (not reached yet, see the
     # model card); this pins the shipped model's own level so a broken export or loader fails.
-    assert scores["acc"] >= 0.60 and scores["nmi"] >= 0.60, scores
-    assert pred.names[3] == "bags" and set(pred.labels(0)) == set(pred.names)
+    assert scores["acc"] >= 0.64 and scores["nmi"] >= 0.65, scores
+    assert pred.names[6] == "trousers" and set(pred.labels(0)) == set(pred.names)
 
 
 @needs_fmnist
 def test_bundled_model_exemplars_come_from_the_training_data():
     model = ClusterModel.load(ROOT / "checkpoints" / "fashion-mnist-clusters")
-    ex = model.exemplars(4, n=4)  # "trousers"
+    ex = model.exemplars(6, n=4)  # "trousers"
     assert ex.real.shape == (4, 1, 32, 32) and ex.fake.shape == (4, 1, 32, 32)
     assert (ex.confidence > 0.9).all()

@@ -147,3 +147,26 @@ def test_push_dry_run_ships_both_discriminators_of_a_cluster_model():
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert {"discriminator.safetensors", "discriminator_ema.safetensors", "generator_ema.safetensors",
             "config.json", "README.md", "exemplars.png"} <= set(result["files"])
+
+
+def test_cluster_run_scores_every_checkpoint_and_exports_a_sheet_ready_model(tmp_path):
+    proc, result = run_script(["scripts/cluster_run.py", "--data-source", "shapes", "--num-images", "48",
+                               "--ngf", "4", "--ndf", "4", "--channels", "3", "--batch", "8", "--steps", "4",
+                               "--checkpoint-every", "2", "--device", "cpu", "--out", str(tmp_path / "run"),
+                               "--export", str(tmp_path / "model.tar")])
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert result["step"] == 4 and set(result["scores"]) == {"2", "4"} and result["final"] == result["scores"]["4"]
+    assert 0 <= result["final"]["acc"] <= 1 and result["train_mi"] >= -1e-6  # MI is never negative
+    import tarfile
+    with tarfile.open(tmp_path / "model.tar") as tar:
+        names = set(tar.getnames())
+        tar.extractall(tmp_path, filter="data")
+    assert {"model/config.json", "model/discriminator_ema.safetensors"} <= names
+    assert not any("optimizer" in n for n in names)
+    proc, sheet = run_script(["scripts/exemplars.py", "--checkpoint", str(tmp_path / "model"), "--n", "3",
+                              "--limit", "48", "--out", str(tmp_path / "sheet.png")])
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    from PIL import Image
+    img = Image.open(tmp_path / "sheet.png")
+    assert img.size == (2 * (7 * 34 + 2), 2 * (10 * 34 + 2))  # 10 rows of 3 + gap + 3 tiles, zoom 2
+    assert len(sheet["clusters"]) == 10 and sum(c["images"] for c in sheet["clusters"]) == 48

@@ -272,3 +272,14 @@ def test_step_streams_do_not_collide():
     draws = {tuple(torch.randint(0, 2**30, (4,), generator=train_mod.step_generator(s, r, k, cpu)).tolist())
              for s, r, k in ((0, 1, 0), (0, 0, 7919), (1, 0, 0), (0, 0, 1_000_003), (0, 0, 0))}
     assert len(draws) == 5
+
+
+def test_channels_last_default_skips_compiled_cuda():
+    # Measured on an H200 (torch 2.11): inductor's ConvTranspose backward failed a stride check with
+    # channels_last weights, so compile on CUDA defaults to contiguous; an explicit setting always wins.
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    assert train_mod.use_channels_last(TrainConfig(), cuda)
+    assert not train_mod.use_channels_last(TrainConfig(compile=True), cuda)
+    assert train_mod.use_channels_last(TrainConfig(compile=True), cpu)
+    assert train_mod.use_channels_last(TrainConfig(compile=True, channels_last=True), cuda)
+    assert not train_mod.use_channels_last(TrainConfig(channels_last=False), cpu)

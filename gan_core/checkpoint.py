@@ -19,12 +19,12 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from . import config as config_mod
-from . import cluster, dcgan
+from . import blobgan, cluster, dcgan
 
 FORMAT = "ganlab-checkpoint/1"
 WEIGHT_FILES = ("generator", "discriminator", "generator_ema", "discriminator_ema")
 HUB_PATTERNS = ["*.json", "*.safetensors", "*.md", "*.png"]
-MODELS = {"dcgan": dcgan.build, "cluster": cluster.build}  # model kind -> build(config) -> (G, D)
+MODELS = {"dcgan": dcgan.build, "cluster": cluster.build, "blobgan": blobgan.build}  # model kind -> build(config) -> (G, D)
 
 
 class CheckpointError(ValueError):

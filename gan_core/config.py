@@ -68,6 +68,26 @@ class ClusterConfig:
 
 
 @dataclass
+class BlobGANConfig:
+    """BlobGAN at DCGAN scale: a layout net (noise -> K blobs + background), a painter that starts from
+    the splatted structure features at image_size/4 and is modulated per pixel by the splatted
+    styles, and a BatchNorm-free discriminator trained with the logistic loss and lazy R1."""
+    kind: str = "blobgan"
+    image_size: int = 64
+    channels: int = 3
+    nz: int = 64
+    ngf: int = 16  # painter width: 4ngf at image_size/4, 2ngf at /2, ngf at full size
+    ndf: int = 32
+    blobs: int = 8
+    feature_dim: int = 128  # structure feature phi per blob
+    style_dim: int = 64  # style feature psi per blob
+    layout_hidden: int = 256
+    jitter: float = 0.02  # std of the noise on blob centres during training (image fractions)
+    r1_gamma: float = 0.1
+    r1_every: int = 16
+
+
+@dataclass
 class TrainConfig:
     steps: int = 2000
     batch_size: int = 128
@@ -100,7 +120,7 @@ class RunConfig:
     logger: str = "none"  # none | wandb
 
 
-MODEL_CONFIGS: dict[str, type] = {"dcgan": DCGANConfig, "cluster": ClusterConfig}
+MODEL_CONFIGS: dict[str, type] = {"dcgan": DCGANConfig, "cluster": ClusterConfig, "blobgan": BlobGANConfig}
 
 
 def _check_ints(*checks: tuple) -> None:
@@ -169,6 +189,14 @@ def validate(cfg: RunConfig) -> RunConfig:
             raise ValueError(f"model.objective must be iic, catgan or none, not {m.objective!r}")
         if m.cluster_names is not None and len(m.cluster_names) != m.k:
             raise ValueError(f"model.cluster_names needs {m.k} names, got {len(m.cluster_names)}")
+    if m.kind == "blobgan":
+        _check_ints(("model.blobs", m.blobs, 1, 64), ("model.feature_dim", m.feature_dim, 1, 4096),
+                    ("model.style_dim", m.style_dim, 1, 4096), ("model.layout_hidden", m.layout_hidden, 1, 8192),
+                    ("model.r1_every", m.r1_every, 1, 10_000))
+        _check_numbers(("model.jitter", m.jitter, 0.0, 0.5), ("model.r1_gamma", m.r1_gamma, 0.0, 1000.0))
+        if t.real_label != 1.0 or t.instance_noise != 0.0:
+            raise ValueError("blobgan uses the logistic loss with R1: train.real_label must be 1 and "
+                             "train.instance_noise 0")
     if d.limit is not None and (not isinstance(d.limit, int) or d.limit < 1):
         raise ValueError(f"data.limit must be a positive integer or null, not {d.limit!r}")
     if t.precision not in ("auto", "bf16", "fp32"):

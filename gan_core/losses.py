@@ -19,6 +19,23 @@ def g_loss_bce(fake_logits: torch.Tensor) -> torch.Tensor:
     return F.binary_cross_entropy_with_logits(fake_logits.float(), torch.ones_like(fake_logits, dtype=torch.float32))
 
 
+def d_logistic_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
+    """StyleGAN's discriminator loss softplus(-D(x)) + softplus(D(G(z))): the same BCE as above
+    with hard labels, written the way R1-regularised GANs usually write it."""
+    return F.softplus(-real_logits.float()).mean() + F.softplus(fake_logits.float()).mean()
+
+
+def g_nonsaturating_loss(fake_logits: torch.Tensor) -> torch.Tensor:
+    return F.softplus(-fake_logits.float()).mean()
+
+
+def r1_penalty(real_logits: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
+    """R1 (Mescheder et al. 2018): the mean over images of ||grad_x D(x)||^2 on real images.
+    `real` must require grad and `real_logits` must come from it; the graph is kept for backward."""
+    (grad,) = torch.autograd.grad(real_logits.float().sum(), real, create_graph=True)
+    return grad.pow(2).flatten(1).sum(1).mean()
+
+
 def iic_loss(logits_a: torch.Tensor, logits_b: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
     """IIC (Ji et al. 2019): minus the mutual information between the cluster assignments of two
     views of the same images. logits_*: (N, K). Minimum -log K when the clusters are balanced and

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from . import checkpoint as ckpt
-from . import cluster
+from . import blobgan, cluster
 from . import config as config_mod
 from .augment import instance_noise
 from .data import ImageDataset, load_dataset, to_float
@@ -83,6 +83,7 @@ class Models:
     d_for_g: Optional[nn.Module] = None  # D for the G step: the unwrapped D under DDP
     model_cfg: object = None  # the model's config (the cluster step reads k, weights, objective)
     ema_d: Optional[nn.Module] = None  # EMA copy of D, for models whose D is used at inference (cluster)
+    step: int = 0  # the step being taken (set by the loop; blobgan's lazy R1 reads it)
 
 
 def use_channels_last(t: config_mod.TrainConfig, device: torch.device) -> bool:
@@ -212,7 +213,7 @@ def get_batch(images: torch.Tensor, batch_size: int, gen: torch.Generator, fmt: 
     return to_float(images.index_select(0, idx)).contiguous(memory_format=fmt)
 
 
-STEPS = {"dcgan": train_step, "cluster": cluster.train_step}  # model kind -> one training update
+STEPS = {"dcgan": train_step, "cluster": cluster.train_step, "blobgan": blobgan.train_step}  # model kind -> one training update
 
 
 def _dist_info() -> tuple[int, int]:
@@ -307,6 +308,7 @@ def train(cfg: config_mod.RunConfig, on_progress: Optional[ProgressFn] = None,
         gen = step_generator(t.seed, rank, step, device)
         real = get_batch(images, t.batch_size, gen, m.memory_format)
         noise = make_latent(cfg.model, t.batch_size, gen, device)
+        m.step = step
         metrics = step_fn(m, real, noise, t.real_label, instance_noise_std(t, step), gen)
         for _, ema, core in _ema_copies(m):
             update_ema(ema, core, ema_decay_at(t.ema_decay, step))

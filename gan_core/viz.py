@@ -28,3 +28,49 @@ def image_grid(x: torch.Tensor, nrow: int | None = None, padding: int = 2, pad_v
         y, xx = padding + r * (h + padding), padding + c * (w + padding)
         grid[y: y + h, xx: xx + w] = imgs[i]
     return Image.fromarray(grid)
+
+
+# A fixed palette, so blob k has the same colour in the blob map, the ellipses and the app's list.
+BLOB_PALETTE = [(230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48), (145, 30, 180),
+                (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 212), (0, 128, 128), (170, 110, 40)]
+BACKGROUND_COLOUR = (40, 40, 40)
+
+
+def blob_colour(k: int) -> tuple[int, int, int]:
+    return BLOB_PALETTE[k % len(BLOB_PALETTE)]
+
+
+def blob_map(layout, size: int = 64, scale: int = 4) -> Image.Image:
+    """The first layout of a batch as soft colours: each pixel mixes the blobs' palette colours by
+    their compositing weights (the background dark grey)."""
+    from .blobgan import splat
+
+    w = splat(layout.index(0), size)[0]  # (K+1, size, size)
+    colours = torch.tensor([BACKGROUND_COLOUR] + [blob_colour(k) for k in range(layout.k)], dtype=torch.float32)
+    rgb = torch.einsum("khw,kc->hwc", w.float().cpu(), colours).round().clamp(0, 255).to(torch.uint8).numpy()
+    return Image.fromarray(rgb).resize((size * scale, size * scale), Image.NEAREST)
+
+
+def draw_blobs(image: torch.Tensor, layout, scale: int = 4, labels: bool = True) -> Image.Image:
+    """One image (C, H, W) in [-1, 1] with the first layout's blobs drawn over it: each visible blob's
+    50%-opacity contour as a rotated ellipse in its palette colour, in slot order (back to front),
+    labelled with its index at its centre."""
+    from PIL import ImageDraw
+
+    from .blobgan import ellipse_contour
+
+    base = image_grid(image[None], nrow=1, padding=0)
+    side = base.width * scale
+    base = base.resize((side, side), Image.NEAREST)
+    draw = ImageDraw.Draw(base)
+    lay = layout.index(0)
+    contours = ellipse_contour(lay, points=64)[0].cpu()  # (K, P, 2)
+    for k in range(lay.k):
+        if not bool(lay.visible()[0, k]):
+            continue
+        pts = [(float(x) * side, float(y) * side) for x, y in contours[k]]
+        draw.line(pts + pts[:1], fill=blob_colour(k), width=max(1, scale // 2))
+        if labels:
+            cx, cy = (float(v) * side for v in lay.xy[0, k].cpu())
+            draw.text((cx, cy), str(k), fill=blob_colour(k), anchor="mm", stroke_width=1, stroke_fill=(0, 0, 0))
+    return base

@@ -1,0 +1,304 @@
+"""BlobGAN, compact: a layout of soft ellipses ("blobs") and a generator that paints from it.
+
+The layout net maps noise to K blobs, each with a centre, an elongation, an angle, a size and two
+feature vectors (structure `phi`, style `psi`), plus a background with its own two features.
+`splat` turns a layout into per-pixel weights (opacity sigmoid(s - d^2), composited in slot order,
+the last slot in front); the painter starts from the splatted structure grid (image_size / 4) and
+modulates every layer per pixel by the splatted styles. Layouts are plain data (`Layout`) with pure
+editing functions, so the app can move, resize, hide, restyle and reorder blobs.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields, replace
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+HIDE_OFFSET = 20.0  # hide/show map a size s to -HIDE_OFFSET - s (an involution); hidden sizes sit below -HIDE_OFFSET/2
+COVARIANCE_SCALE = 0.02  # n = COVARIANCE_SCALE / sqrt(a b): every blob's unit ellipse has the same area
+
+
+@dataclass
+class Layout:
+    """K blobs per image, in slot order (the last is drawn in front). Coordinates are in [0, 1],
+    x to the right and y down. All tensors share the batch dimension N."""
+    xy: torch.Tensor  # (N, K, 2) centres
+    ab: torch.Tensor  # (N, K, 2) elongation along and across the angle, in (0, 1)
+    angle: torch.Tensor  # (N, K, 2) unit vector (cos, sin) of the first axis
+    size: torch.Tensor  # (N, K) s: opacity at the centre is sigmoid(s); s < 0 hides a blob
+    phi: torch.Tensor  # (N, K, Dphi) structure features
+    psi: torch.Tensor  # (N, K, Dpsi) style features
+    bg_phi: torch.Tensor  # (N, Dphi)
+    bg_psi: torch.Tensor  # (N, Dpsi)
+
+    @property
+    def n(self) -> int:
+        return self.xy.shape[0]
+
+    @property
+    def k(self) -> int:
+        return self.xy.shape[1]
+
+    def to(self, device) -> "Layout":
+        return Layout(**{f.name: getattr(self, f.name).to(device) for f in fields(self)})
+
+    def detach(self) -> "Layout":
+        return Layout(**{f.name: getattr(self, f.name).detach() for f in fields(self)})
+
+    def index(self, i) -> "Layout":
+        """The layouts of images `i` (an int keeps the batch dimension)."""
+        i = [i] if isinstance(i, int) else i
+        return Layout(**{f.name: getattr(self, f.name)[i] for f in fields(self)})
+
+    def visible(self) -> torch.Tensor:
+        """(N, K) bool: the blob's 50%-opacity contour exists (s > 0)."""
+        return self.size > 0
+
+
+# ---------------------------------------------------------------- geometry and splatting
+
+def covariance_axes(layout: Layout) -> torch.Tensor:
+    """(N, K, 2) the variances (a n, b n) along the blob's two axes, n = 0.02 / sqrt(a b)."""
+    a, b = layout.ab.unbind(-1)
+    n = COVARIANCE_SCALE / (a * b).sqrt()
+    return torch.stack([a * n, b * n], -1)
+
+
+def distance2(layout: Layout, size: int) -> torch.Tensor:
+    """(N, K, size, size) squared Mahalanobis distance of every pixel centre from every blob,
+    d^2 = Delta^T Sigma^-1 Delta with Sigma = R diag(a n, b n) R^T."""
+    coords = (torch.arange(size, device=layout.xy.device, dtype=torch.float32) + 0.5) / size
+    dx = coords[None, None, None, :] - layout.xy[..., 0, None, None].float()  # (N, K, 1, W)
+    dy = coords[None, None, :, None] - layout.xy[..., 1, None, None].float()  # (N, K, H, 1)
+    cos, sin = (v[..., None, None].float() for v in layout.angle.unbind(-1))
+    along = dx * cos + dy * sin  # along the first axis
+    across = -dx * sin + dy * cos
+    var = covariance_axes(layout).float()
+    return along ** 2 / var[..., 0, None, None] + across ** 2 / var[..., 1, None, None]
+
+
+def splat(layout: Layout, size: int) -> torch.Tensor:
+    """(N, K + 1, size, size) compositing weights: index 0 the background (opacity 1), then the
+    blobs in slot order. o_k = sigmoid(s_k - d^2); w_k = o_k * prod_{j > k} (1 - o_j). They sum to 1."""
+    o = torch.sigmoid(layout.size.float()[..., None, None] - distance2(layout, size))  # (N, K, H, W)
+    o = torch.cat([torch.ones_like(o[:, :1]), o], 1)  # the background is slot 0, fully opaque
+    # transmittance in front of each slot: the product of (1 - o) over the slots after it
+    behind = torch.cumprod((1 - o).flip(1), 1).flip(1)  # prod_{j >= k}
+    in_front = torch.cat([behind[:, 1:], torch.ones_like(behind[:, :1])], 1)  # prod_{j > k}
+    return o * in_front
+
+
+def splat_features(weights: torch.Tensor, blob: torch.Tensor, background: torch.Tensor) -> torch.Tensor:
+    """weights (N, K+1, H, W), blob features (N, K, D), background (N, D) -> (N, D, H, W)."""
+    feats = torch.cat([background[:, None], blob], 1).to(weights.dtype)  # (N, K+1, D)
+    return torch.einsum("nkhw,nkd->ndhw", weights, feats)
+
+
+def ellipse_contour(layout: Layout, points: int = 48) -> torch.Tensor:
+    """(N, K, points, 2) the 50%-opacity contour of each blob (d^2 = s), in [0, 1] coordinates;
+    NaN for hidden blobs (s <= 0), which have no such contour."""
+    var = covariance_axes(layout)
+    s = layout.size.clamp_min(0)[..., None]
+    radii = (s * var).sqrt()  # (N, K, 2): semi-axes along and across
+    t = torch.linspace(0, 2 * math.pi, points, device=layout.xy.device)
+    local = torch.stack([radii[..., 0, None] * t.cos(), radii[..., 1, None] * t.sin()], -1)  # (N, K, P, 2)
+    cos, sin = layout.angle[..., 0, None], layout.angle[..., 1, None]
+    x = layout.xy[..., 0, None] + local[..., 0] * cos - local[..., 1] * sin
+    y = layout.xy[..., 1, None] + local[..., 0] * sin + local[..., 1] * cos
+    out = torch.stack([x, y], -1)
+    return torch.where(layout.visible()[..., None, None], out, torch.full_like(out, float("nan")))
+
+
+# ---------------------------------------------------------------- editing (pure functions)
+
+def _set(t: torch.Tensor, k: int, value) -> torch.Tensor:
+    t = t.clone()
+    t[:, k] = value
+    return t
+
+
+def move(layout: Layout, k: int, dx: float = 0.0, dy: float = 0.0) -> Layout:
+    """Shift blob k by (dx, dy) in image fractions (the centre stays inside [0, 1])."""
+    xy = layout.xy[:, k] + torch.tensor([dx, dy], device=layout.xy.device, dtype=layout.xy.dtype)
+    return replace(layout, xy=_set(layout.xy, k, xy.clamp(0, 1)))
+
+
+def resize(layout: Layout, k: int, ds: float) -> Layout:
+    """Add ds to blob k's size s (the 50% contour's area grows linearly with s)."""
+    return replace(layout, size=_set(layout.size, k, layout.size[:, k] + ds))
+
+
+def is_hidden(layout: Layout, k: int) -> torch.Tensor:
+    return layout.size[:, k] <= -HIDE_OFFSET / 2
+
+
+def hide(layout: Layout, k: int) -> Layout:
+    """Make blob k invisible (s -> -20 - s, far below 0); `show` undoes it exactly."""
+    s = layout.size[:, k]
+    return replace(layout, size=_set(layout.size, k, torch.where(is_hidden(layout, k), s, -HIDE_OFFSET - s)))
+
+
+def show(layout: Layout, k: int) -> Layout:
+    s = layout.size[:, k]
+    return replace(layout, size=_set(layout.size, k, torch.where(is_hidden(layout, k), -HIDE_OFFSET - s, s)))
+
+
+def restyle(layout: Layout, k: int, source: Layout, j: Optional[int] = None, structure: bool = False) -> Layout:
+    """Blob k takes the style features (and with `structure` also the structure features) of blob j
+    (default k) of `source`, whose batch must be 1 or the same as `layout`'s."""
+    j = k if j is None else j
+    out = replace(layout, psi=_set(layout.psi, k, source.psi[:, j]))
+    return replace(out, phi=_set(out.phi, k, source.phi[:, j])) if structure else out
+
+
+def reorder(layout: Layout, k: int, position: int) -> Layout:
+    """Move blob k to slot `position` (0: at the back, K-1: in front); the others keep their order."""
+    order = [i for i in range(layout.k) if i != k]
+    order.insert(position, k)
+    idx = torch.tensor(order, device=layout.xy.device)
+    per_blob = {f.name: getattr(layout, f.name)[:, idx] for f in fields(layout) if not f.name.startswith("bg_")}
+    return replace(layout, **per_blob)
+
+
+# ---------------------------------------------------------------- networks
+
+class LayoutNet(nn.Module):
+    """z (N, nz) -> Layout. An MLP whose output is split into the blob parameters."""
+
+    def __init__(self, nz: int, blobs: int, feature_dim: int, style_dim: int, hidden: int):
+        super().__init__()
+        self.blobs, self.feature_dim, self.style_dim = blobs, feature_dim, style_dim
+        self.per_blob = 2 + 2 + 2 + 1 + feature_dim + style_dim
+        self.mlp = nn.Sequential(
+            nn.Linear(nz, hidden), nn.LeakyReLU(0.2),
+            nn.Linear(hidden, hidden), nn.LeakyReLU(0.2),
+            nn.Linear(hidden, blobs * self.per_blob + feature_dim + style_dim))
+
+    @property
+    def raw_dim(self) -> int:
+        return self.blobs * self.per_blob + self.feature_dim + self.style_dim
+
+    def forward(self, z: torch.Tensor) -> Layout:
+        return self.decode(self.mlp(z.flatten(1)))
+
+    def decode(self, raw: torch.Tensor) -> Layout:
+        """The raw vector (N, raw_dim) -> Layout (also used by the inversion encoder)."""
+        n, k, fd, sd = raw.shape[0], self.blobs, self.feature_dim, self.style_dim
+        blobs, bg = raw[:, : k * self.per_blob].view(n, k, self.per_blob), raw[:, k * self.per_blob:]
+        xy, ab, ang, s, phi, psi = blobs.float().split([2, 2, 2, 1, fd, sd], -1)
+        return Layout(xy=torch.sigmoid(xy), ab=torch.sigmoid(ab).clamp_min(1e-3),
+                      angle=F.normalize(ang, dim=-1, eps=1e-6), size=s.squeeze(-1) + 2.0,  # start visible
+                      phi=phi, psi=psi, bg_phi=bg[:, :fd].float(), bg_psi=bg[:, fd:].float())
+
+
+class ModulatedBlock(nn.Module):
+    """3x3 conv, then per-pixel modulation by the splatted style map: x * (1 + gamma) + beta."""
+
+    def __init__(self, cin: int, cout: int, style_dim: int, upsample: bool):
+        super().__init__()
+        self.upsample = upsample
+        self.conv = nn.Conv2d(cin, cout, 3, 1, 1)
+        self.affine = nn.Conv2d(style_dim, 2 * cout, 1)  # A(psi): linear, so A(sum w psi) = sum w A(psi)
+
+    def forward(self, x: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
+        if self.upsample:
+            x = F.interpolate(x, scale_factor=2, mode="nearest")
+        x = F.leaky_relu(self.conv(x), 0.2)
+        x = x * torch.rsqrt(x.pow(2).mean(1, keepdim=True) + 1e-8)  # pixel norm: the style sets the scale
+        gamma, beta = self.affine(style).chunk(2, 1)
+        return x * (1 + gamma) + beta
+
+
+class BlobGenerator(nn.Module):
+    """z -> layout -> image. `render(layout)` paints a given (maybe edited) layout."""
+
+    def __init__(self, cfg):
+        super().__init__()
+        self.image_size, self.grid = cfg.image_size, cfg.image_size // 4
+        self.layout_net = LayoutNet(cfg.nz, cfg.blobs, cfg.feature_dim, cfg.style_dim, cfg.layout_hidden)
+        widths = [cfg.ngf * 4, cfg.ngf * 2, cfg.ngf]  # at grid, 2x grid, 4x grid (= image_size)
+        self.stem = nn.Conv2d(cfg.feature_dim, widths[0], 1)
+        self.blocks = nn.ModuleList([
+            ModulatedBlock(widths[0], widths[0], cfg.style_dim, upsample=False),  # (N, 4ngf, S/4, S/4)
+            ModulatedBlock(widths[0], widths[1], cfg.style_dim, upsample=True),  # (N, 2ngf, S/2, S/2)
+            ModulatedBlock(widths[1], widths[2], cfg.style_dim, upsample=True),  # (N, ngf, S, S)
+        ])
+        self.to_rgb = nn.Conv2d(widths[2], cfg.channels, 1)
+
+    def forward(self, z: torch.Tensor, jitter_std: float = 0.0, gen: Optional[torch.Generator] = None) -> torch.Tensor:
+        return self.render(jitter(self.layout_net(z), jitter_std, gen))
+
+    def render(self, layout: Layout) -> torch.Tensor:
+        weights = splat(layout, self.grid)
+        x = self.stem(splat_features(weights, layout.phi, layout.bg_phi))  # (N, 4ngf, S/4, S/4)
+        size = self.grid
+        for block in self.blocks:
+            size = size * 2 if block.upsample else size
+            style = splat_features(splat(layout, size), layout.psi, layout.bg_psi)
+            x = block(x, style.to(x.dtype))
+        return torch.tanh(self.to_rgb(x))
+
+
+class BlobDiscriminator(nn.Module):
+    """DCGAN-shaped strided convs with LeakyReLU and no BatchNorm (R1 needs per-image gradients)."""
+
+    def __init__(self, cfg):
+        super().__init__()
+        layers, cin, ch, size = [], cfg.channels, cfg.ndf, cfg.image_size
+        while size > 4:
+            layers += [nn.Conv2d(cin, ch, 4, 2, 1), nn.LeakyReLU(0.2, inplace=True)]
+            cin, ch, size = ch, min(ch * 2, cfg.ndf * 8), size // 2
+        self.main = nn.Sequential(*layers, nn.Conv2d(cin, 1, 4, 1, 0))  # (N, 1, 1, 1)
+
+    def forward(self, x: torch.Tensor, logits: bool = False) -> torch.Tensor:
+        out = self.main(x).flatten()
+        return out if logits else torch.sigmoid(out)
+
+
+def build(cfg) -> tuple[BlobGenerator, BlobDiscriminator]:
+    return BlobGenerator(cfg), BlobDiscriminator(cfg)
+
+
+def jitter(layout: Layout, std: float, gen: Optional[torch.Generator] = None) -> Layout:
+    """Training-time noise on the blob centres, so the painter does not rely on exact positions."""
+    if std <= 0:
+        return layout
+    noise = torch.randn(layout.xy.shape, generator=gen, device=layout.xy.device) * std
+    return replace(layout, xy=(layout.xy + noise).clamp(0, 1))
+
+
+def train_step(m, real: torch.Tensor, noise: torch.Tensor, real_label: float = 1.0, input_noise_std: float = 0.0,
+               gen: Optional[torch.Generator] = None) -> dict[str, torch.Tensor]:
+    """One update of D (logistic loss, plus R1 every `r1_every` steps) then G (non-saturating).
+    `m` is gan_core.train.Models; `m.step` decides the lazy R1 steps. The label smoothing and
+    instance noise of the DCGAN step do not apply here (config validation refuses them)."""
+    from .losses import d_logistic_loss, g_nonsaturating_loss, r1_penalty
+    from .train import _autocast, g_update_and_metrics
+
+    cfg = m.model_cfg
+    with _autocast(real.device, m.autocast_dtype):
+        fake = m.G(noise, cfg.jitter, gen)
+        real_logits = m.D(real, logits=True)
+        fake_logits = m.D(fake.detach(), logits=True)
+        loss_d = d_logistic_loss(real_logits, fake_logits)
+    r1 = torch.zeros((), device=real.device)
+    if cfg.r1_gamma > 0 and m.step % cfg.r1_every == 0:
+        # Lazy R1 (StyleGAN2): every r1_every steps, scaled by r1_every; in fp32, as double backward wants.
+        x = real.detach().float().requires_grad_(True)
+        r1 = r1_penalty(m.D(x, logits=True), x)
+        loss_d = loss_d + cfg.r1_gamma / 2 * cfg.r1_every * r1
+        r1 = r1 * cfg.r1_every  # so the mean over a logging window estimates the penalty itself
+    m.opt_d.zero_grad(set_to_none=True)
+    loss_d.backward()
+    m.opt_d.step()
+
+    m.d_core.requires_grad_(False)
+    with _autocast(real.device, m.autocast_dtype):
+        gen_logits = m.d_for_g(fake, logits=True)
+        loss_g = g_nonsaturating_loss(gen_logits)
+    metrics = g_update_and_metrics(m, loss_d, loss_g, real_logits, fake_logits, gen_logits)
+    metrics["r1"] = r1.detach().float()
+    return metrics

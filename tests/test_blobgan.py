@@ -1,0 +1,140 @@
+"""BlobGAN: splat() against hand-computed values, the ellipse geometry, the pure layout edits, and
+one training step / checkpoint round trip of the `blobgan` kind."""
+import math
+
+import pytest
+import torch
+
+from gan_core import blobgan
+from gan_core.blobgan import Layout
+from gan_core.config import BlobGANConfig, DataConfig, RunConfig, TrainConfig, validate
+
+
+def layout(xy, ab=None, angle=None, size=None, d=3):
+    xy = torch.tensor(xy, dtype=torch.float32)[None]  # (1, K, 2)
+    k = xy.shape[1]
+    ab = torch.tensor(ab if ab is not None else [[0.5, 0.5]] * k)[None]
+    angle = torch.tensor(angle if angle is not None else [[1.0, 0.0]] * k)[None]
+    size = torch.tensor(size if size is not None else [3.0] * k)[None]
+    phi = torch.arange(k * d, dtype=torch.float32).view(1, k, d) + 1
+    return Layout(xy=xy, ab=ab, angle=angle, size=size, phi=phi, psi=phi.clone(),
+                  bg_phi=torch.zeros(1, d), bg_psi=torch.zeros(1, d))
+
+
+def test_opacity_at_the_centre_is_sigmoid_s_and_weights_sum_to_one():
+    # One blob centred on a pixel centre of a 4x4 grid: pixel (row 1, col 2) has centre (2.5/4, 1.5/4).
+    lay = layout([[2.5 / 4, 1.5 / 4]], size=[1.3])
+    w = blobgan.splat(lay, 4)  # (1, 2, 4, 4): background, blob
+    assert w.shape == (1, 2, 4, 4)
+    assert w[0, 1, 1, 2].item() == pytest.approx(1 / (1 + math.exp(-1.3)), abs=1e-6)
+    assert torch.allclose(w.sum(1), torch.ones(1, 4, 4), atol=1e-6)
+    # A neighbouring pixel, by hand: a = b = 0.5 -> n = 0.02 / 0.5 = 0.04, variances 0.02;
+    # pixel (row 1, col 3) is 0.25 away along x: d^2 = 0.0625 / 0.02 = 3.125.
+    assert w[0, 1, 1, 3].item() == pytest.approx(1 / (1 + math.exp(-(1.3 - 3.125))), abs=1e-6)
+
+
+def test_the_last_slot_is_in_front():
+    # Two identical blobs at the same place: the front one takes o, the one behind o * (1 - o).
+    lay = layout([[0.5, 0.5], [0.5, 0.5]], size=[2.0, 2.0])
+    w = blobgan.splat(lay, 8)
+    o = torch.sigmoid(torch.tensor(2.0) - blobgan.distance2(lay, 8)[0, 0])
+    assert torch.allclose(w[0, 2], o, atol=1e-6)
+    assert torch.allclose(w[0, 1], o * (1 - o), atol=1e-6)
+    assert torch.allclose(w[0, 0], (1 - o) ** 2, atol=1e-6)
+    # Swapping depth swaps who is in front.
+    back_to_front = blobgan.reorder(layout([[0.3, 0.5], [0.5, 0.5]], size=[4.0, 4.0]), 1, 0)
+    assert torch.equal(back_to_front.xy[0, 1], torch.tensor([0.3, 0.5]))
+
+
+def test_ellipse_axes_and_angle():
+    # a = 0.8, b = 0.2 -> n = 0.02 / 0.4 = 0.05; variances 0.04 (along) and 0.01 (across);
+    # contour d^2 = s = 1: semi-axes 0.2 and 0.1, the long one along the angle (45 degrees here).
+    c = math.sqrt(0.5)
+    lay = layout([[0.5, 0.5]], ab=[[0.8, 0.2]], angle=[[c, c]], size=[1.0])
+    assert torch.allclose(blobgan.covariance_axes(lay)[0, 0], torch.tensor([0.04, 0.01]), atol=1e-7)
+    pts = blobgan.ellipse_contour(lay, points=5)[0, 0]  # t = 0, 90, 180, 270, 360 degrees
+    assert torch.allclose(pts[0], torch.tensor([0.5 + 0.2 * c, 0.5 + 0.2 * c]), atol=1e-6)
+    assert torch.allclose(pts[1], torch.tensor([0.5 - 0.1 * c, 0.5 + 0.1 * c]), atol=1e-6)
+    # On that contour the opacity is one half: put the blob so that the single pixel centre of a
+    # 1x1 grid, (0.5, 0.5), lies 0.2 along its long axis.
+    shifted = layout([[0.5 - 0.2 * c, 0.5 - 0.2 * c]], ab=[[0.8, 0.2]], angle=[[c, c]], size=[1.0])
+    assert blobgan.distance2(shifted, 1).item() == pytest.approx(1.0, abs=1e-5)
+    assert blobgan.splat(shifted, 1)[0, 1].item() == pytest.approx(0.5, abs=1e-6)
+    # Hidden blobs have no contour.
+    assert torch.isnan(blobgan.ellipse_contour(blobgan.hide(lay, 0))).all()
+
+
+def test_edits_are_pure_and_reversible():
+    lay = layout([[0.2, 0.2], [0.7, 0.6]], size=[3.0, 1.5])
+    before = {k: v.clone() for k, v in vars(lay).items()}
+    moved = blobgan.move(lay, 0, dx=0.1, dy=-0.5)
+    assert torch.allclose(moved.xy[0, 0], torch.tensor([0.3, 0.0])) and torch.equal(moved.xy[0, 1], lay.xy[0, 1])
+    hidden = blobgan.hide(lay, 1)
+    assert hidden.size[0, 1] < 0 and not hidden.visible()[0, 1] and hidden.visible()[0, 0]
+    assert blobgan.splat(hidden, 8)[0, 2].max() < 1e-6  # invisible
+    assert torch.equal(blobgan.show(hidden, 1).size, lay.size)  # show undoes hide exactly
+    assert torch.equal(blobgan.hide(hidden, 1).size, hidden.size)  # hiding twice changes nothing
+    assert blobgan.resize(lay, 0, 1.0).size[0, 0].item() == 4.0
+    other = layout([[0.5, 0.5], [0.5, 0.5]])
+    other.psi += 100
+    restyled = blobgan.restyle(lay, 1, other, 0)
+    assert torch.equal(restyled.psi[0, 1], other.psi[0, 0]) and torch.equal(restyled.phi, lay.phi)
+    for k, v in before.items():  # the input layout was not touched
+        assert torch.equal(getattr(lay, k), v)
+
+
+def test_generator_renders_layouts_and_moving_a_blob_changes_the_image_locally():
+    torch.manual_seed(0)
+    cfg = BlobGANConfig(ngf=4, ndf=4, blobs=3, feature_dim=8, style_dim=8, layout_hidden=16)
+    g, d = blobgan.build(cfg)
+    z = torch.randn(2, cfg.nz, 1, 1)
+    img = g(z)
+    assert img.shape == (2, 3, 64, 64) and img.abs().max() <= 1
+    assert d(img, logits=True).shape == (2,)
+    lay = g.layout_net(z.flatten(1))
+    assert torch.allclose(g.render(lay), img)
+    assert lay.xy.shape == (2, 3, 2) and torch.allclose(lay.angle.norm(dim=-1), torch.ones(2, 3))
+    assert torch.allclose(g.layout_net.decode(g.layout_net.mlp(z.flatten(1))).xy, lay.xy)
+
+
+def test_blobgan_trains_saves_and_loads(tmp_path):
+    from gan_core.checkpoint import load_models
+    from gan_core.train import train
+
+    cfg = RunConfig(model=BlobGANConfig(ngf=4, ndf=4, blobs=2, feature_dim=8, style_dim=8, layout_hidden=16,
+                                        r1_every=2),
+                    data=DataConfig(source="scenes", num_images=16, image_size=32),
+                    train=TrainConfig(steps=4, batch_size=4, log_every=2, device="cpu", precision="fp32",
+                                      ema_decay=0.9, out_dir=str(tmp_path / "run")))
+    result = train(cfg)
+    assert result["step"] == 4 and result["stopped"] is None
+    assert result["metrics"]["r1"] > 0  # R1 ran on the even steps
+    loaded_cfg, g, d, _ = load_models(tmp_path / "run")
+    assert loaded_cfg.model.kind == "blobgan" and g(torch.randn(1, 64, 1, 1)).shape == (1, 3, 32, 32)
+
+
+def test_blobgan_config_is_validated():
+    good = RunConfig(model=BlobGANConfig(), data=DataConfig(source="scenes"))
+    validate(good)
+    with pytest.raises(ValueError, match="model.blobs"):
+        validate(RunConfig(model=BlobGANConfig(blobs=0), data=DataConfig(source="scenes")))
+    with pytest.raises(ValueError, match="real_label"):
+        validate(RunConfig(model=BlobGANConfig(), data=DataConfig(source="scenes"), train=TrainConfig(real_label=0.9)))
+
+
+def test_blob_map_and_ellipse_drawing():
+    from gan_core import viz
+
+    lay = layout([[0.25, 0.25], [0.75, 0.75]], size=[3.0, 3.0])
+    m = viz.blob_map(lay, size=16, scale=2)
+    assert m.size == (32, 32)
+    assert m.getpixel((8, 8)) == pytest.approx(viz.blob_colour(0), abs=40)  # blob 0's centre, mostly its colour
+    assert m.getpixel((31, 0)) == viz.BACKGROUND_COLOUR  # a corner far from both blobs
+    img = torch.zeros(3, 16, 16)  # mid grey
+    drawn = viz.draw_blobs(img, lay, scale=4)
+    assert drawn.size == (64, 64)
+    colours = {drawn.getpixel((x, y)) for x in range(64) for y in range(64)}
+    assert viz.blob_colour(0) in colours and viz.blob_colour(1) in colours
+    hidden = viz.draw_blobs(img, blobgan.hide(lay, 1), scale=4, labels=False)
+    colours = {hidden.getpixel((x, y)) for x in range(64) for y in range(64)}
+    assert viz.blob_colour(1) not in colours and viz.blob_colour(0) in colours

@@ -258,6 +258,47 @@ class BlobDiscriminator(nn.Module):
         return out if logits else torch.sigmoid(out)
 
 
+class BlobEncoder(nn.Module):
+    """Image -> the layout net's raw vector (decoded by the generator's `layout_net.decode`):
+    DCGAN-style strided convs (no BatchNorm, so each image is inverted on its own), then an MLP."""
+
+    def __init__(self, cfg, raw_dim: int):
+        super().__init__()
+        layers, cin, ch, size = [], cfg.channels, cfg.encoder_ndf, cfg.image_size
+        while size > 4:
+            layers += [nn.Conv2d(cin, ch, 4, 2, 1), nn.LeakyReLU(0.2, inplace=True)]
+            cin, ch, size = ch, min(ch * 2, cfg.encoder_ndf * 8), size // 2
+        self.trunk = nn.Sequential(*layers)  # (N, cin, 4, 4)
+        self.head = nn.Sequential(nn.Flatten(), nn.Linear(cin * 16, 512), nn.LeakyReLU(0.2), nn.Linear(512, raw_dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.trunk(x))
+
+
+def build_encoder(cfg, g: "BlobGenerator") -> BlobEncoder:
+    return BlobEncoder(cfg, g.layout_net.raw_dim)
+
+
+def encoder_losses(e: BlobEncoder, g: BlobGenerator, real: torch.Tensor, z: torch.Tensor, lpips=None,
+                   latent_weight: float = 10.0) -> dict[str, torch.Tensor]:
+    """The inversion loss, G and the layout net frozen by the caller:
+    LPIPS(x_r, G(E(x_r))) + LPIPS(x_f, G(E(x_f))) + MSE(x_r, .) + MSE(x_f, .) + 10 * MSE(beta_f, E(x_f)),
+    beta_f being the layout net's raw vector for the fake x_f = G(z). Without `lpips` its terms are 0."""
+    with torch.no_grad():
+        beta_f = g.layout_net.mlp(z.flatten(1))
+        fake = g.render(g.layout_net.decode(beta_f))
+    pred_r, pred_f = e(real), e(fake)
+    rec_r, rec_f = g.render(g.layout_net.decode(pred_r)), g.render(g.layout_net.decode(pred_f))
+    out = {"mse_real": F.mse_loss(rec_r.float(), real.float()), "mse_fake": F.mse_loss(rec_f.float(), fake.float()),
+           "latent": F.mse_loss(pred_f.float(), beta_f.float())}
+    zero = torch.zeros((), device=real.device)
+    out["lpips_real"] = lpips(real, rec_r).mean() if lpips is not None else zero
+    out["lpips_fake"] = lpips(fake, rec_f).mean() if lpips is not None else zero
+    out["loss"] = (out["lpips_real"] + out["lpips_fake"] + out["mse_real"] + out["mse_fake"]
+                   + latent_weight * out["latent"])
+    return out
+
+
 def build(cfg) -> tuple[BlobGenerator, BlobDiscriminator]:
     return BlobGenerator(cfg), BlobDiscriminator(cfg)
 
@@ -302,3 +343,61 @@ def train_step(m, real: torch.Tensor, noise: torch.Tensor, real_label: float = 1
     metrics = g_update_and_metrics(m, loss_d, loss_g, real_logits, fake_logits, gen_logits)
     metrics["r1"] = r1.detach().float()
     return metrics
+
+
+# ---------------------------------------------------------------- the model behind the app and the scripts
+
+class BlobModel:
+    """A trained BlobGAN checkpoint: the (EMA) generator with its layout net, and the inversion
+    encoder when the checkpoint has one.
+
+        model = BlobModel.load("checkpoints/scenes-blobgan")
+        lay = model.sample_layout(seed=3)          # Layout of one image
+        img = model.render(blobgan.move(lay, 2, dx=0.2))
+        lay = model.invert(["photo.png"])          # needs the encoder
+    """
+
+    def __init__(self, cfg, g: BlobGenerator, encoder: Optional[BlobEncoder] = None, folder: Optional[str] = None):
+        if cfg.model.kind != "blobgan":
+            raise ValueError(f"a {cfg.model.kind!r} model has no blob layouts")
+        self.cfg, self.g, self.encoder, self.folder = cfg, g.eval(), encoder, folder
+
+    @classmethod
+    def load(cls, path_or_repo, device: str | torch.device = "cpu") -> "BlobModel":
+        from pathlib import Path
+
+        from .checkpoint import load_models, load_weights
+
+        cfg, g, _, meta = load_models(path_or_repo, device)
+        encoder = None
+        file = Path(meta["folder"]) / "encoder.safetensors"
+        if file.exists():
+            encoder = build_encoder(cfg.model, g)
+            load_weights(encoder, file)
+            encoder = encoder.to(device).eval()
+        return cls(cfg, g, encoder, meta["folder"])
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.g.parameters()).device
+
+    @torch.no_grad()
+    def sample_layout(self, seed: int = 0, n: int = 1) -> Layout:
+        z = torch.randn(n, self.cfg.model.nz, generator=torch.Generator().manual_seed(int(seed)))
+        return self.g.layout_net(z.to(self.device))
+
+    @torch.no_grad()
+    def render(self, layout: Layout) -> torch.Tensor:
+        """(N, C, H, W) images in [-1, 1]."""
+        return self.g.render(layout.to(self.device)).float()
+
+    @torch.no_grad()
+    def invert(self, images, float_range=None) -> Layout:
+        """Images of any kind and size (see `gan_core.cluster.to_model_images`) -> their layouts."""
+        from .cluster import to_model_images
+        from .data import to_float
+
+        if self.encoder is None:
+            raise ValueError("this checkpoint has no inversion encoder (train one with scripts/train_encoder.py)")
+        x = to_model_images(images, self.cfg.data.image_size, self.cfg.data.channels, float_range)
+        return self.g.layout_net.decode(self.encoder(to_float(x).to(self.device)))

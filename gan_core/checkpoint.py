@@ -22,7 +22,7 @@ from . import config as config_mod
 from . import blobgan, cluster, dcgan
 
 FORMAT = "ganlab-checkpoint/1"
-WEIGHT_FILES = ("generator", "discriminator", "generator_ema", "discriminator_ema")
+WEIGHT_FILES = ("generator", "discriminator", "generator_ema", "discriminator_ema", "encoder")
 HUB_PATTERNS = ["*.json", "*.safetensors", "*.md", "*.png"]
 MODELS = {"dcgan": dcgan.build, "cluster": cluster.build, "blobgan": blobgan.build}  # model kind -> build(config) -> (G, D)
 
@@ -260,6 +260,8 @@ def export(src: str | Path, dst: str | Path, dtype: torch.dtype = torch.float16,
         if (folder / f"{name}.safetensors").exists():
             g, d = MODELS[cfg.model.kind](cfg.model)
             module = d if name.startswith("discriminator") else g
+            if name == "encoder":  # BlobGAN's inversion encoder, sized by the generator's layout vector
+                module = blobgan.build_encoder(cfg.model, g)
             load_weights(module, folder / f"{name}.safetensors")
             modules[name] = module
     return write_folder(Path(dst), cfg, meta["step"], modules, metrics=meta.get("metrics"), dtype=dtype,

@@ -85,6 +85,8 @@ class BlobGANConfig:
     jitter: float = 0.02  # std of the noise on blob centres during training (image fractions)
     r1_gamma: float = 0.1
     r1_every: int = 16
+    encoder_ndf: int = 32  # inversion encoder width (DCGAN-style trunk)
+    inversion_loss: Optional[str] = None  # written when the encoder is trained: which loss terms it used
 
 
 @dataclass
@@ -192,7 +194,7 @@ def validate(cfg: RunConfig) -> RunConfig:
     if m.kind == "blobgan":
         _check_ints(("model.blobs", m.blobs, 1, 64), ("model.feature_dim", m.feature_dim, 1, 4096),
                     ("model.style_dim", m.style_dim, 1, 4096), ("model.layout_hidden", m.layout_hidden, 1, 8192),
-                    ("model.r1_every", m.r1_every, 1, 10_000))
+                    ("model.r1_every", m.r1_every, 1, 10_000), ("model.encoder_ndf", m.encoder_ndf, 1, 1024))
         _check_numbers(("model.jitter", m.jitter, 0.0, 0.5), ("model.r1_gamma", m.r1_gamma, 0.0, 1000.0))
         if t.real_label != 1.0 or t.instance_noise != 0.0:
             raise ValueError("blobgan uses the logistic loss with R1: train.real_label must be 1 and "

@@ -1,8 +1,15 @@
 """Pure loss functions of discriminator logits (the sigmoid lives inside BCE-with-logits)."""
 from __future__ import annotations
 
+import os
+from pathlib import Path
+from typing import Optional
+
 import torch
 import torch.nn.functional as F
+from torch import nn
+
+VGG16_FILE = "vgg16-397923af.pth"  # torchvision's ImageNet VGG16, as the torch hub cache names it
 
 
 def d_loss_bce(real_logits: torch.Tensor, fake_logits: torch.Tensor, real_label: float = 1.0) -> torch.Tensor:
@@ -69,3 +76,60 @@ def catgan_g_loss(fake_logits: torch.Tensor) -> torch.Tensor:
 
 def _entropy(p: torch.Tensor) -> torch.Tensor:
     return -(p * p.clamp_min(1e-8).log()).sum(1)
+
+
+# ---------------------------------------------------------------- LPIPS (holds weights, so a class)
+
+def vgg16_weights_path(explicit: Optional[str] = None) -> Optional[Path]:
+    """Where the VGG16 ImageNet weights are: `explicit`, $GANLAB_VGG16, or the torch hub cache
+    ($TORCH_HOME/hub/checkpoints/vgg16-397923af.pth). None when none of them exists."""
+    candidates = [explicit, os.environ.get("GANLAB_VGG16"), Path(torch.hub.get_dir()) / "checkpoints" / VGG16_FILE]
+    for c in candidates:
+        if c and Path(c).is_file():
+            return Path(c)
+    return None
+
+
+class LPIPS(nn.Module):
+    """LPIPS distance (Zhang et al. 2018) with the VGG backbone, through the `lpips` package: its
+    linear calibration layers ship in the wheel; the VGG16 ImageNet weights do not, and are loaded
+    here from `backbone` (a torchvision state dict file, read with weights_only). `random_backbone`
+    keeps VGG's random init: for tests of the code path only, never a reported LPIPS.
+    Call with two (N, 3, H, W) batches in [-1, 1]; returns (N,) distances."""
+
+    def __init__(self, backbone: Optional[str | Path] = None, random_backbone: bool = False):
+        super().__init__()
+        import warnings
+
+        import lpips
+
+        if backbone is None and not random_backbone:
+            raise FileNotFoundError(f"LPIPS needs the VGG16 ImageNet weights ({VGG16_FILE})")
+        with warnings.catch_warnings():  # torchvision's "pretrained is deprecated" for the random VGG
+            warnings.simplefilter("ignore")
+            self.net = lpips.LPIPS(net="vgg", pnet_rand=True, verbose=False)
+        if backbone is not None:
+            state = torch.load(backbone, map_location="cpu", weights_only=True)
+            for block in (self.net.net.slice1, self.net.net.slice2, self.net.net.slice3, self.net.net.slice4,
+                          self.net.net.slice5):
+                for index, layer in block.named_children():
+                    if isinstance(layer, nn.Conv2d):
+                        layer.weight.data.copy_(state[f"features.{index}.weight"])
+                        layer.bias.data.copy_(state[f"features.{index}.bias"])
+        self.random_backbone = backbone is None
+        self.eval().requires_grad_(False)
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        if x.shape[1] == 1:
+            x, y = x.expand(-1, 3, -1, -1), y.expand(-1, 3, -1, -1)
+        return self.net(x.float(), y.float()).flatten()
+
+
+def load_lpips(backbone: Optional[str] = None) -> tuple[Optional[LPIPS], str]:
+    """(the LPIPS module or None, one line saying which it is and why)."""
+    path = vgg16_weights_path(backbone)
+    if path is None:
+        where = Path(torch.hub.get_dir()) / "checkpoints" / VGG16_FILE
+        return None, (f"LPIPS off: the VGG16 ImageNet weights are not at {where} (nor $GANLAB_VGG16); "
+                      "the encoder trains on MSE terms only, and the checkpoint records that")
+    return LPIPS(path), f"LPIPS on: VGG16 backbone from {path}"

@@ -138,3 +138,89 @@ def test_blob_map_and_ellipse_drawing():
     hidden = viz.draw_blobs(img, blobgan.hide(lay, 1), scale=4, labels=False)
     colours = {hidden.getpixel((x, y)) for x in range(64) for y in range(64)}
     assert viz.blob_colour(1) not in colours and viz.blob_colour(0) in colours
+
+
+def test_lpips_code_path_with_a_random_backbone_and_a_backbone_file(tmp_path, monkeypatch):
+    import torchvision
+
+    from gan_core import losses
+
+    lp = losses.LPIPS(random_backbone=True)
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    assert torch.allclose(lp(x, x), torch.zeros(2)) and (lp(x, -x) > 0).all()
+    assert lp.random_backbone
+    # A backbone file in torchvision's format is loaded into LPIPS' VGG slices, layer by layer.
+    state = torchvision.models.vgg16().state_dict()
+    torch.save(state, tmp_path / "vgg16.pth")
+    lp2 = losses.LPIPS(tmp_path / "vgg16.pth")
+    assert torch.equal(dict(lp2.net.net.slice5.named_children())["28"].weight, state["features.28.weight"])
+    assert not lp2.random_backbone
+    # Where no weights exist, load_lpips says so in one line and returns None.
+    monkeypatch.delenv("GANLAB_VGG16", raising=False)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty"))
+    module, line = losses.load_lpips()
+    assert module is None and line.startswith("LPIPS off") and "\n" not in line
+    monkeypatch.setenv("GANLAB_VGG16", str(tmp_path / "vgg16.pth"))
+    module, line = losses.load_lpips()
+    assert isinstance(module, losses.LPIPS) and line.startswith("LPIPS on")
+
+
+def test_encoder_loss_terms_and_gradients_reach_only_the_encoder():
+    torch.manual_seed(0)
+    cfg = BlobGANConfig(ngf=4, ndf=4, blobs=2, feature_dim=8, style_dim=8, layout_hidden=16, encoder_ndf=4,
+                        image_size=32)
+    g, _ = blobgan.build(cfg)
+    g.requires_grad_(False)
+    e = blobgan.build_encoder(cfg, g)
+    from gan_core.losses import LPIPS
+    real = torch.rand(3, 3, 32, 32) * 2 - 1
+    out = blobgan.encoder_losses(e, g, real, torch.randn(3, cfg.nz), LPIPS(random_backbone=True))
+    parts = out["lpips_real"] + out["lpips_fake"] + out["mse_real"] + out["mse_fake"] + 10 * out["latent"]
+    assert torch.allclose(out["loss"], parts) and out["lpips_real"] > 0
+    out["loss"].backward()
+    assert all(p.grad is not None for p in e.parameters())
+    assert all(p.grad is None for p in g.parameters())
+    no_lpips = blobgan.encoder_losses(e, g, real, torch.randn(3, cfg.nz), None)
+    assert no_lpips["lpips_real"] == 0 and no_lpips["lpips_fake"] == 0
+
+
+def test_encoder_script_then_evaluation_and_the_blob_model_api(tmp_path, monkeypatch):
+    from conftest import run_script
+    from gan_core.checkpoint import export
+
+    tiny = ["model=blobgan", "model.ngf=4", "model.ndf=4", "model.blobs=3", "model.feature_dim=8",
+            "model.style_dim=8", "model.layout_hidden=16", "model.encoder_ndf=4", "data.source=scenes",
+            "data.num_images=16", "data.image_size=32", "train.batch_size=4", "train.steps=2", "train.device=cpu",
+            "train.ema_decay=0.9", f"train.out_dir={tmp_path / 'run'}"]
+    proc, _ = run_script(["scripts/train.py", *tiny])
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "no-weights"))
+    proc, result = run_script(["scripts/train_encoder.py", "--checkpoint", str(tmp_path / "run"), "--out",
+                               str(tmp_path / "model"), "--steps", "4", "--batch", "4", "--log-every", "2"],
+                              env={"TORCH_HOME": str(tmp_path / "no-weights")})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "LPIPS off" in proc.stderr and result["inversion_loss"].startswith("mse+latent (no LPIPS")
+    assert result["losses"]["encoder_lpips_real"] == 0
+    files = {f.name for f in (tmp_path / "model").iterdir()}
+    assert {"encoder.safetensors", "generator_ema.safetensors", "config.json"} <= files
+    assert "optimizer.safetensors" not in files
+
+    model = blobgan.BlobModel.load(tmp_path / "model")
+    assert model.cfg.model.inversion_loss == result["inversion_loss"]
+    lay = model.sample_layout(seed=5)
+    assert torch.equal(lay.xy, model.sample_layout(seed=5).xy) and lay.k == 3
+    img = model.render(lay)
+    assert img.shape == (1, 3, 32, 32)
+    inv = model.invert(((img[0].permute(1, 2, 0) + 1) * 127.5).round().byte().numpy())  # an (H, W, C) array
+    assert inv.xy.shape == (1, 3, 2)
+    shipped = export(tmp_path / "model", tmp_path / "shipped")
+    assert (shipped / "encoder.safetensors").exists()
+    assert torch.allclose(blobgan.BlobModel.load(shipped).invert(img).xy, model.invert(img).xy, atol=1e-2)
+
+    proc, scores = run_script(["scripts/evaluate_blobs.py", "--checkpoint", str(tmp_path / "model"),
+                               "--num-images", "12", "--batch", "5"], env={"TORCH_HOME": str(tmp_path / "no-weights")})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert scores["n"] == 12 and scores["objects"] >= 12 and scores["lpips"] is None
+    assert 0 <= scores["hit_rate"] <= 1 and 0 <= scores["locality"] <= 1 and scores["psnr"] > 0
+    proc, scores = run_script(["scripts/evaluate_blobs.py", "--checkpoint", str(tmp_path / "run")])
+    assert proc.returncode == 2 and scores["error"] == "no encoder"

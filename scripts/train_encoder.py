@@ -1,0 +1,110 @@
+#!/usr/bin/env python
+"""Train BlobGAN's inversion encoder E for a trained generator (G and its layout net frozen):
+
+    L = LPIPS(x_r, G(E(x_r))) + LPIPS(x_f, G(E(x_f))) + MSE(x_r, G(E(x_r))) + MSE(x_f, G(E(x_f)))
+        + 10 * MSE(beta_f, E(x_f))
+
+    python scripts/train_encoder.py --checkpoint runs/scenes-blobgan --out checkpoints/scenes-blobgan-enc
+
+LPIPS uses VGG16 ImageNet weights from the torch hub cache (or --lpips-weights / $GANLAB_VGG16).
+Without them the run says so in one line, trains on the MSE terms only, and records that as
+`model.inversion_loss` in the output checkpoint's config. The output folder is the input checkpoint
+(weights only, no optimizer state) plus `encoder.safetensors`. Last stdout line: one JSON object.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--checkpoint", required=True, help="a blobgan run or checkpoint folder (or Hub id)")
+    p.add_argument("--out", required=True, help="checkpoint folder to write (generator + encoder)")
+    p.add_argument("--steps", type=int, default=3000)
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--lr", type=float, default=5e-4)
+    p.add_argument("--latent-weight", type=float, default=10.0)
+    p.add_argument("--lpips-weights", default=None, help="VGG16 ImageNet weights file (torchvision's)")
+    p.add_argument("--no-lpips", action="store_true", help="train on the MSE terms only")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--log-every", type=int, default=100)
+    p.add_argument("--resume-encoder", action="store_true", help="start from the encoder in --out")
+    args = p.parse_args(argv)
+
+    import torch
+    from tqdm import tqdm
+
+    from gan_core import blobgan
+    from gan_core.checkpoint import CheckpointError, load_models, load_weights, resolve, write_folder
+    from gan_core.data import load_dataset, to_float
+    from gan_core.losses import load_lpips
+    from gan_core.train import resolve_device
+
+    device = resolve_device(args.device)
+    try:
+        cfg, g, _, meta = load_models(args.checkpoint, device)
+        raw_cfg, raw_g, raw_d, _ = load_models(args.checkpoint, "cpu", ema=False)
+    except CheckpointError as e:
+        print(f"error: {e}", file=sys.stderr)
+        print(json.dumps({"error": str(e)}))
+        sys.exit(2)
+    if cfg.model.kind != "blobgan":
+        print(f"error: {args.checkpoint} is a {cfg.model.kind} model, not blobgan", file=sys.stderr)
+        print(json.dumps({"error": "not a blobgan checkpoint"}))
+        sys.exit(2)
+    lpips, line = (None, "LPIPS off: --no-lpips") if args.no_lpips else load_lpips(args.lpips_weights)
+    print(line, file=sys.stderr)
+    if lpips is not None:
+        lpips = lpips.to(device)
+    g.requires_grad_(False)
+    torch.manual_seed(args.seed)
+    encoder = blobgan.build_encoder(cfg.model, g)
+    if args.resume_encoder and (Path(args.out) / "encoder.safetensors").exists():
+        load_weights(encoder, Path(args.out) / "encoder.safetensors")
+    encoder = encoder.to(device).train()
+    opt = torch.optim.Adam(encoder.parameters(), lr=args.lr, betas=(0.9, 0.999))
+    images = load_dataset(cfg.data).images
+    gen = torch.Generator().manual_seed(args.seed)
+    sums: dict[str, float] = {}
+    t0 = time.time()
+    bar = tqdm(range(1, args.steps + 1), desc="encoder", file=sys.stderr, mininterval=2)
+    for step in bar:
+        idx = torch.randint(0, len(images), (args.batch,), generator=gen)
+        real = to_float(images[idx]).to(device)
+        z = torch.randn(args.batch, cfg.model.nz, generator=gen).to(device)
+        losses = blobgan.encoder_losses(encoder, g, real, z, lpips, args.latent_weight)
+        opt.zero_grad(set_to_none=True)
+        losses["loss"].backward()
+        opt.step()
+        for k, v in losses.items():
+            sums[k] = sums.get(k, 0.0) + float(v)
+        if step % args.log_every == 0:
+            bar.set_postfix({k: round(v / args.log_every, 4) for k, v in sums.items()})
+            last = {k: v / args.log_every for k, v in sums.items()}
+            sums = {}
+    used = ("lpips+mse+latent" if lpips is not None else "mse+latent (no LPIPS: " +
+            ("--no-lpips" if args.no_lpips else "VGG16 ImageNet weights absent") + ")")
+    raw_cfg.model.inversion_loss = used
+    modules = {"generator": raw_g, "discriminator": raw_d}
+    folder = resolve(args.checkpoint)
+    if (folder / "generator_ema.safetensors").exists():
+        modules["generator_ema"] = g.cpu()
+    modules["encoder"] = encoder.cpu()
+    metrics = dict(meta.get("metrics") or {})
+    metrics.update({f"encoder_{k}": v for k, v in (last if args.steps >= args.log_every else {}).items()})
+    out = write_folder(Path(args.out), raw_cfg, meta["step"], modules, metrics=metrics)
+    result = {"out": str(out), "steps": args.steps, "inversion_loss": used, "seconds": round(time.time() - t0, 1),
+              "losses": {k: round(v, 5) for k, v in metrics.items() if k.startswith("encoder_")}}
+    print(json.dumps(result))
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -224,3 +224,8 @@ def test_encoder_script_then_evaluation_and_the_blob_model_api(tmp_path, monkeyp
     assert 0 <= scores["hit_rate"] <= 1 and 0 <= scores["locality"] <= 1 and scores["psnr"] > 0
     proc, scores = run_script(["scripts/evaluate_blobs.py", "--checkpoint", str(tmp_path / "run")])
     assert proc.returncode == 2 and scores["error"] == "no encoder"
+    proc, demo = run_script(["scripts/blob_edit_demo.py", "--checkpoint", str(tmp_path / "run"), "--seeds", "0", "1",
+                             "--out", str(tmp_path / "demo.png"), "--scale", "2"])
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    from PIL import Image
+    assert Image.open(tmp_path / "demo.png").size == (3 * 64 + 16, 2 * 68 + 4) and len(demo["rows"]) == 2

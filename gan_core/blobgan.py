@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-HIDE_OFFSET = 20.0  # hide/show map a size s to -HIDE_OFFSET - s (an involution); hidden sizes sit below -HIDE_OFFSET/2
+HIDDEN_SIZE = -1e4  # the size a hidden blob is drawn with: opacity sigmoid(-1e4) = 0
 COVARIANCE_SCALE = 0.02  # n = COVARIANCE_SCALE / sqrt(a b): every blob's unit ellipse has the same area
 
 
@@ -33,6 +33,7 @@ class Layout:
     psi: torch.Tensor  # (N, K, Dpsi) style features
     bg_phi: torch.Tensor  # (N, Dphi)
     bg_psi: torch.Tensor  # (N, Dpsi)
+    hidden: Optional[torch.Tensor] = None  # (N, K) bool: drawn as if s were very negative; `show` restores s exactly
 
     @property
     def n(self) -> int:
@@ -42,20 +43,30 @@ class Layout:
     def k(self) -> int:
         return self.xy.shape[1]
 
+    def _map(self, fn) -> "Layout":
+        return Layout(**{f.name: (fn(v) if (v := getattr(self, f.name)) is not None else None) for f in fields(self)})
+
     def to(self, device) -> "Layout":
-        return Layout(**{f.name: getattr(self, f.name).to(device) for f in fields(self)})
+        return self._map(lambda t: t.to(device))
 
     def detach(self) -> "Layout":
-        return Layout(**{f.name: getattr(self, f.name).detach() for f in fields(self)})
+        return self._map(lambda t: t.detach())
 
     def index(self, i) -> "Layout":
         """The layouts of images `i` (an int keeps the batch dimension)."""
         i = [i] if isinstance(i, int) else i
-        return Layout(**{f.name: getattr(self, f.name)[i] for f in fields(self)})
+        return self._map(lambda t: t[i])
+
+    def hidden_mask(self) -> torch.Tensor:
+        return self.hidden if self.hidden is not None else torch.zeros_like(self.size, dtype=torch.bool)
+
+    def drawn_size(self) -> torch.Tensor:
+        """(N, K) the size the blobs are drawn with: s, or HIDDEN_SIZE for hidden blobs."""
+        return torch.where(self.hidden_mask(), torch.full_like(self.size, HIDDEN_SIZE), self.size)
 
     def visible(self) -> torch.Tensor:
-        """(N, K) bool: the blob's 50%-opacity contour exists (s > 0)."""
-        return self.size > 0
+        """(N, K) bool: the blob's 50%-opacity contour exists (drawn size s > 0)."""
+        return self.drawn_size() > 0
 
 
 # ---------------------------------------------------------------- geometry and splatting
@@ -83,7 +94,7 @@ def distance2(layout: Layout, size: int) -> torch.Tensor:
 def splat(layout: Layout, size: int) -> torch.Tensor:
     """(N, K + 1, size, size) compositing weights: index 0 the background (opacity 1), then the
     blobs in slot order. o_k = sigmoid(s_k - d^2); w_k = o_k * prod_{j > k} (1 - o_j). They sum to 1."""
-    o = torch.sigmoid(layout.size.float()[..., None, None] - distance2(layout, size))  # (N, K, H, W)
+    o = torch.sigmoid(layout.drawn_size().float()[..., None, None] - distance2(layout, size))  # (N, K, H, W)
     o = torch.cat([torch.ones_like(o[:, :1]), o], 1)  # the background is slot 0, fully opaque
     # transmittance in front of each slot: the product of (1 - o) over the slots after it
     behind = torch.cumprod((1 - o).flip(1), 1).flip(1)  # prod_{j >= k}
@@ -101,7 +112,7 @@ def ellipse_contour(layout: Layout, points: int = 48) -> torch.Tensor:
     """(N, K, points, 2) the 50%-opacity contour of each blob (d^2 = s), in [0, 1] coordinates;
     NaN for hidden blobs (s <= 0), which have no such contour."""
     var = covariance_axes(layout)
-    s = layout.size.clamp_min(0)[..., None]
+    s = layout.drawn_size().clamp_min(0)[..., None]
     radii = (s * var).sqrt()  # (N, K, 2): semi-axes along and across
     t = torch.linspace(0, 2 * math.pi, points, device=layout.xy.device)
     local = torch.stack([radii[..., 0, None] * t.cos(), radii[..., 1, None] * t.sin()], -1)  # (N, K, P, 2)
@@ -131,19 +142,14 @@ def resize(layout: Layout, k: int, ds: float) -> Layout:
     return replace(layout, size=_set(layout.size, k, layout.size[:, k] + ds))
 
 
-def is_hidden(layout: Layout, k: int) -> torch.Tensor:
-    return layout.size[:, k] <= -HIDE_OFFSET / 2
-
-
 def hide(layout: Layout, k: int) -> Layout:
-    """Make blob k invisible (s -> -20 - s, far below 0); `show` undoes it exactly."""
-    s = layout.size[:, k]
-    return replace(layout, size=_set(layout.size, k, torch.where(is_hidden(layout, k), s, -HIDE_OFFSET - s)))
+    """Draw blob k as if its size were far below 0 (invisible); its own s is kept, so `show` restores it."""
+    return replace(layout, hidden=_set(layout.hidden_mask(), k, True))
 
 
 def show(layout: Layout, k: int) -> Layout:
-    s = layout.size[:, k]
-    return replace(layout, size=_set(layout.size, k, torch.where(is_hidden(layout, k), -HIDE_OFFSET - s, s)))
+    """Undo `hide` (a blob whose own s is below 0 stays invisible: s < 0 hides too)."""
+    return replace(layout, hidden=_set(layout.hidden_mask(), k, False))
 
 
 def restyle(layout: Layout, k: int, source: Layout, j: Optional[int] = None, structure: bool = False) -> Layout:
@@ -159,7 +165,8 @@ def reorder(layout: Layout, k: int, position: int) -> Layout:
     order = [i for i in range(layout.k) if i != k]
     order.insert(position, k)
     idx = torch.tensor(order, device=layout.xy.device)
-    per_blob = {f.name: getattr(layout, f.name)[:, idx] for f in fields(layout) if not f.name.startswith("bg_")}
+    per_blob = {f.name: getattr(layout, f.name)[:, idx] for f in fields(layout)
+                if not f.name.startswith("bg_") and getattr(layout, f.name) is not None}
     return replace(layout, **per_blob)
 
 
@@ -299,6 +306,28 @@ def encoder_losses(e: BlobEncoder, g: BlobGenerator, real: torch.Tensor, z: torc
     return out
 
 
+def match_objects(objects: torch.Tensor, layout: Layout) -> tuple[int, list]:
+    """One image: ground-truth objects (M, 7) rows (class, cx, cy, x0, y0, x1, y1) with class -1 for
+    empty slots, and its layout (batch 1). Objects and visible blobs are matched one-to-one by
+    Hungarian matching on centre distance; a pair is a hit when the blob's centre lies inside the
+    object's box. Returns (hits, [(object index, blob index), ...] for the matched pairs)."""
+    from scipy.optimize import linear_sum_assignment
+
+    gt = objects[objects[:, 0] >= 0].float().cpu()
+    blobs = layout.visible()[0].nonzero().flatten().cpu()
+    if len(gt) == 0 or len(blobs) == 0:
+        return 0, []
+    centres = layout.xy[0, blobs].float().cpu()
+    rows, cols = linear_sum_assignment(torch.cdist(gt[:, 1:3], centres).numpy())
+    hits, pairs = 0, []
+    for r, c in zip(rows, cols):
+        bx, by = centres[c].tolist()
+        x0, y0, x1, y1 = gt[r, 3:7].tolist()
+        hits += int(x0 <= bx <= x1 and y0 <= by <= y1)
+        pairs.append((int(r), int(blobs[c])))
+    return hits, pairs
+
+
 def build(cfg) -> tuple[BlobGenerator, BlobDiscriminator]:
     return BlobGenerator(cfg), BlobDiscriminator(cfg)
 
@@ -314,7 +343,8 @@ def jitter(layout: Layout, std: float, gen: Optional[torch.Generator] = None) ->
 def train_step(m, real: torch.Tensor, noise: torch.Tensor, real_label: float = 1.0, input_noise_std: float = 0.0,
                gen: Optional[torch.Generator] = None) -> dict[str, torch.Tensor]:
     """One update of D (logistic loss, plus R1 every `r1_every` steps) then G (non-saturating).
-    `m` is gan_core.train.Models; `m.step` decides the lazy R1 steps. The label smoothing and
+    `m` is gan_core.train.Models; `m.step` decides the lazy R1 steps; `loss_d` is reported without
+    the R1 term (reported as `r1`). The label smoothing and
     instance noise of the DCGAN step do not apply here (config validation refuses them)."""
     from .losses import d_logistic_loss, g_nonsaturating_loss, r1_penalty
     from .train import _autocast, g_update_and_metrics
@@ -326,14 +356,16 @@ def train_step(m, real: torch.Tensor, noise: torch.Tensor, real_label: float = 1
         fake_logits = m.D(fake.detach(), logits=True)
         loss_d = d_logistic_loss(real_logits, fake_logits)
     r1 = torch.zeros((), device=real.device)
+    total_d = loss_d
     if cfg.r1_gamma > 0 and m.step % cfg.r1_every == 0:
         # Lazy R1 (StyleGAN2): every r1_every steps, scaled by r1_every; in fp32, as double backward wants.
+        # (torch.compile cannot double-backward, so config validation refuses compile with R1.)
         x = real.detach().float().requires_grad_(True)
         r1 = r1_penalty(m.D(x, logits=True), x)
-        loss_d = loss_d + cfg.r1_gamma / 2 * cfg.r1_every * r1
-        r1 = r1 * cfg.r1_every  # so the mean over a logging window estimates the penalty itself
+        total_d = loss_d + cfg.r1_gamma / 2 * cfg.r1_every * r1
+        r1 = r1 * cfg.r1_every  # so a logging window's mean estimates the penalty (exactly when log_every % r1_every == 0)
     m.opt_d.zero_grad(set_to_none=True)
-    loss_d.backward()
+    total_d.backward()
     m.opt_d.step()
 
     m.d_core.requires_grad_(False)

@@ -196,6 +196,9 @@ def validate(cfg: RunConfig) -> RunConfig:
                     ("model.style_dim", m.style_dim, 1, 4096), ("model.layout_hidden", m.layout_hidden, 1, 8192),
                     ("model.r1_every", m.r1_every, 1, 10_000), ("model.encoder_ndf", m.encoder_ndf, 1, 1024))
         _check_numbers(("model.jitter", m.jitter, 0.0, 0.5), ("model.r1_gamma", m.r1_gamma, 0.0, 1000.0))
+        if t.compile and m.r1_gamma > 0:
+            raise ValueError("blobgan's R1 penalty needs a double backward, which torch.compile does not "
+                             "support: set train.compile=false or model.r1_gamma=0")
         if t.real_label != 1.0 or t.instance_noise != 0.0:
             raise ValueError("blobgan uses the logistic loss with R1: train.real_label must be 1 and "
                              "train.instance_noise 0")

@@ -38,7 +38,6 @@ def main(argv=None) -> dict:
 
     import numpy as np
     import torch
-    from scipy.optimize import linear_sum_assignment
     from tqdm import tqdm
 
     from gan_core import blobgan
@@ -75,25 +74,15 @@ def main(argv=None) -> dict:
             psnrs += (10 * torch.log10(1 / mse.clamp_min(1e-10))).tolist()
             if lpips is not None:
                 lp += lpips.to(model.device)(x, rec).tolist()
-            visible = lay.visible().cpu()
-            centres = lay.xy.cpu()
             movers = []
             for i in range(len(x)):
-                gt = objs[i][objs[i][:, 0] >= 0]  # (M, 7): class, cx, cy, x0, y0, x1, y1
-                blobs = visible[i].nonzero().flatten()
-                objects += len(gt)
-                mover = None
-                if len(gt) and len(blobs):
-                    cost = torch.cdist(gt[:, 1:3], centres[i, blobs]).numpy()
-                    rows, cols = linear_sum_assignment(cost)
-                    for r, c in zip(rows, cols):
-                        bx, by = centres[i, blobs[c]].tolist()
-                        x0, y0, x1, y1 = gt[r, 3:7].tolist()
-                        hits += int(x0 <= bx <= x1 and y0 <= by <= y1)
-                        if r == 0:
-                            mover = int(blobs[c])
-                if mover is None:  # no object matched: move the most opaque visible blob, if any
-                    mover = int(lay.size[i].argmax()) if bool(visible[i].any()) else None
+                one = lay.index(i)
+                objects += int((objs[i][:, 0] >= 0).sum())
+                got, pairs = blobgan.match_objects(objs[i], one)
+                hits += got
+                mover = next((b for o, b in pairs if o == 0), None)  # the blob matched to the first object
+                if mover is None and bool(one.visible().any()):  # else the most opaque visible blob
+                    mover = int(one.drawn_size()[0].argmax())
                 movers.append(mover)
             for i, k in enumerate(movers):
                 if k is None:

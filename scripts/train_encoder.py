@@ -59,6 +59,12 @@ def main(argv=None) -> dict:
         print(f"error: {args.checkpoint} is a {cfg.model.kind} model, not blobgan", file=sys.stderr)
         print(json.dumps({"error": "not a blobgan checkpoint"}))
         sys.exit(2)
+    source, out_dir = resolve(args.checkpoint).resolve(), Path(args.out).resolve()
+    if out_dir == source or out_dir in source.parents:
+        msg = f"--out {args.out} would replace the checkpoint it reads (or the run holding it); pick a new folder"
+        print(f"error: {msg}", file=sys.stderr)
+        print(json.dumps({"error": msg}))
+        sys.exit(2)
     lpips, line = (None, "LPIPS off: --no-lpips") if args.no_lpips else load_lpips(args.lpips_weights)
     print(line, file=sys.stderr)
     if lpips is not None:

@@ -41,9 +41,13 @@ def test_the_last_slot_is_in_front():
     assert torch.allclose(w[0, 2], o, atol=1e-6)
     assert torch.allclose(w[0, 1], o * (1 - o), atol=1e-6)
     assert torch.allclose(w[0, 0], (1 - o) ** 2, atol=1e-6)
-    # Swapping depth swaps who is in front.
-    back_to_front = blobgan.reorder(layout([[0.3, 0.5], [0.5, 0.5]], size=[4.0, 4.0]), 1, 0)
-    assert torch.equal(back_to_front.xy[0, 1], torch.tensor([0.3, 0.5]))
+    # Reordering moves every per-blob field with the blob, and leaves the background alone.
+    lay = blobgan.hide(layout([[0.3, 0.5], [0.5, 0.5], [0.7, 0.2]], ab=[[0.5, 0.5], [0.9, 0.1], [0.3, 0.3]],
+                              size=[4.0, 2.0, 1.0]), 2)
+    moved = blobgan.reorder(lay, 2, 0)  # blob 2 to the back
+    for name in ("xy", "ab", "angle", "size", "phi", "psi", "hidden"):
+        assert torch.equal(getattr(moved, name)[0], getattr(lay, name)[0, [2, 0, 1]]), name
+    assert torch.equal(moved.bg_phi, lay.bg_phi) and torch.equal(moved.bg_psi, lay.bg_psi)
 
 
 def test_ellipse_axes_and_angle():
@@ -66,14 +70,19 @@ def test_ellipse_axes_and_angle():
 
 def test_edits_are_pure_and_reversible():
     lay = layout([[0.2, 0.2], [0.7, 0.6]], size=[3.0, 1.5])
-    before = {k: v.clone() for k, v in vars(lay).items()}
+    before = {k: v.clone() for k, v in vars(lay).items() if v is not None}
     moved = blobgan.move(lay, 0, dx=0.1, dy=-0.5)
     assert torch.allclose(moved.xy[0, 0], torch.tensor([0.3, 0.0])) and torch.equal(moved.xy[0, 1], lay.xy[0, 1])
     hidden = blobgan.hide(lay, 1)
-    assert hidden.size[0, 1] < 0 and not hidden.visible()[0, 1] and hidden.visible()[0, 0]
+    assert hidden.drawn_size()[0, 1] < 0 and not hidden.visible()[0, 1] and hidden.visible()[0, 0]
     assert blobgan.splat(hidden, 8)[0, 2].max() < 1e-6  # invisible
-    assert torch.equal(blobgan.show(hidden, 1).size, lay.size)  # show undoes hide exactly
-    assert torch.equal(blobgan.hide(hidden, 1).size, hidden.size)  # hiding twice changes nothing
+    shown = blobgan.show(hidden, 1)
+    assert torch.equal(shown.size, lay.size) and torch.equal(shown.visible(), lay.visible())  # exactly undone
+    odd = layout([[0.2, 0.2]], size=[0.1])
+    assert torch.equal(blobgan.show(blobgan.hide(odd, 0), 0).drawn_size(), odd.size)  # no float drift
+    twice = blobgan.hide(hidden, 1)
+    assert torch.equal(twice.drawn_size(), hidden.drawn_size())  # hiding twice changes nothing
+    assert not layout([[0.5, 0.5]], size=[-1.0]).visible()[0, 0]  # s < 0 hides too
     assert blobgan.resize(lay, 0, 1.0).size[0, 0].item() == 4.0
     other = layout([[0.5, 0.5], [0.5, 0.5]])
     other.psi += 100
@@ -97,6 +106,34 @@ def test_generator_renders_layouts_and_moving_a_blob_changes_the_image_locally()
     assert torch.allclose(g.layout_net.decode(g.layout_net.mlp(z.flatten(1))).xy, lay.xy)
 
 
+def test_moving_a_blob_changes_pixels_only_near_it():
+    # The painter is local by construction (per-pixel modulation, 3x3 convs), even untrained.
+    torch.manual_seed(0)
+    cfg = BlobGANConfig(ngf=4, ndf=4, blobs=2, feature_dim=8, style_dim=8, layout_hidden=16)
+    g, _ = blobgan.build(cfg)
+    lay = layout([[0.25, 0.25], [0.75, 0.75]], size=[4.0, 4.0], d=8)
+    moved = blobgan.move(lay, 0, dx=0.0, dy=0.3)
+    with torch.no_grad():
+        change = (g.render(moved) - g.render(lay)).abs().sum(1)[0]  # (64, 64)
+    region = (blobgan.splat(lay, 64)[0, 1] > 1e-3) | (blobgan.splat(moved, 64)[0, 1] > 1e-3)
+    near = torch.nn.functional.max_pool2d(region[None, None].float(), 17, 1, 8)[0, 0] > 0  # +-8 px
+    assert change.sum() > 0 and change[~near].sum() < 1e-3 * change.sum()
+    assert change[region].sum() > 0.5 * change.sum()
+
+
+def test_match_objects_by_hand():
+    objs = torch.full((4, 7), -1.0)
+    objs[0] = torch.tensor([3, 0.2, 0.2, 0.1, 0.1, 0.3, 0.3])
+    objs[1] = torch.tensor([5, 0.8, 0.8, 0.7, 0.7, 0.9, 0.9])
+    # Blob 0 sits in object 1's box, blob 1 just outside object 0's box, blob 2 (hidden) on object 0.
+    lay = blobgan.hide(layout([[0.81, 0.79], [0.32, 0.2], [0.2, 0.2]]), 2)
+    hits, pairs = blobgan.match_objects(objs, lay)
+    assert hits == 1 and sorted(pairs) == [(0, 1), (1, 0)]
+    hits, pairs = blobgan.match_objects(objs, blobgan.show(lay, 2))  # now blob 2 takes object 0
+    assert hits == 2 and sorted(pairs) == [(0, 2), (1, 0)]
+    assert blobgan.match_objects(torch.full((4, 7), -1.0), lay) == (0, [])
+
+
 def test_blobgan_trains_saves_and_loads(tmp_path):
     from gan_core.checkpoint import load_models
     from gan_core.train import train
@@ -118,6 +155,9 @@ def test_blobgan_config_is_validated():
     validate(good)
     with pytest.raises(ValueError, match="model.blobs"):
         validate(RunConfig(model=BlobGANConfig(blobs=0), data=DataConfig(source="scenes")))
+    with pytest.raises(ValueError, match="double backward"):
+        validate(RunConfig(model=BlobGANConfig(), data=DataConfig(source="scenes"), train=TrainConfig(compile=True)))
+    validate(RunConfig(model=BlobGANConfig(r1_gamma=0), data=DataConfig(source="scenes"), train=TrainConfig(compile=True)))
     with pytest.raises(ValueError, match="real_label"):
         validate(RunConfig(model=BlobGANConfig(), data=DataConfig(source="scenes"), train=TrainConfig(real_label=0.9)))
 
@@ -143,6 +183,7 @@ def test_blob_map_and_ellipse_drawing():
 def test_lpips_code_path_with_a_random_backbone_and_a_backbone_file(tmp_path, monkeypatch):
     import torchvision
 
+    monkeypatch.delenv("GANLAB_VGG16", raising=False)
     from gan_core import losses
 
     lp = losses.LPIPS(random_backbone=True)
@@ -197,7 +238,7 @@ def test_encoder_script_then_evaluation_and_the_blob_model_api(tmp_path, monkeyp
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "no-weights"))
     proc, result = run_script(["scripts/train_encoder.py", "--checkpoint", str(tmp_path / "run"), "--out",
                                str(tmp_path / "model"), "--steps", "4", "--batch", "4", "--log-every", "2"],
-                              env={"TORCH_HOME": str(tmp_path / "no-weights")})
+                              env={"TORCH_HOME": str(tmp_path / "no-weights"), "GANLAB_VGG16": ""})
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "LPIPS off" in proc.stderr and result["inversion_loss"].startswith("mse+latent (no LPIPS")
     assert result["losses"]["encoder_lpips_real"] == 0
@@ -218,10 +259,14 @@ def test_encoder_script_then_evaluation_and_the_blob_model_api(tmp_path, monkeyp
     assert torch.allclose(blobgan.BlobModel.load(shipped).invert(img).xy, model.invert(img).xy, atol=1e-2)
 
     proc, scores = run_script(["scripts/evaluate_blobs.py", "--checkpoint", str(tmp_path / "model"),
-                               "--num-images", "12", "--batch", "5"], env={"TORCH_HOME": str(tmp_path / "no-weights")})
+                               "--num-images", "12", "--batch", "5"],
+                              env={"TORCH_HOME": str(tmp_path / "no-weights"), "GANLAB_VGG16": ""})
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert scores["n"] == 12 and scores["objects"] >= 12 and scores["lpips"] is None
     assert 0 <= scores["hit_rate"] <= 1 and 0 <= scores["locality"] <= 1 and scores["psnr"] > 0
+    proc, refused = run_script(["scripts/train_encoder.py", "--checkpoint", str(tmp_path / "run"), "--out",
+                                str(tmp_path / "run"), "--steps", "1"])
+    assert proc.returncode == 2 and "would replace" in refused["error"] and (tmp_path / "run" / "latest").exists()
     proc, scores = run_script(["scripts/evaluate_blobs.py", "--checkpoint", str(tmp_path / "run")])
     assert proc.returncode == 2 and scores["error"] == "no encoder"
     proc, demo = run_script(["scripts/blob_edit_demo.py", "--checkpoint", str(tmp_path / "run"), "--seeds", "0", "1",

@@ -2,15 +2,17 @@
 # GPU checks in one go, about 8.5 minutes on one H100/H200:  scripts/gpu_check.sh OUT_DIR
 #  1. GPU to itself: the CUDA benchmark at batch 128 (reference vs fast), then fast + torch.compile.
 #  2. Side by side until one deadline: Fashion-MNIST clustering runs (scripts/cluster_run.py; three
-#     seeds of batch 256 with 2 IIC views per image, and the CPU-bundled recipe, batch 64), the CUDA
-#     tests, and a short CUDA training of the default DCGAN.
+#     seeds of batch 256 with 2 IIC views per image, and the batch-64 recipe), a BlobGAN on scenes
+#     (then its inversion encoder and scripts/evaluate_blobs.py), the CUDA tests, and a short CUDA
+#     training of the default DCGAN.
 #  3. Each clustering run scores its checkpoints on the test split and exports its last one (fp16 .tar).
 # OUT_DIR gets at most 8 files (the device tool's limit): results.jsonl (one JSON object per part),
-# logs.tar.gz (logs, the DCGAN run's samples and fp16 checkpoint) and fmnist_*.tar.
+# logs.tar.gz (logs, the DCGAN run's samples and fp16 checkpoint), fmnist_*.tar and scenes_blobgan.tar.
 # Needs only torch, torchvision, numpy, pillow, safetensors, scipy, scikit-learn, tqdm and pytest (the
 # lent GPU image has them); no Hydra. Fashion-MNIST: data/fashion-mnist (git-ignored; send it with the
 # device tool's `carry`) or /usr/share/datasets/fashion-mnist.
-# Knobs: GPU_CHECK_DEVICE=cpu GPU_CHECK_SMOKE=1 runs the same plumbing in a minute on a CPU.
+# Knobs: GPU_CHECK_DEVICE=cpu GPU_CHECK_SMOKE=1 runs the same plumbing on a CPU (a few minutes);
+# GPU_CHECK_FMNIST=0 skips the clustering runs; GPU_CHECK_BUDGET_S sets the deadline (default 500).
 set -uo pipefail
 OUT_DIR=${1:-${OUT:-gpu_out}}
 PY=${PYTHON:-python3}
@@ -57,7 +59,9 @@ MARGIN_S=120  # scoring and export after the training deadline
 [ "$SMOKE" = 1 ] && TRAIN_S=20 && MARGIN_S=600  # 2 CPU cores shared by four runs
 MINUTES=$(python3 -c "print(max(0.5, $TRAIN_S / 60))")
 pids=()
-if [ -e "$FMNIST/t10k-images-idx3-ubyte.gz" ]; then
+if [ "${GPU_CHECK_FMNIST:-1}" = 0 ]; then
+  echo "{\"part\": \"fmnist\", \"error\": \"skipped (GPU_CHECK_FMNIST=0)\"}" >> "$RESULTS"
+elif [ -e "$FMNIST/t10k-images-idx3-ubyte.gz" ]; then
   CK=5000; [ "$SMOKE" = 1 ] && CK=20
   run_fmnist() {  # NAME ARGS...
     local name=$1; shift
@@ -71,6 +75,25 @@ else
   echo "{\"part\": \"fmnist\", \"error\": \"no Fashion-MNIST files at $FMNIST\"}" >> "$RESULTS"
 fi
 echo "clustering runs: $MINUTES min each, started at $(elapsed) s"
+# BlobGAN on scenes: the GAN for 60% of the budget, then the inversion encoder for 25%, then scores.
+BLOB_GAN_MIN=$(python3 -c "print(round(max(0.2, $TRAIN_S * 0.6 / 60), 2))")
+BLOB_ENC_MIN=$(python3 -c "print(round(max(0.1, $TRAIN_S * 0.25 / 60), 2))")
+BSTEPS_BLOB=1000000; [ "$SMOKE" = 1 ] && BSTEPS_BLOB=4
+( OMP_NUM_THREADS=2 GANLAB_CACHE="$LOG/.cache-blob" timeout $(( TRAIN_S + MARGIN_S )) $PY - "$LOG" "$DEV" "$BLOB_GAN_MIN" "$BSTEPS_BLOB" <<'PYEOF'
+import json, sys, time
+from pathlib import Path
+sys.path.insert(0, ".")
+from gan_core.config import BlobGANConfig, DataConfig, RunConfig, TrainConfig
+from gan_core.train import train
+out, minutes, steps = Path(sys.argv[1]) / "runs" / "scenes-blobgan", float(sys.argv[3]), int(sys.argv[4])
+cfg = RunConfig(model=BlobGANConfig(), data=DataConfig(source="scenes", num_images=20000),
+                train=TrainConfig(steps=steps, batch_size=64, device=sys.argv[2], ema_decay=0.999, log_every=100,
+                                  sample_every=10**6, checkpoint_every=2000, out_dir=str(out)))
+deadline = time.time() + minutes * 60
+print(json.dumps(train(cfg, should_stop=lambda: time.time() > deadline)))
+PYEOF
+  ) > "$LOG/blobgan_train.log" 2>&1 &
+BLOB_PID=$!
 timeout 150 $PY -m pytest -q -p no:cacheprovider tests/test_cuda.py > "$LOG/cuda_tests.log" 2>&1
 echo "{\"part\": \"cuda_tests\", \"result\": {\"rc\": $?, \"summary\": \"$(tail -n 1 "$LOG/cuda_tests.log" | tr -d '"')\"}}" >> "$RESULTS"
 DSTEPS=3000; [ "$SMOKE" = 1 ] && DSTEPS=4
@@ -93,12 +116,24 @@ export(result["checkpoint"], Path(sys.argv[1]) / "shapes-dcgan-cuda")
 print(json.dumps(result))
 PYEOF
 record dcgan_short "$LOG/dcgan.log"
+wait "$BLOB_PID"
+record blobgan_train "$LOG/blobgan_train.log"
+ESTEPS=1000000; [ "$SMOKE" = 1 ] && ESTEPS=3
+timeout $(( MARGIN_S + 60 )) $PY scripts/train_encoder.py --checkpoint "$LOG/runs/scenes-blobgan" --out "$LOG/scenes-blobgan" \
+  --device "$DEV" --batch 64 --steps $ESTEPS --minutes "$BLOB_ENC_MIN" > "$LOG/blobgan_encoder.log" 2>&1
+record blobgan_encoder "$LOG/blobgan_encoder.log"
+NEVAL=500; [ "$SMOKE" = 1 ] && NEVAL=10
+timeout 120 $PY scripts/evaluate_blobs.py --checkpoint "$LOG/scenes-blobgan" --device "$DEV" --num-images $NEVAL \
+  > "$LOG/blobgan_eval.log" 2>&1
+record blobgan_eval "$LOG/blobgan_eval.log"
+timeout 60 $PY -c "import sys; sys.path.insert(0, '.'); from gan_core.checkpoint import export; export(sys.argv[1], sys.argv[2])" \
+  "$LOG/scenes-blobgan" "$LOG/scenes-blobgan-fp16" && tar -cf "$OUT_DIR/scenes_blobgan.tar" -C "$LOG" scenes-blobgan-fp16
 for p in "${pids[@]}"; do wait "$p"; done
 for f in "$LOG"/fmnist_*.log; do [ -e "$f" ] && record "$(basename "$f" .log)" "$f"; done
 echo "all parts done at $(elapsed) s"
 
 # 3. Pack: logs and small files in one archive (the run folders' full checkpoints stay behind).
-tar -czf "$OUT_DIR/logs.tar.gz" --exclude='./runs' --exclude='./.cache*' -C "$LOG" . 2>/dev/null
+tar -czf "$OUT_DIR/logs.tar.gz" --exclude='./runs' --exclude='./.cache*' --exclude='./scenes-blobgan*' -C "$LOG" . 2>/dev/null
 rm -rf "$LOG"
 cat "$RESULTS"
 echo "gpu_check done at $(elapsed) s: $(ls "$OUT_DIR" | tr '\n' ' ')"

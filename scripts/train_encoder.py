@@ -27,6 +27,7 @@ def main(argv=None) -> dict:
     p.add_argument("--checkpoint", required=True, help="a blobgan run or checkpoint folder (or Hub id)")
     p.add_argument("--out", required=True, help="checkpoint folder to write (generator + encoder)")
     p.add_argument("--steps", type=int, default=3000)
+    p.add_argument("--minutes", type=float, default=None, help="stop earlier at this wall-clock budget")
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--lr", type=float, default=5e-4)
     p.add_argument("--latent-weight", type=float, default=10.0)
@@ -81,7 +82,12 @@ def main(argv=None) -> dict:
     sums: dict[str, float] = {}
     t0 = time.time()
     bar = tqdm(range(1, args.steps + 1), desc="encoder", file=sys.stderr, mininterval=2)
+    deadline = time.time() + args.minutes * 60 if args.minutes else None
+    last, done = {}, 0
     for step in bar:
+        if deadline and time.time() > deadline:
+            break
+        done = step
         idx = torch.randint(0, len(images), (args.batch,), generator=gen)
         real = to_float(images[idx]).to(device)
         z = torch.randn(args.batch, cfg.model.nz, generator=gen).to(device)
@@ -104,9 +110,10 @@ def main(argv=None) -> dict:
         modules["generator_ema"] = g.cpu()
     modules["encoder"] = encoder.cpu()
     metrics = dict(meta.get("metrics") or {})
-    metrics.update({f"encoder_{k}": v for k, v in (last if args.steps >= args.log_every else {}).items()})
+    metrics.update({f"encoder_{k}": v for k, v in last.items()})
+    metrics["encoder_steps"] = done
     out = write_folder(Path(args.out), raw_cfg, meta["step"], modules, metrics=metrics)
-    result = {"out": str(out), "steps": args.steps, "inversion_loss": used, "seconds": round(time.time() - t0, 1),
+    result = {"out": str(out), "steps": done, "inversion_loss": used, "seconds": round(time.time() - t0, 1),
               "losses": {k: round(v, 5) for k, v in metrics.items() if k.startswith("encoder_")}}
     print(json.dumps(result))
     return result

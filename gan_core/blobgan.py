@@ -183,6 +183,13 @@ class LayoutNet(nn.Module):
             nn.Linear(nz, hidden), nn.LeakyReLU(0.2),
             nn.Linear(hidden, hidden), nn.LeakyReLU(0.2),
             nn.Linear(hidden, blobs * self.per_blob + feature_dim + style_dim))
+        # He init keeps the outputs' spread near 1 across z; PyTorch's default shrinks it ~8x over three
+        # layers, which starts every blob at the image centre and every sample alike (measured collapse).
+        for layer in self.mlp:
+            if isinstance(layer, nn.Linear):
+                last = layer is self.mlp[-1]
+                nn.init.kaiming_normal_(layer.weight, a=0.2, nonlinearity="linear" if last else "leaky_relu")
+                nn.init.zeros_(layer.bias)
 
     @property
     def raw_dim(self) -> int:
@@ -258,11 +265,25 @@ class BlobDiscriminator(nn.Module):
         while size > 4:
             layers += [nn.Conv2d(cin, ch, 4, 2, 1), nn.LeakyReLU(0.2, inplace=True)]
             cin, ch, size = ch, min(ch * 2, cfg.ndf * 8), size // 2
-        self.main = nn.Sequential(*layers, nn.Conv2d(cin, 1, 4, 1, 0))  # (N, 1, 1, 1)
+        self.main = nn.Sequential(*layers)  # (N, cin, 4, 4)
+        self.out = nn.Conv2d(cin + 1, 1, 4, 1, 0)  # + the minibatch-stddev channel -> (N, 1, 1, 1)
 
     def forward(self, x: torch.Tensor, logits: bool = False) -> torch.Tensor:
-        out = self.main(x).flatten()
+        h = self.main(x)
+        out = self.out(torch.cat([h, minibatch_stddev(h)], 1)).flatten()
         return out if logits else torch.sigmoid(out)
+
+
+def minibatch_stddev(h: torch.Tensor, group: int = 4) -> torch.Tensor:
+    """(N, 1, H, W): per group of `group` images, the mean over features of their standard deviation
+    across the group (StyleGAN's diversity signal: lets D see a batch of look-alikes). Groups of 1
+    (N not divisible by `group`) give zeros."""
+    n, c, hh, ww = h.shape
+    g = group if n % group == 0 else 1
+    if g == 1:
+        return h.new_zeros(n, 1, hh, ww)
+    std = h.float().view(g, n // g, c, hh, ww).var(0, unbiased=False).add(1e-8).sqrt().mean((1, 2, 3))  # (n/g,)
+    return std.repeat(g)[:, None, None, None].expand(n, 1, hh, ww).to(h.dtype)
 
 
 class BlobEncoder(nn.Module):

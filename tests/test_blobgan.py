@@ -274,3 +274,16 @@ def test_encoder_script_then_evaluation_and_the_blob_model_api(tmp_path, monkeyp
     assert proc.returncode == 0, proc.stderr[-2000:]
     from PIL import Image
     assert Image.open(tmp_path / "demo.png").size == (3 * 64 + 16, 2 * 68 + 4) and len(demo["rows"]) == 2
+
+
+def test_layouts_start_spread_out_and_d_sees_batch_diversity():
+    torch.manual_seed(0)
+    g, d = blobgan.build(BlobGANConfig())
+    lay = g.layout_net(torch.randn(256, 64))
+    assert lay.xy.std(0).mean() > 0.1  # different z, different blob positions (default init gave ~0.03)
+    same = torch.randn(1, 8, 4, 4).repeat(8, 1, 1, 1)
+    assert blobgan.minibatch_stddev(same).abs().max() < 1e-3
+    varied = torch.randn(8, 8, 4, 4)
+    sd = blobgan.minibatch_stddev(varied)
+    assert sd.shape == (8, 1, 4, 4) and (sd > 0.1).all()
+    assert torch.equal(blobgan.minibatch_stddev(torch.randn(6, 8, 4, 4)), torch.zeros(6, 1, 4, 4))  # 6 % 4 != 0

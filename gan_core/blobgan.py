@@ -175,9 +175,9 @@ def reorder(layout: Layout, k: int, position: int) -> Layout:
 class LayoutNet(nn.Module):
     """z (N, nz) -> Layout. An MLP whose output is split into the blob parameters."""
 
-    def __init__(self, nz: int, blobs: int, feature_dim: int, style_dim: int, hidden: int):
+    def __init__(self, nz: int, blobs: int, feature_dim: int, style_dim: int, hidden: int, min_axis: float = 0.2):
         super().__init__()
-        self.blobs, self.feature_dim, self.style_dim = blobs, feature_dim, style_dim
+        self.blobs, self.feature_dim, self.style_dim, self.min_axis = blobs, feature_dim, style_dim, min_axis
         self.per_blob = 2 + 2 + 2 + 1 + feature_dim + style_dim
         self.mlp = nn.Sequential(
             nn.Linear(nz, hidden), nn.LeakyReLU(0.2),
@@ -203,7 +203,9 @@ class LayoutNet(nn.Module):
         n, k, fd, sd = raw.shape[0], self.blobs, self.feature_dim, self.style_dim
         blobs, bg = raw[:, : k * self.per_blob].view(n, k, self.per_blob), raw[:, k * self.per_blob:]
         xy, ab, ang, s, phi, psi = blobs.float().split([2, 2, 2, 1, fd, sd], -1)
-        return Layout(xy=torch.sigmoid(xy), ab=torch.sigmoid(ab).clamp_min(1e-3),
+        # Unbounded elongation let the first CPU run turn every blob into a needle by step 1,500.
+        ab = self.min_axis + (1 - self.min_axis) * torch.sigmoid(ab)
+        return Layout(xy=torch.sigmoid(xy), ab=ab,
                       angle=F.normalize(ang, dim=-1, eps=1e-6), size=s.squeeze(-1) + 2.0,  # start visible
                       phi=phi, psi=psi, bg_phi=bg[:, :fd].float(), bg_psi=bg[:, fd:].float())
 
@@ -232,7 +234,7 @@ class BlobGenerator(nn.Module):
     def __init__(self, cfg):
         super().__init__()
         self.image_size, self.grid = cfg.image_size, cfg.image_size // 4
-        self.layout_net = LayoutNet(cfg.nz, cfg.blobs, cfg.feature_dim, cfg.style_dim, cfg.layout_hidden)
+        self.layout_net = LayoutNet(cfg.nz, cfg.blobs, cfg.feature_dim, cfg.style_dim, cfg.layout_hidden, cfg.min_axis)
         widths = [cfg.ngf * 4, cfg.ngf * 2, cfg.ngf]  # at grid, 2x grid, 4x grid (= image_size)
         self.stem = nn.Conv2d(cfg.feature_dim, widths[0], 1)
         self.blocks = nn.ModuleList([

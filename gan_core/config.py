@@ -79,6 +79,7 @@ class BlobGANConfig:
     ngf: int = 16  # painter width: 4ngf at image_size/4, 2ngf at /2, ngf at full size
     ndf: int = 32
     blobs: int = 8
+    min_axis: float = 0.2  # elongation a, b in [min_axis, 1]: axis ratio at most sqrt(1/min_axis) (0.2: ~2.2)
     feature_dim: int = 128  # structure feature phi per blob
     style_dim: int = 64  # style feature psi per blob
     layout_hidden: int = 256
@@ -195,7 +196,8 @@ def validate(cfg: RunConfig) -> RunConfig:
         _check_ints(("model.blobs", m.blobs, 1, 64), ("model.feature_dim", m.feature_dim, 1, 4096),
                     ("model.style_dim", m.style_dim, 1, 4096), ("model.layout_hidden", m.layout_hidden, 1, 8192),
                     ("model.r1_every", m.r1_every, 1, 10_000), ("model.encoder_ndf", m.encoder_ndf, 1, 1024))
-        _check_numbers(("model.jitter", m.jitter, 0.0, 0.5), ("model.r1_gamma", m.r1_gamma, 0.0, 1000.0))
+        _check_numbers(("model.jitter", m.jitter, 0.0, 0.5), ("model.r1_gamma", m.r1_gamma, 0.0, 1000.0),
+                       ("model.min_axis", m.min_axis, 0.001, 1.0))
         if t.compile and m.r1_gamma > 0:
             raise ValueError("blobgan's R1 penalty needs a double backward, which torch.compile does not "
                              "support: set train.compile=false or model.r1_gamma=0")

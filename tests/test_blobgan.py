@@ -281,6 +281,7 @@ def test_layouts_start_spread_out_and_d_sees_batch_diversity():
     g, d = blobgan.build(BlobGANConfig())
     lay = g.layout_net(torch.randn(256, 64))
     assert lay.xy.std(0).mean() > 0.1  # different z, different blob positions (default init gave ~0.03)
+    assert lay.ab.min() >= 0.2 and lay.ab.max() <= 1  # min_axis bounds the elongation (no needles)
     same = torch.randn(1, 8, 4, 4).repeat(8, 1, 1, 1)
     assert blobgan.minibatch_stddev(same).abs().max() < 1e-3
     varied = torch.randn(8, 8, 4, 4)

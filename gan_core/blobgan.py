@@ -258,16 +258,22 @@ class BlobGenerator(nn.Module):
         return torch.tanh(self.to_rgb(x))
 
 
+def strided_convs(channels: int, width: int, image_size: int) -> tuple[nn.Sequential, int]:
+    """DCGAN-style 4x4 stride-2 convs with LeakyReLU and no BatchNorm, from image_size down to 4x4,
+    doubling the width up to 8x. Returns the stack and its output channels."""
+    layers, cin, ch, size = [], channels, width, image_size
+    while size > 4:
+        layers += [nn.Conv2d(cin, ch, 4, 2, 1), nn.LeakyReLU(0.2, inplace=True)]
+        cin, ch, size = ch, min(ch * 2, width * 8), size // 2
+    return nn.Sequential(*layers), cin
+
+
 class BlobDiscriminator(nn.Module):
     """DCGAN-shaped strided convs with LeakyReLU and no BatchNorm (R1 needs per-image gradients)."""
 
     def __init__(self, cfg):
         super().__init__()
-        layers, cin, ch, size = [], cfg.channels, cfg.ndf, cfg.image_size
-        while size > 4:
-            layers += [nn.Conv2d(cin, ch, 4, 2, 1), nn.LeakyReLU(0.2, inplace=True)]
-            cin, ch, size = ch, min(ch * 2, cfg.ndf * 8), size // 2
-        self.main = nn.Sequential(*layers)  # (N, cin, 4, 4)
+        self.main, cin = strided_convs(cfg.channels, cfg.ndf, cfg.image_size)  # (N, cin, 4, 4)
         self.out = nn.Conv2d(cin + 1, 1, 4, 1, 0)  # + the minibatch-stddev channel -> (N, 1, 1, 1)
 
     def forward(self, x: torch.Tensor, logits: bool = False) -> torch.Tensor:
@@ -294,11 +300,7 @@ class BlobEncoder(nn.Module):
 
     def __init__(self, cfg, raw_dim: int):
         super().__init__()
-        layers, cin, ch, size = [], cfg.channels, cfg.encoder_ndf, cfg.image_size
-        while size > 4:
-            layers += [nn.Conv2d(cin, ch, 4, 2, 1), nn.LeakyReLU(0.2, inplace=True)]
-            cin, ch, size = ch, min(ch * 2, cfg.encoder_ndf * 8), size // 2
-        self.trunk = nn.Sequential(*layers)  # (N, cin, 4, 4)
+        self.trunk, cin = strided_convs(cfg.channels, cfg.encoder_ndf, cfg.image_size)  # (N, cin, 4, 4)
         self.head = nn.Sequential(nn.Flatten(), nn.Linear(cin * 16, 512), nn.LeakyReLU(0.2), nn.Linear(512, raw_dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -22,6 +22,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from _cli import fail  # noqa: E402  (scripts/ is on sys.path when a script runs)
 
 
 def main(argv=None) -> dict:
@@ -49,13 +50,9 @@ def main(argv=None) -> dict:
     try:
         model = blobgan.BlobModel.load(args.checkpoint, args.device)
     except (CheckpointError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        print(json.dumps({"error": str(e)}))
-        sys.exit(2)
+        fail(str(e))
     if model.encoder is None:
-        print("error: the checkpoint has no inversion encoder", file=sys.stderr)
-        print(json.dumps({"error": "no encoder"}))
-        sys.exit(2)
+        fail("no encoder")
     size, channels = model.cfg.data.image_size, model.cfg.data.channels
     data = load_dataset(DataConfig(source="scenes", num_images=args.num_images, seed=args.seed, image_size=size,
                                    channels=channels))

@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from _cli import fail  # noqa: E402  (scripts/ is on sys.path when a script runs)
 
 
 def main(argv=None) -> dict:
@@ -53,19 +54,12 @@ def main(argv=None) -> dict:
         cfg, g, _, meta = load_models(args.checkpoint, device)
         raw_cfg, raw_g, raw_d, _ = load_models(args.checkpoint, "cpu", ema=False)
     except CheckpointError as e:
-        print(f"error: {e}", file=sys.stderr)
-        print(json.dumps({"error": str(e)}))
-        sys.exit(2)
+        fail(str(e))
     if cfg.model.kind != "blobgan":
-        print(f"error: {args.checkpoint} is a {cfg.model.kind} model, not blobgan", file=sys.stderr)
-        print(json.dumps({"error": "not a blobgan checkpoint"}))
-        sys.exit(2)
+        fail(f"{args.checkpoint} is a {cfg.model.kind} model, not blobgan")
     source, out_dir = resolve(args.checkpoint).resolve(), Path(args.out).resolve()
     if out_dir == source or out_dir in source.parents:
-        msg = f"--out {args.out} would replace the checkpoint it reads (or the run holding it); pick a new folder"
-        print(f"error: {msg}", file=sys.stderr)
-        print(json.dumps({"error": msg}))
-        sys.exit(2)
+        fail(f"--out {args.out} would replace the checkpoint it reads (or the run holding it); pick a new folder")
     lpips, line = (None, "LPIPS off: --no-lpips") if args.no_lpips else load_lpips(args.lpips_weights)
     print(line, file=sys.stderr)
     if lpips is not None:

@@ -11,6 +11,7 @@ heads and over-clustering heads (several sub-heads each). Objective (`ClusterCon
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -40,6 +41,7 @@ class ClusterDiscriminator(nn.Module):
         self.overcluster = nn.Linear(width, cfg.subheads * cfg.overcluster)
         # Running IIC loss per sub-head; prediction uses the lowest (no labels involved).
         self.register_buffer("head_loss", torch.zeros(cfg.subheads))
+        self.view_sides = view_sides(cfg)
 
     def forward(self, x: torch.Tensor, logits: bool = False, heads: bool = False):
         h = self.trunk(x)
@@ -63,6 +65,26 @@ class ClusterDiscriminator(nn.Module):
         """(N, K) logits of the selected sub-head."""
         _, clusters, _ = self(x, logits=True, heads=True)
         return clusters[self.best_head()]
+
+
+def view_sides(cfg: ClusterConfig) -> list[float]:
+    """Sides (relative to the image) of the centred crops whose predictions are averaged: from the
+    whole image down to the smallest crop of the training augmentation, `predict_views` of them.
+    They are views the heads were trained to agree on, so no label or test data picks them."""
+    smallest = min(1.0, math.sqrt(cfg.aug_scale_min))
+    n = max(1, int(cfg.predict_views))
+    if n == 1 or smallest >= 1.0:
+        return [1.0]
+    return [1.0 - (1.0 - smallest) * i / (n - 1) for i in range(n)]
+
+
+def centre_crop(x: torch.Tensor, side: float) -> torch.Tensor:
+    """The centred crop of relative `side`, resampled to the input's size (bilinear)."""
+    if side == 1.0:
+        return x
+    theta = torch.tensor([[side, 0.0, 0.0], [0.0, side, 0.0]], device=x.device).expand(len(x), 2, 3)
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    return F.grid_sample(x.float(), grid, mode="bilinear", padding_mode="border", align_corners=False).to(x.dtype)
 
 
 def build(cfg: ClusterConfig) -> tuple[nn.Module, ClusterDiscriminator]:
@@ -143,8 +165,11 @@ def train_step(m, real: torch.Tensor, noise: torch.Tensor, real_label: float = 1
 
 
 @torch.no_grad()
-def predict_tensor(d: ClusterDiscriminator, images: torch.Tensor, batch: int = 512) -> tuple[torch.Tensor, torch.Tensor]:
-    """uint8 or [-1, 1] float images (N, C, H, W) at the model's size -> (cluster ids, probabilities)."""
+def predict_tensor(d: ClusterDiscriminator, images: torch.Tensor, batch: int = 512,
+                   sides: Optional[list[float]] = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """uint8 or [-1, 1] float images (N, C, H, W) at the model's size -> (cluster ids, probabilities).
+    The probabilities are the mean over centred crops of these `sides` (default: `d.view_sides`,
+    from the config's `predict_views`; `[1.0]` is the plain single-view prediction)."""
     from .data import to_float
 
     was_training = d.training
@@ -153,7 +178,9 @@ def predict_tensor(d: ClusterDiscriminator, images: torch.Tensor, batch: int = 5
     for i in range(0, len(images), batch):
         x = images[i: i + batch]
         x = to_float(x) if x.dtype == torch.uint8 else x.float()
-        probs.append(d.cluster_logits(x.to(next(d.parameters()).device)).float().softmax(1).cpu())
+        x = x.to(next(d.parameters()).device)
+        views = [d.cluster_logits(centre_crop(x, side)).float().softmax(1) for side in sides or d.view_sides]
+        probs.append(torch.stack(views).mean(0).cpu())
     d.train(was_training)
     p = torch.cat(probs)
     return p.argmax(1), p

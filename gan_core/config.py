@@ -65,6 +65,7 @@ class ClusterConfig:
     code_weight: float = 1.0  # cross-entropy of the cluster head on generated images vs their code (G's loss)
     code_weight_d: Optional[float] = None  # the same term in D's loss (None: code_weight); small: IIC leads
     cluster_names: Optional[list] = None  # editable, saved with the checkpoint
+    predict_views: int = 3  # prediction averages the image and centred crops spanning the training crop range
 
 
 @dataclass
@@ -175,7 +176,8 @@ def validate(cfg: RunConfig) -> RunConfig:
     if m.kind == "cluster":
         _check_ints(("model.k", m.k, 2, 1000), ("model.overcluster", m.overcluster, 2, 10000),
                     ("model.subheads", m.subheads, 1, 64), ("model.iic_repeats", m.iic_repeats, 1, 64),
-                    ("model.head_hidden", m.head_hidden, 0, 8192))
+                    ("model.head_hidden", m.head_hidden, 0, 8192),
+                    ("model.predict_views", m.predict_views, 1, 16))
         _check_numbers(("model.iic_weight", m.iic_weight, 0.0, 100.0), ("model.code_weight", m.code_weight, 0.0, 100.0),
                        ("model.code_weight_d", 0.0 if m.code_weight_d is None else m.code_weight_d, 0.0, 100.0),
                        ("model.aug_rotate_deg", m.aug_rotate_deg, 0.0, 180.0),

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -52,9 +53,14 @@ def main(argv=None) -> dict:
     p.add_argument("--limit", type=int, default=None, help="evaluate on at most this many images")
     p.add_argument("--num-images", type=int, default=2000, help="for the procedural sources")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--views", type=int, default=None,
+                   help="cluster models: average over this many centred crops (default: the model's predict_views; "
+                        "1: the plain single-view prediction)")
     p.add_argument("--features", action="store_true",
                    help="score D's trunk features + k-means even for a cluster model (a baseline)")
     args = p.parse_args(argv)
+    if args.views is not None and not 1 <= args.views <= 16:
+        p.error("--views must be between 1 and 16")
 
     import numpy as np
 
@@ -96,10 +102,12 @@ def main(argv=None) -> dict:
             print("error: the checkpoint has no discriminator", file=sys.stderr)
             sys.exit(2)
         if cfg.model.kind == "cluster" and not args.features:
-            from gan_core.cluster import predict_tensor
+            from gan_core.cluster import predict_tensor, view_sides
 
-            clusters, _ = predict_tensor(d, ds.images)
+            sides = d.view_sides if args.views is None else view_sides(replace(cfg.model, predict_views=args.views))
+            clusters, _ = predict_tensor(d, ds.images, sides=sides)
             method = f"cluster head {d.best_head()} ({cfg.model.objective})"
+            result["views"] = len(sides)
         else:
             clusters = kmeans(discriminator_features(d, ds.images), k, args.seed)
             method = "discriminator features + k-means"

@@ -33,6 +33,25 @@ def test_shapes_of_generator_and_heads():
     assert ids.shape == (5,) and torch.allclose(probs.sum(1), torch.ones(5)) and ids.max() < 4
 
 
+def test_prediction_views_span_the_training_crop_range():
+    assert cluster.view_sides(ClusterConfig(aug_scale_min=0.64, predict_views=3)) == pytest.approx([1.0, 0.9, 0.8])
+    assert cluster.view_sides(ClusterConfig(aug_scale_min=0.64, predict_views=1)) == [1.0]
+    assert cluster.view_sides(ClusterConfig(aug_scale_min=1.0, aug_scale_max=1.5)) == [1.0]
+    # A horizontal ramp equal to each pixel centre's x coordinate in [-1, 1]: the centred crop of
+    # side 0.5, resampled bilinearly (exact on a linear function), is the same ramp at half the slope.
+    u = (torch.arange(8) * 2 + 1) / 8 - 1
+    x = u.expand(1, 1, 8, 8).clone()
+    assert torch.equal(cluster.centre_crop(x, 1.0), x)
+    assert torch.allclose(cluster.centre_crop(x, 0.5), x / 2, atol=1e-6)
+    # The averaged prediction is the mean of the single-view ones.
+    cfg = ClusterConfig(nz=8, ngf=8, ndf=8, k=4, overcluster=20, subheads=2)
+    _, d = cluster.build(cfg)
+    imgs = torch.rand(6, 1, 32, 32) * 2 - 1
+    p1 = cluster.predict_tensor(d, imgs, sides=[1.0])[1]
+    p2 = cluster.predict_tensor(d, imgs, sides=[0.8])[1]
+    assert torch.allclose(cluster.predict_tensor(d, imgs, sides=[1.0, 0.8])[1], (p1 + p2) / 2, atol=1e-6)
+
+
 @pytest.mark.parametrize("objective", ["iic", "none", "catgan"])
 def test_each_objective_trains_and_checkpoints(tmp_path, objective):
     result = train(tiny(tmp_path / objective, objective))

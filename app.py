@@ -1,67 +1,653 @@
 """GAN Lab: a Gradio app over gan_core. Thin: widgets -> gan_core calls, no model logic here.
 
-This first version samples the bundled default model; the Train, Blobs and Classify tabs follow.
+Tabs: Train (one background job per app instance), Sample (seeds, truncation, GANSpace sliders,
+interpolation), Blobs (BlobGAN layouts: see, edit, invert) and Classify (cluster models).
+Every event a client may call has a public api_name; the rest are private.
+Environment: GANLAB_HUB_MODELS (comma-separated Hub repo ids), GANLAB_WORK_DIR (trained models,
+default runs/app), GANLAB_DEVICE, GANLAB_PUBLIC=1 (public mode, see README).
 """
 from __future__ import annotations
 
+import csv
 import functools
 import os
+import tempfile
+import time
 from pathlib import Path
 
 # No analytics calls from a local or offline app (set GRADIO_ANALYTICS_ENABLED=True to allow them).
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 import gradio as gr  # noqa: E402
+import pandas as pd  # noqa: E402
 import torch  # noqa: E402
+from PIL import Image  # noqa: E402
 
+from gan_core import blobgan, config as config_mod, jobs, latent, viz  # noqa: E402
 from gan_core import checkpoint as ckpt  # noqa: E402
-from gan_core.latent import sample  # noqa: E402
-from gan_core.viz import image_grid  # noqa: E402
+from gan_core.cluster import ClusterModel  # noqa: E402
+from gan_core.data import DataError, decode_items, upload_items  # noqa: E402
+
+try:  # ZeroGPU Spaces: each decorated call gets a GPU, in a separate process
+    import spaces
+
+    gpu = spaces.GPU
+except ImportError:
+    def gpu(fn):
+        return fn
 
 ROOT = Path(__file__).resolve().parent
 CHECKPOINTS = ROOT / "checkpoints"
-DEFAULT_MODEL = "shapes-dcgan"
+WORK_DIR = Path(os.environ.get("GANLAB_WORK_DIR", ROOT / "runs" / "app"))
 DEVICE = os.environ.get("GANLAB_DEVICE", "cuda" if torch.cuda.is_available() else "cpu")
+PUBLIC = os.environ.get("GANLAB_PUBLIC", "") == "1"
+FMNIST = Path("/usr/share/datasets/fashion-mnist")
+DEFAULTS = {"sample": "shapes-dcgan", "blobs": "scenes-blobgan", "classify": "fashion-mnist-clusters"}
+N_SLIDERS = 8
+VIEW_SCALE = 4  # blob views are drawn at 4x the model's resolution
+JOB = jobs.TrainingJob(WORK_DIR)
 
 
-def model_choices() -> list[str]:
-    local = sorted(p.name for p in CHECKPOINTS.iterdir() if (p / "config.json").exists()) if CHECKPOINTS.is_dir() else []
-    hub = [m.strip() for m in os.environ.get("GANLAB_HUB_MODELS", "").split(",") if m.strip()]
-    return local + hub
+# ---------------------------------------------------------------- models: one registry for every picker
+
+def model_sources() -> dict[str, str]:
+    """name -> local folder or Hub repo id: bundled checkpoints, models trained here, GANLAB_HUB_MODELS."""
+    out = {}
+    for base in (CHECKPOINTS, JOB.models_dir):
+        if base.is_dir():
+            out.update((p.name, str(p)) for p in sorted(base.iterdir()) if (p / "config.json").exists())
+    for repo in os.environ.get("GANLAB_HUB_MODELS", "").split(","):
+        if repo.strip():
+            out[repo.strip()] = repo.strip()
+    return out
 
 
-@functools.lru_cache(maxsize=4)
-def load(name: str):
-    local = CHECKPOINTS / name
-    return ckpt.load_models(local if local.is_dir() else name, device=DEVICE)
-
-
-def sample_grid(model: str, seed: float, count: float):
+def model_kind(source: str) -> str | None:
+    """The model kind from a local config.json (None for a Hub id not downloaded yet)."""
     try:
-        cfg, g, _, _ = load(model)
-    except ckpt.CheckpointError as e:
-        raise gr.Error(str(e)) from None
-    n = int(count)
-    images = sample(g, n, int(seed), cfg.model)
-    return image_grid(images, nrow=min(n, 8))
+        return ckpt.read_config(source)[0].model.kind if Path(source).is_dir() else None
+    except ckpt.CheckpointError:
+        return None
 
+
+def model_choices(*kinds: str) -> list[str]:
+    return [name for name, src in model_sources().items() if not kinds or model_kind(src) in (*kinds, None)]
+
+
+def _default(tab: str, choices: list[str]) -> str | None:
+    return DEFAULTS[tab] if DEFAULTS[tab] in choices else (choices[0] if choices else None)
+
+
+def _stamp(source: str) -> float:
+    p = Path(source) / "config.json"
+    return p.stat().st_mtime if p.exists() else 0.0
+
+
+@functools.lru_cache(maxsize=8)
+def _load(source: str, stamp: float):
+    cfg, g, d, meta = ckpt.load_models(source, device=DEVICE)
+    kind = cfg.model.kind
+    wrapped = (ClusterModel(cfg, g, d, meta["folder"]) if kind == "cluster" else
+               blobgan.BlobModel.load(meta["folder"], DEVICE) if kind == "blobgan" else None)
+    return cfg, g, d, wrapped
+
+
+def load(name: str | None, *kinds: str):
+    """-> (cfg, G, D, ClusterModel | BlobModel | None); a gr.Error with one line if that fails."""
+    if not name:
+        raise gr.Error("Pick a model first.")
+    source = model_sources().get(name)
+    if source is None:
+        raise gr.Error(f"Unknown model {name!r}: pick one from the list.")
+    try:
+        loaded = _load(source, _stamp(source))
+    except (ckpt.CheckpointError, OSError, ValueError) as e:
+        raise gr.Error(f"Could not load {name}: {e}") from None
+    if kinds and loaded[0].model.kind not in kinds:
+        raise gr.Error(f"{name} is a {loaded[0].model.kind} model; this tab needs a {' or '.join(kinds)} model.")
+    return loaded
+
+
+def refresh_pickers(sample_model, blob_model, classify_model):
+    """New choices for the three pickers (after training saved a model), keeping each selection."""
+    out = []
+    for value, kinds, tab in ((sample_model, (), "sample"), (blob_model, ("blobgan",), "blobs"),
+                              (classify_model, ("cluster",), "classify")):
+        choices = model_choices(*kinds)
+        out.append(gr.update(choices=choices, value=value if value in choices else _default(tab, choices)))
+    return out
+
+
+def _number(value, name: str, lo: float, hi: float, integer: bool = True):
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise gr.Error(f"{name} must be a number") from None
+    if v != v or not lo <= v <= hi:
+        raise gr.Error(f"{name} must be between {lo:g} and {hi:g}")
+    return int(v) if integer else v
+
+
+# ---------------------------------------------------------------- Sample
+
+@functools.lru_cache(maxsize=8)
+def _directions(name: str, stamp: float):
+    cfg, g, _, _ = load(name)
+    return latent.principal_directions(g, cfg.model, N_SLIDERS)
+
+
+def _latents(cfg, n: int, seed: int, truncation: float, code: str | None, names: list[str] | None) -> torch.Tensor:
+    codes = None
+    if cfg.model.kind == "cluster" and code not in (None, "", "random"):
+        if code not in (names or []):
+            raise gr.Error(f"Unknown cluster {code!r}")
+        codes = torch.full((n,), names.index(code), dtype=torch.long)
+    z = latent.noise(cfg.model, n, seed, "cpu", codes)
+    z[:, : cfg.model.nz] *= truncation
+    return z
+
+
+@gpu
+def sample_images(model, seed, count, truncation, code, raw_z, gallery, *sliders):
+    """-> (one grid image, list of single images or None)."""
+    cfg, g, _, wrapped = load(model)
+    n = _number(count, "Images", 1, 64)
+    seed = _number(seed, "Seed", 0, 2**31 - 1)
+    truncation = _number(truncation, "Truncation", 0.0, 2.0, integer=False)
+    z = _latents(cfg, n, seed, truncation, code, getattr(wrapped, "names", None))
+    alphas = torch.tensor([_number(a, "Slider", -10, 10, integer=False) for a in sliders], dtype=torch.float32)
+    if alphas.abs().sum() > 0:
+        if raw_z:
+            z[:, : min(N_SLIDERS, cfg.model.nz), 0, 0] += alphas[: cfg.model.nz]
+        else:
+            dirs, stds = _directions(model, _stamp(model_sources()[model]))
+            z[:, : cfg.model.nz, 0, 0] += ((alphas[: len(dirs)] * stds)[:, None] * dirs).sum(0)
+    images = latent.generate(g, z.to(next(g.parameters()).device))
+    grid = viz.image_grid(images, nrow=min(n, 8))
+    singles = [viz.image_grid(im[None], nrow=1, padding=0) for im in images] if gallery else None
+    return grid, singles
+
+
+@gpu
+def interpolate(model, seed_a, seed_b, frames, truncation, code):
+    """-> (the frames side by side as one image, an animated GIF file)."""
+    cfg, g, _, wrapped = load(model)
+    n = _number(frames, "Frames", 2, 32)
+    truncation = _number(truncation, "Truncation", 0.0, 2.0, integer=False)
+    a = _latents(cfg, 1, _number(seed_a, "Seed A", 0, 2**31 - 1), truncation, code, getattr(wrapped, "names", None))
+    b = _latents(cfg, 1, _number(seed_b, "Seed B", 0, 2**31 - 1), truncation, code, getattr(wrapped, "names", None))
+    z = torch.cat([a] * n)
+    nz = cfg.model.nz
+    for i in range(n):
+        z[i, :nz, 0, 0] = latent.slerp(a[0, :nz, 0, 0], b[0, :nz, 0, 0], i / (n - 1))
+    images = latent.generate(g, z.to(next(g.parameters()).device))
+    strip = viz.image_grid(images, nrow=n)
+    frames_pil = [viz.image_grid(im[None], nrow=1, padding=0).resize((128, 128), Image.NEAREST) for im in images]
+    gif = Path(tempfile.mkdtemp(prefix="ganlab-")) / "interpolation.gif"
+    frames_pil[0].save(gif, save_all=True, append_images=frames_pil[1:] + frames_pil[::-1][1:-1], duration=80, loop=0)
+    return strip, str(gif)
+
+
+def code_choices(model):
+    """The cluster-code picker follows the Sample model: visible for cluster models only."""
+    try:
+        _, _, _, wrapped = load(model)
+    except gr.Error:
+        return gr.update(choices=["random"], value="random", visible=False)
+    if isinstance(wrapped, ClusterModel):
+        return gr.update(choices=["random"] + wrapped.names, value="random", visible=True)
+    return gr.update(choices=["random"], value="random", visible=False)
+
+
+# ---------------------------------------------------------------- Blobs
+
+def _blob_views(model: blobgan.BlobModel, layout: blobgan.Layout):
+    image = model.render(layout)[0]
+    size = model.cfg.data.image_size
+    plain = viz.image_grid(image[None], nrow=1, padding=0).resize((size * VIEW_SCALE,) * 2, Image.NEAREST)
+    bmap = viz.blob_map(layout, size=size, scale=VIEW_SCALE)
+    ellipses = viz.draw_blobs(image, layout, scale=VIEW_SCALE)
+    return plain, bmap, ellipses
+
+
+def _blob_outputs(model, layout: blobgan.Layout, selected=None):
+    plain, bmap, ellipses = _blob_views(model, layout)
+    visible = layout.visible()[0].tolist()
+    choices = [(f"blob {k}" + ("" if visible[k] else " (hidden)"), k) for k in range(layout.k)]
+    value = selected if selected in range(layout.k) else 0
+    return plain, bmap, ellipses, layout.to_dict(), gr.update(choices=choices, value=value)
+
+
+def _layout_in(value) -> blobgan.Layout:
+    try:
+        return blobgan.Layout.from_dict(value)
+    except ValueError as e:
+        raise gr.Error(f"Bad layout: {e}") from None
+
+
+@gpu
+def sample_blobs(model, seed):
+    """-> (image, blob map, ellipses, layout JSON, blob picker)."""
+    _, _, _, bm = load(model, "blobgan")
+    layout = bm.sample_layout(_number(seed, "Seed", 0, 2**31 - 1))
+    return _blob_outputs(bm, layout.to("cpu"))
+
+
+@gpu
+def edit_blob(model, layout_json, blob, action, dx, dy, ds, depth, source_seed):
+    """Apply one edit to blob `blob`: move (dx, dy), resize (ds), hide, show, restyle (its style from
+    the same blob of seed `source_seed`'s layout) or depth (move it to slot `depth`)."""
+    _, _, _, bm = load(model, "blobgan")
+    layout = _layout_in(layout_json)
+    if layout.k != bm.cfg.model.blobs or layout.phi.shape[-1] != bm.cfg.model.feature_dim:
+        raise gr.Error("That layout belongs to another model: sample or invert one with this model first.")
+    k = _number(blob, "Blob", 0, layout.k - 1)
+    if action == "move":
+        layout = blobgan.move(layout, k, _number(dx, "dx", -1, 1, False), _number(dy, "dy", -1, 1, False))
+    elif action == "resize":
+        layout = blobgan.resize(layout, k, _number(ds, "Size change", -20, 20, False))
+    elif action == "hide":
+        layout = blobgan.hide(layout, k)
+    elif action == "show":
+        layout = blobgan.show(layout, k)
+    elif action == "restyle":
+        source = bm.sample_layout(_number(source_seed, "Style seed", 0, 2**31 - 1)).to("cpu")
+        layout = blobgan.restyle(layout, k, source)
+    elif action == "depth":
+        layout = blobgan.reorder(layout, k, _number(depth, "Depth", 0, layout.k - 1))
+        k = _number(depth, "Depth", 0, layout.k - 1)
+    else:
+        raise gr.Error(f"Unknown action {action!r}: move, resize, hide, show, restyle or depth")
+    return _blob_outputs(bm, layout, k)
+
+
+@gpu
+def invert_image(model, image):
+    """An uploaded image -> its layout through the model's encoder."""
+    _, _, _, bm = load(model, "blobgan")
+    if image is None:
+        raise gr.Error("Upload an image to invert.")
+    if bm.encoder is None:
+        raise gr.Error(f"{model} has no inversion encoder.")
+    try:
+        layout = bm.invert([image]).to("cpu")
+    except (ValueError, OSError) as e:
+        raise gr.Error(f"Could not read that image: {e}") from None
+    return _blob_outputs(bm, layout)
+
+
+def pick_blob(model, layout_json, evt: gr.SelectData):
+    """A click on the image selects the blob that paints that pixel."""
+    _, _, _, bm = load(model, "blobgan")
+    layout = _layout_in(layout_json)
+    x, y = evt.index
+    side = bm.cfg.data.image_size * VIEW_SCALE
+    k = blobgan.blob_at(layout, x / side, y / side, bm.cfg.data.image_size)
+    return gr.update() if k is None else gr.update(value=k)
+
+
+# ---------------------------------------------------------------- Classify
+
+def _read_image(image) -> Image.Image:
+    if image is None:
+        raise gr.Error("Upload an image to classify.")
+    return image if isinstance(image, Image.Image) else Image.open(image)
+
+
+@gpu
+def classify(model, image):
+    """One image -> ({cluster name: probability}, its top 3 as text)."""
+    _, _, _, cm = load(model, "cluster")
+    try:
+        pred = cm.predict([_read_image(image)])
+    except (ValueError, OSError) as e:
+        raise gr.Error(f"Could not read that image: {e}") from None
+    top = "\n".join(f"{i + 1}. **{name}** {p:.1%}" for i, (name, p) in enumerate(pred.top(0, 3)))
+    return pred.labels(0), top
+
+
+@gpu
+def classify_batch(model, files):
+    """Many images (or zips) -> (a row per image, counts per cluster, the rows as a CSV file)."""
+    _, _, _, cm = load(model, "cluster")
+    if not files:
+        raise gr.Error("Upload images or a zip of images.")
+    paths = [f if isinstance(f, str) else getattr(f, "name", f) for f in files]
+    try:
+        items = upload_items(paths)
+    except (DataError, OSError) as e:
+        raise gr.Error(str(e)) from None
+    size, channels = cm.cfg.data.image_size, cm.cfg.data.channels
+    images, ok = decode_items(items, size, channels)
+    if len(images) == 0:
+        raise gr.Error("None of the uploaded files could be read as an image.")
+    pred = cm.predict(images)
+    rows, j = [], 0
+    for (name, _), good in zip(items, ok):
+        if not good:
+            rows.append({"file": name, "cluster": "(unreadable)", "confidence": 0.0, "top 3": ""})
+            continue
+        top = pred.top(j, 3)
+        rows.append({"file": name, "cluster": top[0][0], "confidence": round(top[0][1], 4),
+                     "top 3": ", ".join(f"{n} {p:.0%}" for n, p in top)})
+        j += 1
+    table = pd.DataFrame(rows)
+    counts = (table[table["cluster"] != "(unreadable)"]["cluster"].value_counts()
+              .reindex(cm.names, fill_value=0).rename_axis("cluster").reset_index(name="images"))
+    out = Path(tempfile.mkdtemp(prefix="ganlab-")) / "assignments.csv"
+    with out.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return table, counts, str(out)
+
+
+def exemplar_gallery(model, cluster):
+    """The cluster's most confident training images, then images its generator draws for it."""
+    _, _, _, cm = load(model, "cluster")
+    if cluster not in cm.names:
+        raise gr.Error("Pick a cluster.")
+    k = cm.names.index(cluster)
+    try:
+        ex = cm.exemplars(k, n=8)
+    except (ValueError, DataError, OSError) as e:
+        raise gr.Error(f"No exemplars: {e}") from None
+    real = [(viz.image_grid(x[None].float() / 127.5 - 1 if x.dtype == torch.uint8 else x[None], nrow=1, padding=0),
+             f"training image, {c:.0%}") for x, c in zip(ex.real, ex.confidence)]
+    fake = [(viz.image_grid(x[None], nrow=1, padding=0), "generated") for x in ex.fake]
+    return real + fake
+
+
+def cluster_names(model):
+    _, _, _, cm = load(model, "cluster")
+    names = pd.DataFrame({"cluster": list(range(cm.k)), "name": cm.names})
+    return names, gr.update(choices=cm.names, value=cm.names[0])
+
+
+def save_cluster_names(model, table):
+    _, _, _, cm = load(model, "cluster")
+    if PUBLIC:
+        raise gr.Error("Renaming is off in public mode: download the model and rename it locally.")
+    names = [str(n) for n in (table["name"].tolist() if isinstance(table, pd.DataFrame) else [r[1] for r in table])]
+    try:
+        cm.rename(names)
+        cm.save_names()
+    except (ValueError, OSError) as e:
+        raise gr.Error(f"Could not save the names: {e}") from None
+    _load.cache_clear()
+    return f"Saved {len(names)} names with {model}.", gr.update(choices=cm.names, value=cm.names[0])
+
+
+# ---------------------------------------------------------------- Train
+
+DATASETS = ["shapes", "scenes"] + (["fashion-mnist"] if (FMNIST / "train-images-idx3-ubyte.gz").exists() else []) \
+    + ["upload", "Hub dataset"] + ([] if PUBLIC else ["parquet path"])
+
+
+def _run_config(dataset, upload, text, kind, steps, batch, lr, size, channels, k):
+    steps = _number(steps, "Steps", 1, 2000 if PUBLIC else 1_000_000)
+    batch = _number(batch, "Batch size", 1, 1024)
+    lr = _number(lr, "Learning rate", 1e-6, 0.1, integer=False)
+    size = _number(size, "Image size", 16, 128)
+    channels = _number(channels, "Channels", 1, 3)
+    if kind not in config_mod.MODEL_CONFIGS:
+        raise gr.Error(f"Unknown model kind {kind!r}")
+    data, dataset_fn = config_mod.DataConfig(image_size=size, channels=channels), None
+    if dataset in ("shapes", "scenes"):
+        data.source, data.num_images = dataset, 4000 if PUBLIC else 20000
+    elif dataset == "fashion-mnist":
+        data.source, data.path = "idx", str(FMNIST)
+    elif dataset == "upload":
+        if not upload:
+            raise gr.Error("Upload images or a zip of images first.")
+        paths = [f if isinstance(f, str) else getattr(f, "name", f) for f in upload]
+        try:
+            items = upload_items(paths)
+        except (DataError, OSError) as e:
+            raise gr.Error(str(e)) from None
+
+        def dataset_fn():
+            from gan_core.data import ImageDataset
+
+            images, ok = decode_items(items, size, channels)
+            if len(images) == 0:
+                raise DataError("none of the uploaded files could be read as an image")
+            return ImageDataset(images=images, skipped=int((~ok).sum()))
+    elif dataset == "Hub dataset":
+        if not (text or "").strip():
+            raise gr.Error("Type a Hub dataset id, e.g. user/name.")
+        data.source, data.path = "hub", text.strip()
+    elif dataset == "parquet path" and not PUBLIC:
+        if not (text or "").strip():
+            raise gr.Error("Type the path of a parquet file or folder.")
+        data.source, data.path = "parquet", text.strip()
+    else:
+        raise gr.Error(f"Unknown dataset choice {dataset!r}")
+    model = config_mod.MODEL_CONFIGS[kind]()
+    if kind == "cluster":
+        model.k = _number(k, "K", 2, 100)
+    train_cfg = config_mod.TrainConfig(steps=steps, batch_size=batch, lr=lr, device=DEVICE, log_every=10,
+                                       sample_every=max(10, steps // 20), checkpoint_every=max(50, steps // 4))
+    cfg = config_mod.sync_model_to_data(config_mod.RunConfig(model=model, data=data, train=train_cfg))
+    try:
+        config_mod.validate(cfg)
+    except ValueError as e:
+        raise gr.Error(str(e)) from None
+    return cfg, dataset_fn
+
+
+def _job_outputs(status: jobs.JobStatus):
+    losses = pd.DataFrame(status.losses or [], columns=["step", "loss", "value"])
+    download = str(status.zip_path) if status.zip_path else None
+    return status.summary(), losses, status.sample, download
+
+
+def start_training(dataset, upload, text, kind, steps, batch, lr, size, channels, k, name,
+                   progress=gr.Progress()):
+    """Start the app's one training job and follow it to the end. Yields (status, losses, samples,
+    checkpoint zip)."""
+    cfg, dataset_fn = _run_config(dataset, upload, text, kind, steps, batch, lr, size, channels, k)
+    name = (name or "").strip() or f"{kind}-{dataset.split()[0]}-{time.strftime('%Y%m%d-%H%M%S')}"
+    try:
+        JOB.start(cfg, name, dataset_fn)
+    except jobs.JobBusy as e:
+        raise gr.Error(f"Another training job is running. {e}") from None
+    except ValueError as e:
+        raise gr.Error(str(e)) from None
+    while True:
+        status = JOB.status()
+        if status.steps:
+            progress((status.step, status.steps), desc=status.summary(), unit="steps")
+        yield _job_outputs(status)
+        if not status.running:
+            break
+        time.sleep(1.0)
+    if status.state == "failed":
+        raise gr.Error(status.summary())
+
+
+def stop_training():
+    return "Stopping: the job saves a checkpoint first." if JOB.stop() else "No training job is running."
+
+
+def job_view():
+    return _job_outputs(JOB.status())
+
+
+def push_to_hub(repo_id, token, private):
+    """Upload the last trained model to the Hub. The token is used for this call only: never logged,
+    never stored."""
+    status = JOB.status()
+    if status.model_dir is None or not status.model_dir.exists():
+        raise gr.Error("Train a model first: there is nothing to push yet.")
+    if not (repo_id or "").strip() or (repo_id or "").count("/") != 1:
+        raise gr.Error("Type a Hub repo id as user/name.")
+    if not (token or "").strip():
+        raise gr.Error("Paste a Hub token with write access.")
+    from huggingface_hub import HfApi
+
+    try:
+        api = HfApi(token=token.strip())
+        api.create_repo(repo_id.strip(), private=bool(private), exist_ok=True)
+        api.upload_folder(repo_id=repo_id.strip(), folder_path=str(status.model_dir),
+                          allow_patterns=ckpt.HUB_PATTERNS, commit_message="GAN Lab: upload a trained model")
+    except Exception as e:  # noqa: BLE001 - any Hub failure is one line for the user (never the token)
+        message = str(e).replace(token.strip(), "***").splitlines()[0] if str(e) else type(e).__name__
+        raise gr.Error(f"Push failed: {message}") from None
+    return f"Pushed to https://huggingface.co/{repo_id.strip()}"
+
+
+# ---------------------------------------------------------------- the page
 
 def build() -> gr.Blocks:
-    choices = model_choices()
+    sample_choices, blob_choices, classify_choices = model_choices(), model_choices("blobgan"), model_choices("cluster")
     with gr.Blocks(title="GAN Lab") as demo:
-        gr.Markdown("# GAN Lab\nSample the bundled DCGAN. Train, Blobs and Classify tabs are on the way.")
-        with gr.Tab("Sample"):
+        gr.Markdown("# GAN Lab\nTrain GANs on your images, sample and edit them, and sort images into "
+                    "clusters without labels." + (" *Public mode: limited training.*" if PUBLIC else ""))
+        with gr.Tab("Train", id="train"):
             with gr.Row():
-                model = gr.Dropdown(choices, value=DEFAULT_MODEL if DEFAULT_MODEL in choices else (choices or [None])[0],
-                                    label="Model")
+                dataset = gr.Dropdown(DATASETS, value="shapes", label="Dataset")
+                kind = gr.Dropdown(list(config_mod.MODEL_CONFIGS), value="dcgan", label="Model kind")
+                name = gr.Textbox(label="Model name", placeholder="(automatic)")
+            upload = gr.File(label="Images or zips (for 'upload')", file_count="multiple", visible=False)
+            text = gr.Textbox(label="Hub dataset id or parquet path", visible=False)
+            with gr.Row():
+                steps = gr.Number(value=500, precision=0, label="Steps")
+                batch = gr.Number(value=64, precision=0, label="Batch size")
+                lr = gr.Number(value=2e-4, label="Learning rate")
+                size = gr.Dropdown([32, 64], value=32, label="Image size")
+                channels = gr.Radio([1, 3], value=3, label="Channels")
+                k = gr.Number(value=10, precision=0, label="K (cluster)")
+            with gr.Row():
+                start = gr.Button("Start", variant="primary")
+                stop = gr.Button("Stop", variant="stop")
+            status = gr.Markdown(JOB.status().summary())
+            with gr.Row():
+                losses = gr.LinePlot(x="step", y="value", color="loss", label="Losses", height=260)
+                samples = gr.Image(label="Samples", type="pil", format="png", interactive=False)
+            checkpoint_zip = gr.File(label="Finished checkpoint (zip)", interactive=False)
+            with gr.Accordion("Push the trained model to the Hugging Face Hub", open=False):
+                with gr.Row():
+                    repo = gr.Textbox(label="Repo id", placeholder="user/name")
+                    token = gr.Textbox(label="Token (used once, never stored)", type="password")
+                    hub_private = gr.Checkbox(value=True, label="Private")
+                push = gr.Button("Push")
+                push_status = gr.Markdown()
+
+        with gr.Tab("Sample", id="sample"):
+            with gr.Row():
+                s_model = gr.Dropdown(sample_choices, value=_default("sample", sample_choices), label="Model")
                 seed = gr.Number(value=0, precision=0, label="Seed")
+                dice = gr.Button("Random seed", scale=0)
                 count = gr.Slider(1, 64, value=16, step=1, label="Images")
-            button = gr.Button("Sample", variant="primary")
-            out = gr.Image(label="Samples", type="pil", format="png")
-        button.click(sample_grid, [model, seed, count], out, api_name="sample")
-        demo.load(sample_grid, [model, seed, count], out)
+                truncation = gr.Slider(0.0, 2.0, value=1.0, step=0.05, label="Truncation")
+                code = gr.Dropdown(["random"], value="random", label="Cluster code", visible=False)
+            with gr.Accordion("Latent sliders (principal directions, GANSpace)", open=False):
+                raw_z = gr.Checkbox(value=False, label="Raw z (slider i moves z[i] instead)")
+                with gr.Row():
+                    sliders = [gr.Slider(-3, 3, value=0, step=0.1, label=f"direction {i + 1}") for i in range(N_SLIDERS)]
+            with gr.Row():
+                go = gr.Button("Sample", variant="primary")
+                as_gallery = gr.Checkbox(value=False, label="Also as a gallery")
+            grid = gr.Image(label="Samples", type="pil", format="png", interactive=False)
+            gallery = gr.Gallery(label="Images", columns=8, visible=True)
+            with gr.Accordion("Interpolate between two seeds", open=False):
+                with gr.Row():
+                    seed_a = gr.Number(value=0, precision=0, label="Seed A")
+                    seed_b = gr.Number(value=1, precision=0, label="Seed B")
+                    frames = gr.Slider(2, 32, value=8, step=1, label="Frames")
+                    go_interp = gr.Button("Interpolate")
+                strip = gr.Image(label="Frames", type="pil", format="png", interactive=False)
+                gif = gr.File(label="Animated GIF", interactive=False)
+
+        with gr.Tab("Blobs", id="blobs"):
+            with gr.Row():
+                b_model = gr.Dropdown(blob_choices, value=_default("blobs", blob_choices), label="BlobGAN model")
+                b_seed = gr.Number(value=0, precision=0, label="Seed")
+                b_go = gr.Button("Sample a layout", variant="primary")
+            with gr.Row():
+                b_image = gr.Image(label="Image (click a blob to pick it)", type="pil", interactive=False)
+                b_map = gr.Image(label="Blob map", type="pil", interactive=False)
+                b_ellipses = gr.Image(label="Blobs", type="pil", interactive=False)
+            with gr.Row():
+                blob = gr.Dropdown([(f"blob {i}", i) for i in range(8)], value=0, label="Blob")
+                action = gr.Radio(["move", "resize", "hide", "show", "restyle", "depth"], value="move", label="Edit")
+            with gr.Row():
+                dx = gr.Slider(-0.5, 0.5, value=0.1, step=0.01, label="dx")
+                dy = gr.Slider(-0.5, 0.5, value=0.0, step=0.01, label="dy")
+                ds = gr.Slider(-4, 4, value=1.0, step=0.1, label="size change")
+                depth = gr.Slider(0, 7, value=7, step=1, label="depth (slot)")
+                style_seed = gr.Number(value=1, precision=0, label="style from seed")
+            apply = gr.Button("Apply edit")
+            with gr.Row():
+                to_invert = gr.Image(label="Invert an image into a layout", type="pil")
+                b_invert = gr.Button("Invert")
+            layout = gr.JSON(label="Layout", visible=False)
+
+        with gr.Tab("Classify", id="classify"):
+            c_model = gr.Dropdown(classify_choices, value=_default("classify", classify_choices), label="Cluster model")
+            with gr.Row():
+                c_image = gr.Image(label="One image", type="pil")
+                with gr.Column():
+                    c_label = gr.Label(num_top_classes=3, label="Cluster")
+                    c_top = gr.Markdown()
+            c_go = gr.Button("Classify", variant="primary")
+            c_files = gr.File(label="Many images or zips", file_count="multiple")
+            c_batch = gr.Button("Classify all")
+            with gr.Row():
+                c_table = gr.Dataframe(label="Per image", interactive=False)
+                c_counts = gr.Dataframe(label="Per cluster", interactive=False)
+            c_csv = gr.File(label="Assignments (CSV)", interactive=False)
+            with gr.Accordion("Clusters: exemplars and names", open=False):
+                with gr.Row():
+                    c_cluster = gr.Dropdown([], label="Cluster")
+                    c_show = gr.Button("Show exemplars")
+                c_gallery = gr.Gallery(label="Exemplars: training images, then generated", columns=8)
+                c_names = gr.Dataframe(headers=["cluster", "name"], label="Names (edit, then save)",
+                                       interactive=not PUBLIC)
+                c_save = gr.Button("Save names", visible=not PUBLIC)
+                c_saved = gr.Markdown()
+
+        # ---- events
+        private = {"api_visibility": "private"}
+        dataset.change(lambda d: (gr.update(visible=d == "upload"), gr.update(visible=d in ("Hub dataset", "parquet path")),
+                                  gr.update(value=1 if d == "fashion-mnist" else 3)),
+                       dataset, [upload, text, channels], **private)
+        start.click(start_training, [dataset, upload, text, kind, steps, batch, lr, size, channels, k, name],
+                    [status, losses, samples, checkpoint_zip], api_name="train", concurrency_limit=None
+                    ).then(refresh_pickers, [s_model, b_model, c_model], [s_model, b_model, c_model], **private)
+        stop.click(stop_training, None, status, api_name="stop")
+        gr.Timer(2.0).tick(job_view, None, [status, losses, samples, checkpoint_zip], **private)
+        push.click(push_to_hub, [repo, token, hub_private], push_status, api_name="push_to_hub")
+
+        sample_inputs = [s_model, seed, count, truncation, code, raw_z, as_gallery, *sliders]
+        go.click(sample_images, sample_inputs, [grid, gallery], api_name="sample")
+        dice.click(lambda: int(torch.randint(0, 2**31 - 1, ()).item()), None, seed, **private).then(
+            sample_images, sample_inputs, [grid, gallery], **private)
+        s_model.change(code_choices, s_model, code, **private)
+        go_interp.click(interpolate, [s_model, seed_a, seed_b, frames, truncation, code], [strip, gif],
+                        api_name="interpolate")
+
+        blob_outputs = [b_image, b_map, b_ellipses, layout, blob]
+        b_go.click(sample_blobs, [b_model, b_seed], blob_outputs, api_name="blobs")
+        apply.click(edit_blob, [b_model, layout, blob, action, dx, dy, ds, depth, style_seed], blob_outputs,
+                    api_name="edit_blob")
+        b_invert.click(invert_image, [b_model, to_invert], blob_outputs, api_name="invert")
+        b_image.select(pick_blob, [b_model, layout], blob, **private)
+
+        c_go.click(classify, [c_model, c_image], [c_label, c_top], api_name="classify")
+        c_batch.click(classify_batch, [c_model, c_files], [c_table, c_counts, c_csv], api_name="classify_batch")
+        c_model.change(cluster_names, c_model, [c_names, c_cluster], **private)
+        c_show.click(exemplar_gallery, [c_model, c_cluster], c_gallery, **private)
+        c_save.click(save_cluster_names, [c_model, c_names], [c_saved, c_cluster], **private)
+
+        demo.load(sample_images, sample_inputs, [grid, gallery], **private)
+        if blob_choices:
+            demo.load(sample_blobs, [b_model, b_seed], blob_outputs, **private)
+        if classify_choices:
+            demo.load(cluster_names, c_model, [c_names, c_cluster], **private)
     return demo
 
 
 if __name__ == "__main__":
-    build().launch()
+    build().queue(default_concurrency_limit=4).launch(max_file_size="20mb" if PUBLIC else None)

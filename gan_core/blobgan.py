@@ -68,6 +68,51 @@ class Layout:
         """(N, K) bool: the blob's 50%-opacity contour exists (drawn size s > 0)."""
         return self.drawn_size() > 0
 
+    def to_dict(self, decimals: int = 5) -> dict:
+        """Plain lists (JSON), e.g. for the app's API; `Layout.from_dict` reads them back."""
+        out = {}
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if v is not None:
+                v = v.detach().cpu()
+                out[f.name] = v.tolist() if v.dtype == torch.bool else v.float().round(decimals=decimals).tolist()
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict, max_blobs: int = 64, max_dim: int = 4096) -> "Layout":
+        """Inverse of `to_dict`, checking what arrives (it may come from a user): every field
+        present, numeric, finite and of consistent shape. Raises ValueError."""
+        if not isinstance(data, dict):
+            raise ValueError("a layout is a JSON object with the fields " + ", ".join(f.name for f in fields(cls)))
+        values = {}
+        for f in fields(cls):
+            if f.name not in data or data[f.name] is None:
+                if f.name == "hidden":
+                    continue
+                raise ValueError(f"the layout has no {f.name!r}")
+            try:
+                t = torch.tensor(data[f.name], dtype=torch.bool if f.name == "hidden" else torch.float32)
+            except (TypeError, ValueError, RuntimeError):
+                raise ValueError(f"layout field {f.name!r} is not a numeric array") from None
+            if f.name != "hidden" and not torch.isfinite(t).all():
+                raise ValueError(f"layout field {f.name!r} has non-finite values")
+            values[f.name] = t
+        n, k = values["size"].shape if values["size"].dim() == 2 else (-1, -1)
+        if n < 1 or not 1 <= k <= max_blobs:
+            raise ValueError(f"layout 'size' must be (images, blobs) with 1-{max_blobs} blobs")
+        dim_phi, dim_psi = values["phi"].shape[-1], values["psi"].shape[-1]
+        expected = {"xy": (n, k, 2), "ab": (n, k, 2), "angle": (n, k, 2), "size": (n, k), "phi": (n, k, dim_phi),
+                    "psi": (n, k, dim_psi), "bg_phi": (n, dim_phi), "bg_psi": (n, dim_psi), "hidden": (n, k)}
+        for name, shape in expected.items():
+            if name in values and tuple(values[name].shape) != shape:
+                raise ValueError(f"layout field {name!r} has shape {tuple(values[name].shape)}, expected {shape}")
+        if max(dim_phi, dim_psi) > max_dim:
+            raise ValueError("layout features are too wide")
+        values["xy"] = values["xy"].clamp(0, 1)
+        values["ab"] = values["ab"].clamp(1e-3, 1)
+        values["angle"] = F.normalize(values["angle"], dim=-1, eps=1e-6)
+        return cls(**values)
+
 
 # ---------------------------------------------------------------- geometry and splatting
 
@@ -129,6 +174,16 @@ def _set(t: torch.Tensor, k: int, value) -> torch.Tensor:
     t = t.clone()
     t[:, k] = value
     return t
+
+
+def blob_at(layout: Layout, x: float, y: float, size: int = 64) -> Optional[int]:
+    """The blob that paints the point (x, y) in [0, 1] of the first image (the largest compositing
+    weight there), or None where the background wins."""
+    col = min(size - 1, max(0, int(x * size)))
+    row = min(size - 1, max(0, int(y * size)))
+    weights = splat(layout.index(0), size)[0, :, row, col]  # (K + 1,)
+    best = int(weights.argmax())
+    return None if best == 0 else best - 1
 
 
 def move(layout: Layout, k: int, dx: float = 0.0, dy: float = 0.0) -> Layout:

@@ -26,10 +26,43 @@ from .config import ClusterConfig, DCGANConfig
 from .losses import catgan_d_loss, catgan_g_loss, code_ce, d_loss_bce, g_loss_bce, iic_loss
 
 
+def _border_median(x: torch.Tensor) -> torch.Tensor:
+    """(N, C, H, W) -> (N, C, 1, 1): the median of each channel along the image's border."""
+    edge = torch.cat([x[..., 0, :], x[..., -1, :], x[..., 1:-1, 0], x[..., 1:-1, -1]], -1)
+    return edge.median(-1).values[..., None, None]
+
+
+def object_mask(x: torch.Tensor, spread: float = 0.45) -> torch.Tensor:
+    """Images (N, C, H, W) in [-1, 1] of one object on a flat background -> (N, 1, H, W) masks in
+    [-1, 1], free of colour, polarity, position and size:
+    - the mask is each pixel's colour distance from the background (the border's median colour),
+      divided by the image's largest distance;
+    - it is then resampled so that its centre of mass sits at the image centre and its RMS radius is
+      `spread` (in units of half the image side).
+    Differentiable in x (the generator learns through it)."""
+    x = x.float()
+    dist = (x - _border_median(x)).pow(2).sum(1, keepdim=True).add(1e-8).sqrt()
+    m = dist / (dist.amax((2, 3), keepdim=True) + 1e-3)
+    n, _, h, w = m.shape
+    ys = (torch.arange(h, device=x.device) * 2 + 1) / h - 1  # pixel centres, as affine_grid places them
+    xs = (torch.arange(w, device=x.device) * 2 + 1) / w - 1
+    weight = m / (m.sum((2, 3), keepdim=True) + 1e-6)
+    cx = (weight.sum(2) * xs).sum((1, 2))
+    cy = (weight.sum(3) * ys).sum((1, 2))
+    var = (weight.sum(2) * (xs - cx[:, None, None]) ** 2).sum((1, 2)) + (weight.sum(3) * (ys - cy[:, None, None]) ** 2).sum((1, 2))
+    scale = var.clamp_min(1e-4).sqrt() / spread
+    zero = torch.zeros_like(scale)
+    theta = torch.stack([torch.stack([scale, zero, cx], 1), torch.stack([zero, scale, cy], 1)], 1)
+    grid = F.affine_grid(theta, [n, 1, h, w], align_corners=False)
+    return F.grid_sample(m, grid, mode="bilinear", padding_mode="zeros", align_corners=False) * 2 - 1
+
+
 class ClusterDiscriminator(nn.Module):
     def __init__(self, cfg: ClusterConfig):
         super().__init__()
-        base = dcgan.Discriminator(DCGANConfig(image_size=cfg.image_size, channels=cfg.channels, ndf=cfg.ndf))
+        self.input_transform = cfg.input_transform
+        channels = 1 if cfg.input_transform == "mask" else cfg.channels
+        base = dcgan.Discriminator(DCGANConfig(image_size=cfg.image_size, channels=channels, ndf=cfg.ndf))
         self.trunk = base.main[:-2]  # the seed's convs, ending at (N, ndf*mult, 4, 4)
         self.adv = base.main[-2]  # Conv(ndf*mult, 1, 4, 1, 0): real/fake logit
         width = base.main[-2].in_channels * 16
@@ -43,8 +76,12 @@ class ClusterDiscriminator(nn.Module):
         self.register_buffer("head_loss", torch.zeros(cfg.subheads))
         self.view_sides = view_sides(cfg)
 
+    def prepare(self, x: torch.Tensor) -> torch.Tensor:
+        """The fixed input layer: the images themselves, or their object masks."""
+        return object_mask(x).to(x.dtype) if self.input_transform == "mask" else x
+
     def forward(self, x: torch.Tensor, logits: bool = False, heads: bool = False):
-        h = self.trunk(x)
+        h = self.trunk(self.prepare(x))
         adv = self.adv(h).flatten()
         adv = adv if logits else torch.sigmoid(adv)
         if not heads:
@@ -56,7 +93,7 @@ class ClusterDiscriminator(nn.Module):
         return adv, clusters, over
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.trunk(x)
+        return self.trunk(self.prepare(x))
 
     def best_head(self) -> int:
         return int(self.head_loss.argmin())

@@ -65,6 +65,10 @@ class ClusterConfig:
     code_weight: float = 1.0  # cross-entropy of the cluster head on generated images vs their code (G's loss)
     code_weight_d: Optional[float] = None  # the same term in D's loss (None: code_weight); small: IIC leads
     cluster_names: Optional[list] = None  # editable, saved with the checkpoint
+    # "mask": D first turns each image into its object's mask (distance from the background colour),
+    # centred and scaled to a fixed spread, so colour, polarity, position and size cannot decide a
+    # cluster (for one object on a flat background, like the built-in shapes). "none": the pixels.
+    input_transform: str = "none"
     predict_views: int = 3  # prediction averages the image and centred crops spanning the training crop range
 
 
@@ -190,6 +194,8 @@ def validate(cfg: RunConfig) -> RunConfig:
             raise ValueError(f"model.aug_scale_min ({m.aug_scale_min}) is above model.aug_scale_max ({m.aug_scale_max})")
         if m.aug_colour not in ("jitter", "remap"):
             raise ValueError(f"model.aug_colour must be jitter or remap, not {m.aug_colour!r}")
+        if m.input_transform not in ("none", "mask"):
+            raise ValueError(f"model.input_transform must be none or mask, not {m.input_transform!r}")
         if m.objective not in ("iic", "catgan", "none"):
             raise ValueError(f"model.objective must be iic, catgan or none, not {m.objective!r}")
         if m.cluster_names is not None and len(m.cluster_names) != m.k:

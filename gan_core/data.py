@@ -195,6 +195,37 @@ def _load_zip(cfg: DataConfig, progress: Progress) -> ImageDataset:
     return ds
 
 
+def upload_items(paths: Iterable[str | Path], limit: int = 10_000) -> list[tuple[str, Callable[[], bytes]]]:
+    """Uploaded files (images, or zips of images) -> [(display name, read bytes)], in order, at most
+    `limit`. Zip members are read into memory when asked, never extracted; their names are only
+    labels. Raises DataError when nothing usable was given."""
+    items: list[tuple[str, Callable[[], bytes]]] = []
+    for path in paths:
+        path = Path(path)
+        if zipfile.is_zipfile(path):
+            archive = zipfile.ZipFile(path)
+            for m in archive.infolist():
+                if m.is_dir() or "__MACOSX" in m.filename or not m.filename.lower().endswith(IMAGE_EXTENSIONS):
+                    continue
+                if m.file_size > MAX_ZIP_MEMBER_BYTES:
+                    continue
+                name = "/".join(p for p in m.filename.replace("\\", "/").split("/") if p not in ("", ".", ".."))
+                items.append((f"{path.name}:{name}", lambda a=archive, m=m: a.read(m)))
+        else:
+            items.append((path.name, path.read_bytes))
+        if len(items) >= limit:
+            break
+    if not items:
+        raise DataError("no images in the upload (images, or zips of images)")
+    return items[:limit]
+
+
+def decode_items(items: list, size: int, channels: int, progress: Progress = None) -> tuple[torch.Tensor, np.ndarray]:
+    """[(name, read bytes)] -> (uint8 images (N_ok, C, size, size), ok mask over `items`)."""
+    images, ok = _decode_many([read for _, read in items], size, channels, progress)
+    return torch.from_numpy(images[ok]), ok
+
+
 def _image_column(features: dict, cfg: DataConfig) -> str:
     if cfg.image_column:
         if cfg.image_column not in features:

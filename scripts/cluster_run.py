@@ -69,6 +69,8 @@ def main(argv=None) -> dict:
     p.add_argument("--device", default="auto")
     p.add_argument("--out", required=True, help="run folder")
     p.add_argument("--export", default=None, help="write the last checkpoint, fp16, as this .tar")
+    p.add_argument("--model", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="other ClusterConfig fields, e.g. input_transform=mask aug_rotate_deg=180")
     args = p.parse_args(argv)
 
     import torch
@@ -80,16 +82,31 @@ def main(argv=None) -> dict:
     from gan_core.data import load_dataset
     from gan_core.train import resolve_device, train
 
+    from gan_core.config import validate
+
+    def parse_value(text: str):
+        try:
+            return json.loads(text)  # numbers, true/false, null, lists
+        except json.JSONDecodeError:
+            return text
+
+    overrides = {}
+    for item in args.model:
+        key, sep, value = item.partition("=")
+        if not sep or key not in ClusterConfig.__dataclass_fields__:
+            p.error(f"--model takes KEY=VALUE with a ClusterConfig field, not {item!r}")
+        overrides[key] = parse_value(value)
     device = resolve_device(args.device)
     data = DataConfig(source=args.data_source, path=args.data_path, image_size=args.image_size,
                       channels=args.channels, num_images=args.num_images)
     cfg = RunConfig(
         model=ClusterConfig(k=args.k, ngf=args.ngf, ndf=args.ndf, iic_repeats=args.iic_repeats,
-                            image_size=args.image_size, channels=args.channels),
+                            image_size=args.image_size, channels=args.channels, **overrides),
         data=data,
         train=TrainConfig(steps=args.steps, batch_size=args.batch, lr=args.lr, seed=args.seed, device=str(device),
                           ema_decay=args.ema, log_every=100, sample_every=10**6,
                           checkpoint_every=args.checkpoint_every, keep_checkpoints=1000, out_dir=args.out))
+    validate(cfg)
     train_set = load_dataset(data)
     deadline = time.time() + args.minutes * 60 if args.minutes else None
     t0 = time.time()

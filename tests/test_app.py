@@ -1,55 +1,268 @@
+"""The app's handlers, on tiny models of every kind built in a temporary folder (no bundled weights
+needed, nothing downloaded)."""
+import csv
+import io
+import zipfile
+
 import numpy as np
+import pandas as pd
 import pytest
 import torch
+from PIL import Image
+from safetensors.torch import save_file
 
 import app
+import gradio as gr
+from gan_core import blobgan
 from gan_core import checkpoint as ckpt
-from gan_core.config import DataConfig, DCGANConfig, RunConfig, TrainConfig
+from gan_core.config import BlobGANConfig, ClusterConfig, DataConfig, DCGANConfig, RunConfig, TrainConfig
+from gan_core.jobs import TrainingJob
 from gan_core.train import train
+
+TINY_BLOBGAN = dict(nz=8, ngf=4, ndf=4, blobs=3, feature_dim=8, style_dim=8, layout_hidden=16, encoder_ndf=4)
+
+
+def _make(tmp, name, model, data):
+    run = tmp / "runs" / name
+    train(RunConfig(model=model, data=data, train=TrainConfig(steps=1, batch_size=4, out_dir=str(run), device="cpu")))
+    return ckpt.export(run, tmp / "checkpoints" / name)
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("app-models")
+    _make(tmp, "tiny-dcgan", DCGANConfig(nz=8, ngf=4, ndf=4), DataConfig(num_images=16, image_size=32))
+    _make(tmp, "tiny-cluster", ClusterConfig(nz=8, ngf=4, ndf=4, k=3, overcluster=6, subheads=2),
+          DataConfig(num_images=32, image_size=32, channels=3))
+    folder = _make(tmp, "tiny-blobgan", BlobGANConfig(**TINY_BLOBGAN),
+                   DataConfig(source="scenes", num_images=8, image_size=64, channels=3))
+    cfg, g, _, _ = ckpt.load_models(folder)
+    save_file(blobgan.build_encoder(cfg.model, g).state_dict(), str(folder / "encoder.safetensors"))
+    return tmp
 
 
 @pytest.fixture
-def tiny_models(tmp_path, monkeypatch):
-    cfg = RunConfig(model=DCGANConfig(nz=8, ngf=4, ndf=4), data=DataConfig(num_images=16, image_size=32),
-                    train=TrainConfig(steps=1, batch_size=4, out_dir=str(tmp_path / "run"), device="cpu"))
-    train(cfg)
-    ckpt.export(tmp_path / "run", tmp_path / "checkpoints" / "tiny")
-    monkeypatch.setattr(app, "CHECKPOINTS", tmp_path / "checkpoints")
-    monkeypatch.setenv("GANLAB_HUB_MODELS", "someone/model-a, someone/model-b")
-    app.load.cache_clear()
+def models(model_dir, tmp_path, monkeypatch):
+    monkeypatch.setattr(app, "CHECKPOINTS", model_dir / "checkpoints")
+    monkeypatch.setattr(app, "JOB", TrainingJob(tmp_path / "work"))
+    monkeypatch.setenv("GANLAB_HUB_MODELS", "someone/model-a")
+    app._load.cache_clear()
+    app._directions.cache_clear()
     yield
-    app.load.cache_clear()
+    app._load.cache_clear()
+    app._directions.cache_clear()
 
 
-def test_model_choices_list_local_folders_and_hub_ids(tiny_models):
-    assert app.model_choices() == ["tiny", "someone/model-a", "someone/model-b"]
+def _sample(model="tiny-dcgan", seed=3, count=10, truncation=1.0, code="random", raw_z=False, gallery=False,
+            sliders=(0,) * app.N_SLIDERS):
+    return app.sample_images(model, seed, count, truncation, code, raw_z, gallery, *sliders)
 
 
-def test_sample_grid_handler(tiny_models):
-    img = app.sample_grid("tiny", 3, 10)
-    # 8 per row, 2 rows of 32x32 images with 2px padding
-    assert img.size == (8 * 34 + 2, 2 * 34 + 2)
-    again = app.sample_grid("tiny", 3, 10)
-    assert np.asarray(img).tolist() == np.asarray(again).tolist()  # same seed, same images
-    assert np.asarray(app.sample_grid("tiny", 4, 10)).tolist() != np.asarray(img).tolist()
+def _png(colour=(200, 30, 30), size=(40, 50)) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", size, colour).save(buf, "PNG")
+    return buf.getvalue()
 
 
-def test_missing_model_is_a_user_error(tiny_models):
-    import gradio as gr
+def test_model_pickers_filter_by_kind(models):
+    assert app.model_choices() == ["tiny-blobgan", "tiny-cluster", "tiny-dcgan", "someone/model-a"]
+    assert app.model_choices("cluster") == ["tiny-cluster", "someone/model-a"]  # a Hub id's kind is unknown yet
+    assert app.model_choices("blobgan")[0] == "tiny-blobgan"
 
+
+def test_sample_is_deterministic_and_sliders_move_it(models):
+    grid, singles = _sample()
+    assert grid.size == (8 * 34 + 2, 2 * 34 + 2) and singles is None  # 8 per row, 32 px + 2 px padding
+    same, _ = _sample()
+    assert np.array_equal(np.asarray(grid), np.asarray(same))
+    assert not np.array_equal(np.asarray(grid), np.asarray(_sample(seed=4)[0]))
+    moved, _ = _sample(sliders=(2.0,) + (0,) * (app.N_SLIDERS - 1))
+    assert not np.array_equal(np.asarray(grid), np.asarray(moved))
+    raw, _ = _sample(raw_z=True, sliders=(2.0,) + (0,) * (app.N_SLIDERS - 1))
+    assert not np.array_equal(np.asarray(raw), np.asarray(moved))
+    _, singles = _sample(count=3, gallery=True)
+    assert len(singles) == 3 and singles[0].size == (32, 32)
+
+
+def test_truncation_zero_gives_one_image_for_every_seed(models):
+    a, _ = _sample(seed=1, count=1, truncation=0.0)
+    b, _ = _sample(seed=2, count=1, truncation=0.0)
+    assert np.array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_principal_directions_are_unit_and_ordered(models):
+    dirs, stds = app._directions("tiny-dcgan", 0.0)
+    assert dirs.shape == (app.N_SLIDERS, 8)
+    assert torch.allclose(dirs.norm(dim=1), torch.ones(app.N_SLIDERS), atol=1e-5)
+    assert (stds > 0).all()
+
+
+def test_cluster_code_picker_and_codes(models):
+    update = app.code_choices("tiny-cluster")
+    assert update["visible"] and update["choices"][0] == "random" and len(update["choices"]) == 4
+    assert not app.code_choices("tiny-dcgan")["visible"]
+    grid, _ = _sample("tiny-cluster", count=2, code="cluster 1")
+    assert grid.size[0] > 0
     with pytest.raises(gr.Error):
-        app.sample_grid("someone/not-there", 0, 1)
+        _sample("tiny-cluster", code="no such cluster")
 
 
-def test_app_builds(tiny_models):
+def test_interpolation_starts_at_seed_a_and_writes_a_gif(models):
+    strip, gif = app.interpolate("tiny-dcgan", 5, 6, 4, 1.0, "random")
+    assert strip.size == (4 * 34 + 2, 34 + 2)
+    first, _ = _sample(seed=5, count=1)
+    assert np.array_equal(np.asarray(strip)[2:34, 2:34], np.asarray(first)[2:34, 2:34])
+    with Image.open(gif) as im:
+        assert im.n_frames == 4 + 2  # there and back
+
+
+def test_bad_numbers_are_user_errors(models):
+    with pytest.raises(gr.Error):
+        _sample(count=1000)
+    with pytest.raises(gr.Error):
+        _sample(truncation=float("nan"))
+    with pytest.raises(gr.Error):
+        _sample("someone/not-listed")
+
+
+def test_blobs_sample_edit_and_invert(models):
+    image, bmap, ellipses, layout, picker = app.sample_blobs("tiny-blobgan", 0)
+    assert image.size == bmap.size == ellipses.size == (256, 256)
+    assert len(picker["choices"]) == 3 and layout["xy"][0][0] == pytest.approx(layout["xy"][0][0])
+    before = blobgan.Layout.from_dict(layout)
+    *_, moved, _ = app.edit_blob("tiny-blobgan", layout, 1, "move", 0.1, -0.05, 0, 0, 1)
+    after = blobgan.Layout.from_dict(moved)
+    expected = (before.xy[0, 1] + torch.tensor([0.1, -0.05])).clamp(0, 1)
+    assert torch.allclose(after.xy[0, 1], expected, atol=1e-4)
+    assert torch.equal(after.xy[0, 0], before.xy[0, 0])
+    *_, hidden, picker = app.edit_blob("tiny-blobgan", layout, 2, "hide", 0, 0, 0, 0, 1)
+    assert not blobgan.Layout.from_dict(hidden).visible()[0, 2] and "hidden" in picker["choices"][2][0]
+    *_, shown, _ = app.edit_blob("tiny-blobgan", hidden, 2, "show", 0, 0, 0, 0, 1)
+    assert torch.equal(blobgan.Layout.from_dict(shown).size, before.size)
+    *_, deep, picker = app.edit_blob("tiny-blobgan", layout, 0, "depth", 0, 0, 0, 2, 1)
+    assert torch.allclose(blobgan.Layout.from_dict(deep).xy[0, 2], before.xy[0, 0], atol=1e-4)
+    assert picker["value"] == 2
+    out = app.invert_image("tiny-blobgan", Image.new("RGB", (80, 60), (10, 200, 30)))
+    assert out[0].size == (256, 256) and len(out[3]["xy"][0]) == 3
+
+
+def test_bad_layouts_and_actions_are_user_errors(models):
+    *_, layout, _ = app.sample_blobs("tiny-blobgan", 0)
+    for bad in ({"xy": [[1, 2]]}, "not a layout", {**layout, "size": [[float("nan")] * 3]}):
+        with pytest.raises(gr.Error):
+            app.edit_blob("tiny-blobgan", bad, 0, "move", 0.1, 0, 0, 0, 1)
+    with pytest.raises(gr.Error):
+        app.edit_blob("tiny-blobgan", layout, 0, "explode", 0, 0, 0, 0, 1)
+    with pytest.raises(gr.Error):
+        app.edit_blob("tiny-blobgan", layout, 9, "move", 0, 0, 0, 0, 1)
+    with pytest.raises(gr.Error):
+        app.sample_blobs("tiny-dcgan", 0)  # not a BlobGAN
+
+
+def test_classify_one_image(models):
+    labels, top = app.classify("tiny-cluster", Image.new("RGB", (50, 40), (0, 0, 255)))
+    assert set(labels) == {"cluster 0", "cluster 1", "cluster 2"}
+    assert sum(labels.values()) == pytest.approx(1.0, abs=1e-4)
+    assert top.startswith("1. **")
+    with pytest.raises(gr.Error):
+        app.classify("tiny-cluster", None)
+
+
+def test_classify_batch_with_a_zip_and_a_bad_file(models, tmp_path):
+    good = tmp_path / "red.png"
+    good.write_bytes(_png())
+    bad = tmp_path / "fake.png"
+    bad.write_text("not an image")
+    archive = tmp_path / "more.zip"
+    with zipfile.ZipFile(archive, "w") as z:
+        z.writestr("a/blue.png", _png((0, 0, 255)))
+        z.writestr("../evil.png", _png((0, 255, 0)))
+        z.writestr("notes.txt", "skip me")
+    table, counts, csv_path = app.classify_batch("tiny-cluster", [str(good), str(bad), str(archive)])
+    assert table["file"].tolist() == ["red.png", "fake.png", "more.zip:a/blue.png", "more.zip:evil.png"]
+    assert table["cluster"].tolist()[1] == "(unreadable)"
+    assert counts["images"].sum() == 3 and list(counts["cluster"]) == ["cluster 0", "cluster 1", "cluster 2"]
+    with open(csv_path) as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 4 and rows[0]["file"] == "red.png"
+
+
+def test_cluster_names_exemplars_and_rename(models, model_dir):
+    names, picker = app.cluster_names("tiny-cluster")
+    assert names["name"].tolist() == ["cluster 0", "cluster 1", "cluster 2"]
+    gallery = app.exemplar_gallery("tiny-cluster", picker["value"])
+    assert all(isinstance(img, Image.Image) for img, _ in gallery)
+    renamed = pd.DataFrame({"cluster": [0, 1, 2], "name": ["red things", "blue things", "others"]})
+    message, picker = app.save_cluster_names("tiny-cluster", renamed)
+    assert picker["choices"] == ["red things", "blue things", "others"]
+    labels, _ = app.classify("tiny-cluster", Image.new("RGB", (8, 8)))
+    assert set(labels) == {"red things", "blue things", "others"}
+    with pytest.raises(gr.Error):
+        app.save_cluster_names("tiny-cluster", pd.DataFrame({"cluster": [0], "name": ["too few"]}))
+    app.save_cluster_names("tiny-cluster", pd.DataFrame({"cluster": [0, 1, 2], "name": ["cluster 0", "cluster 1", "cluster 2"]}))
+
+
+def test_training_job_end_to_end(models):
+    outputs = list(app.start_training("shapes", None, "", "dcgan", 6, 4, 2e-4, 32, 3, 10, "my-run"))
+    summary, losses, _, zip_path = outputs[-1]
+    assert "done" in summary and zip_path.endswith("my-run.zip")
+    assert set(losses["loss"]) <= {"loss_d", "loss_g"}
+    assert "my-run" in app.model_choices("dcgan")
+    with zipfile.ZipFile(zip_path) as z:
+        assert "my-run/config.json" in z.namelist()
+    grid, _ = _sample("my-run", count=2)
+    assert grid.size == (2 * 34 + 2, 34 + 2)
+    updates = app.refresh_pickers("my-run", None, None)
+    assert "my-run" in updates[0]["choices"] and updates[0]["value"] == "my-run"
+
+
+def test_one_job_at_a_time_and_stop(models):
+    gen = app.start_training("shapes", None, "", "dcgan", 100000, 4, 2e-4, 32, 3, 10, "long-run")
+    next(gen)
+    try:
+        while app.JOB.status().step == 0:  # past the data loading: it has trained a few steps
+            next(gen)
+        with pytest.raises(gr.Error, match="Another training job"):
+            next(app.start_training("shapes", None, "", "dcgan", 5, 4, 2e-4, 32, 3, 10, "second"))
+        assert "Stopping" in app.stop_training()
+        status = app.JOB.wait(120)
+        assert status.state == "stopped" and status.model_dir is not None
+    finally:
+        app.JOB.stop()
+        app.JOB.wait(120)
+    assert app.stop_training() == "No training job is running."
+
+
+def test_training_inputs_are_checked(models):
+    with pytest.raises(gr.Error):
+        next(app.start_training("upload", None, "", "dcgan", 5, 4, 2e-4, 32, 3, 10, ""))
+    with pytest.raises(gr.Error):
+        next(app.start_training("shapes", None, "", "dcgan", -5, 4, 2e-4, 32, 3, 10, ""))
+    with pytest.raises(gr.Error):
+        next(app.start_training("shapes", None, "", "dcgan", 5, 4, 2e-4, 32, 3, 10, "../escape"))
+    with pytest.raises(gr.Error):
+        app.push_to_hub("user/name", "", True)  # nothing trained, no token: refused before any network
+
+
+def test_training_on_uploaded_images(models, tmp_path):
+    archive = tmp_path / "imgs.zip"
+    with zipfile.ZipFile(archive, "w") as z:
+        for i in range(6):
+            z.writestr(f"{i}.png", _png((40 * i, 100, 200)))
+    outputs = list(app.start_training("upload", [str(archive)], "", "dcgan", 3, 4, 2e-4, 32, 3, 10, "uploaded"))
+    assert "done" in outputs[-1][0]
+
+
+def test_app_builds_with_every_api_name(models):
     demo = app.build()
-    assert demo is not None
+    names = {dep.get("api_name") for dep in demo.config["dependencies"] if dep.get("api_visibility", "public") == "public"}
+    assert {"train", "stop", "sample", "interpolate", "blobs", "edit_blob", "invert", "classify",
+            "classify_batch"} <= names
 
 
 def test_bundled_default_checkpoint_is_shipped_and_loads():
-    folder = app.ROOT / "checkpoints" / app.DEFAULT_MODEL
-    if not folder.exists():
-        pytest.fail("the bundled default checkpoint is missing")
+    folder = app.ROOT / "checkpoints" / app.DEFAULTS["sample"]
+    assert folder.exists(), "the bundled default checkpoint is missing"
     for f in folder.glob("*.safetensors"):
         assert f.stat().st_size < 10 * 2**20, f
     assert (folder / "README.md").exists()

@@ -536,7 +536,8 @@ def build() -> gr.Blocks:
 
         with gr.Tab("Sample", id="sample"):
             with gr.Row():
-                s_model = gr.Dropdown(sample_choices, value=_default("sample", sample_choices), label="Model")
+                s_model = gr.Dropdown(sample_choices, value=_default("sample", sample_choices), label="Model",
+                                      allow_custom_value=True)
                 seed = gr.Number(value=0, precision=0, label="Seed")
                 dice = gr.Button("Random seed", scale=0)
                 count = gr.Slider(1, 64, value=16, step=1, label="Images")
@@ -562,7 +563,8 @@ def build() -> gr.Blocks:
 
         with gr.Tab("Blobs", id="blobs"):
             with gr.Row():
-                b_model = gr.Dropdown(blob_choices, value=_default("blobs", blob_choices), label="BlobGAN model")
+                b_model = gr.Dropdown(blob_choices, value=_default("blobs", blob_choices), label="BlobGAN model",
+                                      allow_custom_value=True)
                 b_seed = gr.Number(value=0, precision=0, label="Seed")
                 b_go = gr.Button("Sample a layout", variant="primary")
             with gr.Row():
@@ -585,7 +587,8 @@ def build() -> gr.Blocks:
             layout = gr.JSON(label="Layout", visible=False)
 
         with gr.Tab("Classify", id="classify"):
-            c_model = gr.Dropdown(classify_choices, value=_default("classify", classify_choices), label="Cluster model")
+            c_model = gr.Dropdown(classify_choices, value=_default("classify", classify_choices), label="Cluster model",
+                                  allow_custom_value=True)
             with gr.Row():
                 c_image = gr.Image(label="One image", type="pil")
                 with gr.Column():

@@ -32,8 +32,8 @@ def _border_median(x: torch.Tensor) -> torch.Tensor:
     return edge.median(-1).values[..., None, None]
 
 
-def object_mask(x: torch.Tensor, spread: float = 0.45) -> torch.Tensor:
-    """Images (N, C, H, W) in [-1, 1] of one object on a flat background -> (N, 1, H, W) masks in
+def object_mask(x: torch.Tensor, spread: float = 0.45, size: Optional[int] = None) -> torch.Tensor:
+    """Images (N, C, H, W) in [-1, 1] of one object on a flat background -> (N, 1, size, size) masks in
     [-1, 1], free of colour, polarity, position and size:
     - the mask is each pixel's colour distance from the background (the border's median colour),
       divided by the image's largest distance;
@@ -53,16 +53,17 @@ def object_mask(x: torch.Tensor, spread: float = 0.45) -> torch.Tensor:
     scale = var.clamp_min(1e-4).sqrt() / spread
     zero = torch.zeros_like(scale)
     theta = torch.stack([torch.stack([scale, zero, cx], 1), torch.stack([zero, scale, cy], 1)], 1)
-    grid = F.affine_grid(theta, [n, 1, h, w], align_corners=False)
+    grid = F.affine_grid(theta, [n, 1, size or h, size or w], align_corners=False)
     return F.grid_sample(m, grid, mode="bilinear", padding_mode="zeros", align_corners=False) * 2 - 1
 
 
 class ClusterDiscriminator(nn.Module):
     def __init__(self, cfg: ClusterConfig):
         super().__init__()
-        self.input_transform = cfg.input_transform
-        channels = 1 if cfg.input_transform == "mask" else cfg.channels
-        base = dcgan.Discriminator(DCGANConfig(image_size=cfg.image_size, channels=channels, ndf=cfg.ndf))
+        self.input_transform, self.mask_size = cfg.input_transform, cfg.mask_size
+        masked = cfg.input_transform == "mask"
+        base = dcgan.Discriminator(DCGANConfig(image_size=cfg.mask_size if masked else cfg.image_size,
+                                               channels=1 if masked else cfg.channels, ndf=cfg.ndf))
         self.trunk = base.main[:-2]  # the seed's convs, ending at (N, ndf*mult, 4, 4)
         self.adv = base.main[-2]  # Conv(ndf*mult, 1, 4, 1, 0): real/fake logit
         width = base.main[-2].in_channels * 16
@@ -78,7 +79,7 @@ class ClusterDiscriminator(nn.Module):
 
     def prepare(self, x: torch.Tensor) -> torch.Tensor:
         """The fixed input layer: the images themselves, or their object masks."""
-        return object_mask(x).to(x.dtype) if self.input_transform == "mask" else x
+        return object_mask(x, size=self.mask_size).to(x.dtype) if self.input_transform == "mask" else x
 
     def forward(self, x: torch.Tensor, logits: bool = False, heads: bool = False):
         h = self.trunk(self.prepare(x))
@@ -110,6 +111,8 @@ def view_sides(cfg: ClusterConfig) -> list[float]:
     They are views the heads were trained to agree on, so no label or test data picks them."""
     smallest = min(1.0, math.sqrt(cfg.aug_scale_min))
     n = max(1, int(cfg.predict_views))
+    if cfg.input_transform == "mask":  # the mask is centred and scaled already; a crop could cut the object
+        return [1.0]
     if n == 1 or smallest >= 1.0:
         return [1.0]
     return [1.0 - (1.0 - smallest) * i / (n - 1) for i in range(n)]

@@ -69,6 +69,7 @@ class ClusterConfig:
     # centred and scaled to a fixed spread, so colour, polarity, position and size cannot decide a
     # cluster (for one object on a flat background, like the built-in shapes). "none": the pixels.
     input_transform: str = "none"
+    mask_size: int = 32  # with "mask": the side of the mask D's trunk reads (taken from the full-size image)
     predict_views: int = 3  # prediction averages the image and centred crops spanning the training crop range
 
 
@@ -196,6 +197,8 @@ def validate(cfg: RunConfig) -> RunConfig:
             raise ValueError(f"model.aug_colour must be jitter or remap, not {m.aug_colour!r}")
         if m.input_transform not in ("none", "mask"):
             raise ValueError(f"model.input_transform must be none or mask, not {m.input_transform!r}")
+        if m.input_transform == "mask" and m.mask_size not in IMAGE_SIZES:
+            raise ValueError(f"model.mask_size must be one of {IMAGE_SIZES}, not {m.mask_size!r}")
         if m.objective not in ("iic", "catgan", "none"):
             raise ValueError(f"model.objective must be iic, catgan or none, not {m.objective!r}")
         if m.cluster_names is not None and len(m.cluster_names) != m.k:

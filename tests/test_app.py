@@ -19,6 +19,7 @@ from gan_core.config import BlobGANConfig, ClusterConfig, DataConfig, DCGANConfi
 from gan_core.jobs import TrainingJob
 from gan_core.train import train
 
+N_SLIDERS_ZERO = (0,) * app.N_SLIDERS
 TINY_BLOBGAN = dict(nz=8, ngf=4, ndf=4, blobs=3, feature_dim=8, style_dim=8, layout_hidden=16, encoder_ndf=4)
 
 

@@ -1,0 +1,78 @@
+"""The app served for real (prevent_thread_lock) and called through gradio_client at every public
+api name, on tiny models (see test_app.py's fixtures)."""
+import zipfile
+
+import pytest
+from PIL import Image
+
+import app
+from gan_core import checkpoint as ckpt
+
+from test_app import N_SLIDERS_ZERO, model_dir, models  # noqa: F401  (fixtures)
+
+gradio_client = pytest.importorskip("gradio_client")
+
+
+@pytest.fixture
+def client(models, tmp_path):
+    demo = app.build()
+    demo.queue().launch(prevent_thread_lock=True, server_name="127.0.0.1", quiet=True, show_error=True)
+    try:
+        yield gradio_client.Client(demo.local_url, verbose=False, download_files=str(tmp_path / "downloads"))
+    finally:
+        demo.close()
+
+
+def test_every_public_endpoint(client, tmp_path):
+    api = client.view_api(print_info=False, return_format="dict")["named_endpoints"]
+    for name in ("/train", "/stop", "/sample", "/interpolate", "/blobs", "/edit_blob", "/invert", "/classify",
+                 "/classify_batch"):
+        assert name in api, name
+
+    grid, gallery = client.predict("tiny-dcgan", 1, 4, 1.0, "random", False, True, *N_SLIDERS_ZERO, api_name="/sample")
+    with Image.open(grid) as im:
+        assert im.size == (4 * 34 + 2, 34 + 2)
+    assert len(gallery) == 4
+
+    strip, gif = client.predict("tiny-dcgan", 1, 2, 3, 1.0, "random", api_name="/interpolate")
+    with Image.open(strip) as im:
+        assert im.size == (3 * 34 + 2, 34 + 2)
+    with Image.open(gif) as im:
+        assert im.format == "GIF"
+
+    image, bmap, ellipses, layout, blob = client.predict("tiny-blobgan", 0, api_name="/blobs")
+    assert set(layout) >= {"xy", "ab", "angle", "size", "phi", "psi", "bg_phi", "bg_psi"} and blob["value"] == 0
+    *_, moved, blob = client.predict("tiny-blobgan", layout, 1, "move", 0.2, 0.0, 0, 0, 1, api_name="/edit_blob")
+    assert moved["xy"][0][1][0] == pytest.approx(min(1.0, layout["xy"][0][1][0] + 0.2), abs=1e-3) and blob["value"] == 1
+
+    photo = tmp_path / "photo.png"
+    Image.new("RGB", (70, 50), (250, 200, 0)).save(photo)
+    *_, inverted, _ = client.predict("tiny-blobgan", gradio_client.handle_file(str(photo)), api_name="/invert")
+    assert len(inverted["xy"][0]) == 3
+
+    label, top = client.predict("tiny-cluster", gradio_client.handle_file(str(photo)), api_name="/classify")
+    assert {c["label"] for c in label["confidences"]} == {"cluster 0", "cluster 1", "cluster 2"}
+    assert label["label"] in {"cluster 0", "cluster 1", "cluster 2"} and top.startswith("1.")
+
+    table, counts, csv_file = client.predict("tiny-cluster", [gradio_client.handle_file(str(photo))] * 2,
+                                             api_name="/classify_batch")
+    assert len(table["data"]) == 2 and sum(row[1] for row in counts["data"]) == 2
+    assert open(csv_file).read().startswith("file,cluster,confidence")
+
+    summary, losses, sample, checkpoint_zip = client.predict(
+        "shapes", None, "", "dcgan", 4, 4, 2e-4, 32, 3, 10, "from-api", api_name="/train")
+    assert "done" in summary
+    with zipfile.ZipFile(checkpoint_zip) as z:
+        z.extractall(tmp_path / "unzipped")
+    cfg, g, _, _ = ckpt.load_models(tmp_path / "unzipped" / "from-api")
+    assert cfg.model.kind == "dcgan"
+    assert client.predict(api_name="/stop") == "No training job is running."
+    # A model trained after the page was built is callable at once.
+    grid, _ = client.predict("from-api", 1, 2, 1.0, "random", False, False, *N_SLIDERS_ZERO, api_name="/sample")
+    with Image.open(grid) as im:
+        assert im.size == (2 * 34 + 2, 34 + 2)
+
+
+def test_errors_reach_the_client_as_one_line(client):
+    with pytest.raises(Exception, match="Unknown model .nope."):
+        client.predict("nope", 1, 4, 1.0, "random", False, False, *N_SLIDERS_ZERO, api_name="/sample")

@@ -548,9 +548,9 @@ def build() -> gr.Blocks:
                 with gr.Row():
                     sliders = [gr.Slider(-3, 3, value=0, step=0.1, label=f"direction {i + 1}") for i in range(N_SLIDERS)]
             with gr.Row():
-                go = gr.Button("Sample", variant="primary")
+                go = gr.Button("Sample", variant="primary", elem_id="sample-button")
                 as_gallery = gr.Checkbox(value=False, label="Also as a gallery")
-            grid = gr.Image(label="Samples", type="pil", format="png", interactive=False)
+            grid = gr.Image(label="Samples", type="pil", format="png", interactive=False, elem_id="sample-grid")
             gallery = gr.Gallery(label="Images", columns=8, visible=True)
             with gr.Accordion("Interpolate between two seeds", open=False):
                 with gr.Row():
@@ -566,9 +566,10 @@ def build() -> gr.Blocks:
                 b_model = gr.Dropdown(blob_choices, value=_default("blobs", blob_choices), label="BlobGAN model",
                                       allow_custom_value=True)
                 b_seed = gr.Number(value=0, precision=0, label="Seed")
-                b_go = gr.Button("Sample a layout", variant="primary")
+                b_go = gr.Button("Sample a layout", variant="primary", elem_id="blobs-button")
             with gr.Row():
-                b_image = gr.Image(label="Image (click a blob to pick it)", type="pil", interactive=False)
+                b_image = gr.Image(label="Image (click a blob to pick it)", type="pil", interactive=False,
+                                   elem_id="blob-image")
                 b_map = gr.Image(label="Blob map", type="pil", interactive=False)
                 b_ellipses = gr.Image(label="Blobs", type="pil", interactive=False)
             with gr.Row():
@@ -580,7 +581,7 @@ def build() -> gr.Blocks:
                 ds = gr.Slider(-4, 4, value=1.0, step=0.1, label="size change")
                 depth = gr.Slider(0, 7, value=7, step=1, label="depth (slot)")
                 style_seed = gr.Number(value=1, precision=0, label="style from seed")
-            apply = gr.Button("Apply edit")
+            apply = gr.Button("Apply edit", elem_id="apply-edit")
             with gr.Row():
                 to_invert = gr.Image(label="Invert an image into a layout", type="pil")
                 b_invert = gr.Button("Invert")
@@ -590,16 +591,17 @@ def build() -> gr.Blocks:
             c_model = gr.Dropdown(classify_choices, value=_default("classify", classify_choices), label="Cluster model",
                                   allow_custom_value=True)
             with gr.Row():
-                c_image = gr.Image(label="One image", type="pil")
+                c_image = gr.Image(label="One image", type="pil", elem_id="classify-image")
                 with gr.Column():
-                    c_label = gr.Label(num_top_classes=3, label="Cluster")
+                    c_label = gr.Label(num_top_classes=3, label="Cluster", elem_id="classify-label")
                     c_top = gr.Markdown()
-            c_go = gr.Button("Classify", variant="primary")
+            c_go = gr.Button("Classify", variant="primary", elem_id="classify-button")
             c_files = gr.File(label="Many images or zips", file_count="multiple")
             c_batch = gr.Button("Classify all")
             with gr.Row():
-                c_table = gr.Dataframe(label="Per image", interactive=False)
-                c_counts = gr.Dataframe(label="Per cluster", interactive=False)
+                c_table = gr.Dataframe(headers=["file", "cluster", "confidence", "top 3"], label="Per image",
+                                       interactive=False)
+                c_counts = gr.Dataframe(headers=["cluster", "images"], label="Per cluster", interactive=False)
             c_csv = gr.File(label="Assignments (CSV)", interactive=False)
             with gr.Accordion("Clusters: exemplars and names", open=False):
                 with gr.Row():

@@ -1,0 +1,92 @@
+"""The app in a real browser: Playwright driving Debian's chromium (installed by .ci/run). Opens each
+tab, samples, moves a blob, uploads an image to Classify and sees a result; saves a screenshot of
+each tab to $GANLAB_SCREENSHOTS (default: the test's temporary folder; the README's pictures come
+from `GANLAB_SCREENSHOTS=docs/screenshots pytest tests/test_browser.py`).
+
+The bundled checkpoints are used where they exist; a tiny BlobGAN stands in until one is bundled."""
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+import app
+
+from test_app import model_dir  # noqa: F401  (fixture)
+
+sync_api = pytest.importorskip("playwright.sync_api")
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="no chromium (apt-get install chromium)")
+
+
+@pytest.fixture
+def served(model_dir, tmp_path, monkeypatch):  # noqa: F811
+    bundled = app.ROOT / "checkpoints"
+    folder = tmp_path / "checkpoints"
+    folder.mkdir()
+    for p in bundled.iterdir():
+        if (p / "config.json").exists():
+            (folder / p.name).symlink_to(p)
+    if not any(app.model_kind(str(p)) == "blobgan" for p in folder.iterdir()):
+        (folder / "scenes-blobgan").symlink_to(model_dir / "checkpoints" / "tiny-blobgan")
+    monkeypatch.setattr(app, "CHECKPOINTS", folder)
+    monkeypatch.setattr(app, "JOB", app.jobs.TrainingJob(tmp_path / "work"))
+    app._load.cache_clear()
+    demo = app.build()
+    demo.queue().launch(prevent_thread_lock=True, server_name="127.0.0.1", quiet=True)
+    try:
+        yield demo.local_url
+    finally:
+        demo.close()
+        app._load.cache_clear()
+
+
+def _img_src(page, elem_id: str) -> str | None:
+    img = page.locator(f"#{elem_id} img")
+    return img.first.get_attribute("src") if img.count() else None
+
+
+def test_each_tab_in_chromium(served, tmp_path):
+    shots = Path(os.environ.get("GANLAB_SCREENSHOTS", tmp_path / "screenshots"))
+    shots.mkdir(parents=True, exist_ok=True)
+    photo = tmp_path / "photo.png"
+    Image.new("RGB", (64, 64), (240, 240, 240)).save(photo)
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
+        page = browser.new_page(viewport={"width": 1280, "height": 1000})
+        page.goto(served)
+        page.get_by_role("tab", name="Sample").click()
+        page.wait_for_function("() => document.querySelector('#sample-grid img') !== null", timeout=60_000)
+        first = _img_src(page, "sample-grid")
+        page.locator("#sample-grid").scroll_into_view_if_needed()
+        page.get_by_label("Seed").first.fill("7")
+        page.locator("#sample-button").click()
+        page.wait_for_function(f"() => document.querySelector('#sample-grid img').src !== {first!r}", timeout=60_000)
+        page.screenshot(path=str(shots / "sample.png"), full_page=True)
+
+        page.get_by_role("tab", name="Blobs").click()
+        page.locator("#blobs-button").click()
+        page.wait_for_function("() => document.querySelector('#blob-image img') !== null", timeout=60_000)
+        before = _img_src(page, "blob-image")
+        page.locator("#apply-edit").click()  # "move" by dx = 0.1 is the default edit
+        page.wait_for_function(f"() => document.querySelector('#blob-image img').src !== {before!r}", timeout=60_000)
+        page.screenshot(path=str(shots / "blobs.png"), full_page=True)
+
+        page.get_by_role("tab", name="Classify").click()
+        page.locator("#classify-image input[type=file]").set_input_files(str(photo))
+        page.wait_for_function("() => document.querySelector('#classify-image img') !== null", timeout=60_000)
+        page.locator("#classify-button").click()
+        label = page.locator("#classify-label")
+        label.get_by_text("%").first.wait_for(timeout=60_000)  # the confidence bars
+        names = app.load(app._default("classify", app.model_choices("cluster")), "cluster")[3].names
+        assert any(name in label.inner_text() for name in names)
+        page.screenshot(path=str(shots / "classify.png"), full_page=True)
+
+        page.get_by_role("tab", name="Train").click()
+        page.get_by_text("No training job yet.").wait_for(timeout=30_000)
+        page.screenshot(path=str(shots / "train.png"), full_page=True)
+        browser.close()
+    for name in ("sample", "blobs", "classify", "train"):
+        assert (shots / f"{name}.png").stat().st_size > 10_000
+

@@ -1,9 +1,10 @@
+import numpy as np
 import pytest
 import torch
 
 from gan_core import checkpoint as ckpt
 from gan_core import cluster, metrics
-from gan_core.config import ClusterConfig, DataConfig, RunConfig, TrainConfig
+from gan_core.config import ClusterConfig, DataConfig, RunConfig, TrainConfig, validate
 from gan_core.data import ImageDataset
 from gan_core.latent import latent_dim, make_latent
 from gan_core.train import train
@@ -328,3 +329,46 @@ def test_evaluate_clustering_on_a_class_folder_and_idx_files(tmp_path):
         assert {"acc", "nmi", "ari", "n", "k", "kmeans_acc", "kmeans_nmi"} <= set(result)
         assert result["n"] == n and result["k"] == k and result["method"].startswith(method)
         assert 0 <= result["acc"] <= 1 and 0 <= result["kmeans_acc"] <= 1
+
+
+def _rect(box, fg, bg, size=64):
+    from PIL import Image, ImageDraw
+
+    img = Image.new("RGB", (size, size), bg)
+    ImageDraw.Draw(img).rectangle(box, fill=fg)
+    return torch.from_numpy(np.array(img)).permute(2, 0, 1).float()[None] / 127.5 - 1
+
+
+def _square(cx, cy, half, fg, bg, size=64):
+    return _rect([cx - half, cy - half, cx + half, cy + half], fg, bg, size)
+
+
+def test_object_mask_ignores_colour_polarity_position_and_size():
+    a = cluster.object_mask(_square(20, 20, 8, (220, 30, 30), (20, 20, 200)), size=32)
+    b = cluster.object_mask(_square(40, 36, 14, (0, 0, 0), (250, 250, 250)), size=32)  # dark on light, bigger, elsewhere
+    assert a.shape == (1, 1, 32, 32) and a.min() >= -1 and a.max() <= 1
+    assert (a - b).abs().mean() < 0.05, (a - b).abs().mean()
+    # ... but not the shape: a bar is far from the square
+    bar = _rect([28, 8, 36, 56], (255, 255, 255), (0, 0, 0))
+    assert (a - cluster.object_mask(bar, size=32)).abs().mean() > 0.1
+    # centred: the mask's centre of mass is the image centre
+    m = (a[0, 0] + 1) / 2
+    coords = torch.arange(32) + 0.5
+    assert abs(float((m.sum(0) * coords).sum() / m.sum()) - 16) < 0.5
+    assert abs(float((m.sum(1) * coords).sum() / m.sum()) - 16) < 0.5
+
+
+def test_mask_discriminator_reads_one_channel_at_mask_size():
+    cfg = ClusterConfig(nz=8, ngf=8, ndf=8, k=4, overcluster=8, subheads=2, image_size=64, channels=3,
+                        input_transform="mask", mask_size=32)
+    g, d = cluster.build(cfg)
+    assert d.trunk[0].in_channels == 1
+    x = g(make_latent(cfg, 3, torch.Generator().manual_seed(0)))
+    assert x.shape == (3, 3, 64, 64)
+    adv, clusters, _ = d(x, logits=True, heads=True)
+    assert adv.shape == (3,) and clusters.shape == (2, 3, 4)
+    assert cluster.view_sides(cfg) == [1.0]
+    with pytest.raises(ValueError, match="mask_size"):
+        validate(RunConfig(model=ClusterConfig(input_transform="mask", mask_size=48)))
+    with pytest.raises(ValueError, match="input_transform"):
+        validate(RunConfig(model=ClusterConfig(input_transform="edges")))

@@ -196,10 +196,31 @@ def read_config(folder: str | Path) -> tuple[config_mod.RunConfig, dict]:
     return cfg, meta
 
 
+PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".pkl", ".pickle", ".ckpt")
+
+
+def _pickle_like(file: Path) -> bool:
+    """A pickle (protocol 2+ starts with 0x80) or a torch.save zip, whatever the file's name."""
+    try:
+        with open(file, "rb") as f:
+            head = f.read(4)
+    except OSError:
+        return False
+    return head[:1] == b"\x80" or head == b"PK\x03\x04"
+
+
 def load_weights(module: nn.Module, file: Path) -> None:
-    """Load a safetensors file into `module`, refusing missing, extra or mis-shaped tensors."""
+    """Load a safetensors file into `module`, refusing missing, extra or mis-shaped tensors, and any
+    pickle (GAN Lab never unpickles: a pickle can run code when loaded)."""
     if not file.exists():
+        pickles = [p.name for p in file.parent.glob(file.stem + ".*") if p.suffix in PICKLE_SUFFIXES]
+        if pickles:
+            raise CheckpointError(f"{file.parent} has {pickles[0]} (a pickle) but no {file.name}: GAN Lab loads "
+                                  "only safetensors, never pickles (convert it with safetensors.torch.save_file)")
         raise CheckpointError(f"missing {file.name} in {file.parent}")
+    if _pickle_like(file):
+        raise CheckpointError(f"{file} is a pickle (torch.save) file, not safetensors: refused, since loading a "
+                              "pickle can run code")
     try:
         tensors = load_file(str(file))
     except Exception as e:  # noqa: BLE001 - safetensors raises its own error type on a damaged file

@@ -84,7 +84,16 @@ def test_pickles_are_never_loaded(tmp_path):
     folder = ckpt.resolve(tmp_path / "run")
     (folder / "generator.safetensors").unlink()
     torch.save({"evil": 1}, folder / "generator.pt")
-    with pytest.raises(ckpt.CheckpointError, match="missing generator.safetensors"):
+    with pytest.raises(ckpt.CheckpointError, match="generator.pt .a pickle. but no generator.safetensors"):
+        ckpt.load_models(folder, ema=False)
+    # A pickle renamed to .safetensors is recognised and refused before anything reads it.
+    (folder / "generator.pt").rename(folder / "generator.safetensors")
+    with pytest.raises(ckpt.CheckpointError, match="is a pickle"):
+        ckpt.load_models(folder, ema=False)
+    import pickle
+
+    (folder / "generator.safetensors").write_bytes(pickle.dumps({"evil": 1}))
+    with pytest.raises(ckpt.CheckpointError, match="is a pickle"):
         ckpt.load_models(folder, ema=False)
 
 

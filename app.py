@@ -414,9 +414,12 @@ def _run_config(dataset, upload, text, kind, steps, batch, lr, size, channels, k
                 raise DataError("none of the uploaded files could be read as an image")
             return ImageDataset(images=images, skipped=int((~ok).sum()))
     elif dataset == "Hub dataset":
-        if not (text or "").strip():
+        repo = (text or "").strip()
+        if not repo:
             raise gr.Error("Type a Hub dataset id, e.g. user/name.")
-        data.source, data.path = "hub", text.strip()
+        if PUBLIC and (repo.startswith((".", "/", "~")) or ".." in repo or "\\" in repo or repo.count("/") > 1):
+            raise gr.Error("Public mode takes Hub dataset ids (user/name) only, not server paths.")
+        data.source, data.path = "hub", repo
     elif dataset == "parquet path" and not PUBLIC:
         if not (text or "").strip():
             raise gr.Error("Type the path of a parquet file or folder.")

@@ -270,3 +270,17 @@ def test_bundled_default_checkpoint_is_shipped_and_loads():
     cfg, g, d, meta = ckpt.load_models(folder)
     x = g(torch.randn(2, cfg.model.nz))
     assert x.shape == (2, 3, cfg.data.image_size, cfg.data.image_size) and torch.isfinite(x).all()
+
+
+def test_public_mode_refuses_server_paths_and_long_jobs(models, monkeypatch):
+    monkeypatch.setattr(app, "PUBLIC", True)
+    for dataset, text in (("Hub dataset", "/etc"), ("Hub dataset", "../x/y"), ("Hub dataset", "a/b/c"),
+                          ("parquet path", "/tmp/data.parquet")):
+        with pytest.raises(gr.Error):
+            app._run_config(dataset, None, text, "dcgan", 10, 4, 2e-4, 32, 3, 10)
+    with pytest.raises(gr.Error, match="Steps"):
+        app._run_config("shapes", None, "", "dcgan", 50_000, 4, 2e-4, 32, 3, 10)
+    cfg, _ = app._run_config("Hub dataset", None, "user/name", "dcgan", 10, 4, 2e-4, 32, 3, 10)
+    assert cfg.data.source == "hub" and cfg.data.path == "user/name"
+    with pytest.raises(gr.Error, match="public mode"):
+        app.save_cluster_names("tiny-cluster", pd.DataFrame({"cluster": [0, 1, 2], "name": ["a", "b", "c"]}))

@@ -69,6 +69,7 @@ def main(argv=None) -> dict:
     p.add_argument("--device", default="auto")
     p.add_argument("--out", required=True, help="run folder")
     p.add_argument("--export", default=None, help="write the last checkpoint, fp16, as this .tar")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     p.add_argument("--model", nargs="*", default=[], metavar="KEY=VALUE",
                    help="other ClusterConfig fields, e.g. input_transform=mask aug_rotate_deg=180")
     args = p.parse_args(argv)
@@ -105,7 +106,8 @@ def main(argv=None) -> dict:
         data=data,
         train=TrainConfig(steps=args.steps, batch_size=args.batch, lr=args.lr, seed=args.seed, device=str(device),
                           ema_decay=args.ema, log_every=100, sample_every=10**6,
-                          checkpoint_every=args.checkpoint_every, keep_checkpoints=1000, out_dir=args.out))
+                          checkpoint_every=args.checkpoint_every, keep_checkpoints=1000, out_dir=args.out,
+                          resume=args.resume))
     validate(cfg)
     train_set = load_dataset(data)
     deadline = time.time() + args.minutes * 60 if args.minutes else None

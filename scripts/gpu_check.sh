@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # GPU checks in one go, about 8.5 minutes on one H100/H200:  scripts/gpu_check.sh OUT_DIR
 #  1. GPU to itself: the CUDA benchmark at batch 128 (reference vs fast), then fast + torch.compile.
-#  2. Side by side until one deadline: Fashion-MNIST clustering runs (scripts/cluster_run.py; three
-#     seeds of batch 256 with 2 IIC views per image, and the batch-64 recipe), a BlobGAN on scenes
+#  2. Side by side until one deadline: clustering runs (scripts/cluster_run.py, batch 256, 2 IIC views
+#     per image: Fashion-MNIST seed 1, and three seeds of built-in shapes at 64 px with the mask input), a BlobGAN on scenes
 #     (then its inversion encoder and scripts/evaluate_blobs.py), the CUDA tests, and a short CUDA
 #     training of the default DCGAN.
 #  3. Each clustering run scores its checkpoints on the test split and exports its last one (fp16 .tar).
 # OUT_DIR gets at most 8 files (the device tool's limit): results.jsonl (one JSON object per part),
-# logs.tar.gz (logs, the DCGAN run's samples and fp16 checkpoint), fmnist_*.tar and scenes_blobgan.tar.
+# logs.tar.gz (logs, the DCGAN run's samples and fp16 checkpoint), fmnist_*.tar, shapes_*.tar and
+# scenes_blobgan.tar.
 # Needs only torch, torchvision, numpy, pillow, safetensors, scipy, scikit-learn, tqdm and pytest (the
 # lent GPU image has them); no Hydra. Fashion-MNIST: data/fashion-mnist (git-ignored; send it with the
 # device tool's `carry`) or /usr/share/datasets/fashion-mnist.
@@ -69,8 +70,12 @@ elif [ -e "$FMNIST/t10k-images-idx3-ubyte.gz" ]; then
       --data-path "$FMNIST" --device "$DEV" --minutes "$MINUTES" --checkpoint-every $CK \
       --out "$LOG/runs/$name" --export "$OUT_DIR/$name.tar" "$@" > "$LOG/$name.log" 2>&1
   }
-  for s in 0 1 2; do run_fmnist "fmnist_b256r2_s$s" --seed $s --batch 256 --iic-repeats 2 & pids+=($!); done
-  run_fmnist fmnist_b64_s0 --seed 0 --batch 64 & pids+=($!)
+  # Session 3 ran 7 Fashion-MNIST seeds; now one of those beside three shapes runs with the mask input.
+  run_fmnist fmnist_b256r2_s1 --seed 1 --batch 256 --iic-repeats 2 & pids+=($!)
+  for s in 0 1 2; do
+    run_fmnist "shapes_mask64_s$s" --data-source shapes --channels 3 --image-size 64 --seed $s --batch 256 \
+      --iic-repeats 2 --model input_transform=mask aug_rotate_deg=180 mask_size=32 & pids+=($!)
+  done
 else
   echo "{\"part\": \"fmnist\", \"error\": \"no Fashion-MNIST files at $FMNIST\"}" >> "$RESULTS"
 fi

@@ -101,6 +101,7 @@ class TrainConfig:
     steps: int = 2000
     batch_size: int = 128
     lr: float = 2e-4
+    lr_d: Optional[float] = None  # D's learning rate (None: lr); higher than lr is TTUR (Heusel et al. 2017)
     beta1: float = 0.5
     beta2: float = 0.999
     seed: int = 0
@@ -172,6 +173,7 @@ def validate(cfg: RunConfig) -> RunConfig:
     )
     _check_numbers(
         ("train.lr", t.lr, 1e-8, 1.0),
+        ("train.lr_d", t.lr if t.lr_d is None else t.lr_d, 1e-8, 1.0),
         ("train.beta1", t.beta1, 0.0, 0.9999),
         ("train.beta2", t.beta2, 0.0, 0.99999),
         ("train.ema_decay", t.ema_decay, 0.0, 0.99999),

@@ -104,7 +104,8 @@ def build_models(cfg: config_mod.RunConfig, device: torch.device) -> Models:
     g, d = g.to(device, memory_format=fmt), d.to(device, memory_format=fmt)
     fused = device.type == "cuda"
     opt_g = torch.optim.Adam(g.parameters(), lr=t.lr, betas=(t.beta1, t.beta2), fused=fused)
-    opt_d = torch.optim.Adam(d.parameters(), lr=t.lr, betas=(t.beta1, t.beta2), fused=fused)
+    lr_d = t.lr if t.lr_d is None else t.lr_d  # two time-scale updates (TTUR) when they differ
+    opt_d = torch.optim.Adam(d.parameters(), lr=lr_d, betas=(t.beta1, t.beta2), fused=fused)
     ema = copy.deepcopy(g).eval().requires_grad_(False) if t.ema_decay > 0 else None
     G, D = g, d
     if t.compile:

@@ -10,7 +10,7 @@ from torch import nn
 from gan_core import checkpoint as ckpt
 from gan_core import losses
 from gan_core import train as train_mod
-from gan_core.config import DataConfig, DCGANConfig, RunConfig, TrainConfig
+from gan_core.config import DataConfig, DCGANConfig, RunConfig, TrainConfig, validate
 from gan_core.data import load_dataset
 from safetensors.torch import load_file
 
@@ -157,6 +157,18 @@ def test_precision_choice():
     assert train_mod.resolve_precision("fp32", cpu) is None
     assert train_mod.resolve_precision("bf16", cpu) is torch.bfloat16
     assert train_mod.resolve_precision("auto", cpu) == (torch.bfloat16 if train_mod.cpu_bf16_is_fast() else None)
+
+
+def test_d_learning_rate_defaults_to_g_and_can_differ():
+    cfg = RunConfig(model=DCGANConfig(nz=4, ngf=4, ndf=4), train=TrainConfig(lr=1e-4, device="cpu"))
+    m = train_mod.build_models(cfg, torch.device("cpu"))
+    assert m.opt_g.param_groups[0]["lr"] == m.opt_d.param_groups[0]["lr"] == 1e-4
+    cfg.train.lr_d = 4e-4
+    m = train_mod.build_models(cfg, torch.device("cpu"))
+    assert m.opt_g.param_groups[0]["lr"] == 1e-4 and m.opt_d.param_groups[0]["lr"] == 4e-4
+    cfg.train.lr_d = float("nan")
+    with pytest.raises(ValueError, match="lr_d"):
+        validate(cfg)
 
 
 def test_bf16_autocast_step_runs_and_is_close_to_fp32():

@@ -13,6 +13,7 @@ import functools
 import os
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 # No analytics calls from a local or offline app (set GRADIO_ANALYTICS_ENABLED=True to allow them).
@@ -27,6 +28,9 @@ from gan_core import blobgan, config as config_mod, jobs, latent, viz  # noqa: E
 from gan_core import checkpoint as ckpt  # noqa: E402
 from gan_core.cluster import ClusterModel  # noqa: E402
 from gan_core.data import DataError, decode_items, upload_items  # noqa: E402
+
+# An image over PIL's pixel limit (89 M pixels) is refused rather than decoded: a decompression bomb.
+warnings.simplefilter("error", Image.DecompressionBombWarning)
 
 try:  # ZeroGPU Spaces: each decorated call gets a GPU, in a separate process
     import spaces
@@ -46,6 +50,11 @@ DEFAULTS = {"sample": "shapes-dcgan", "blobs": "scenes-blobgan", "classify": "fa
 N_SLIDERS = 8
 VIEW_SCALE = 4  # blob views are drawn at 4x the model's resolution
 JOB = jobs.TrainingJob(WORK_DIR)
+UNREADABLE = (ValueError, OSError, Image.DecompressionBombError, Image.DecompressionBombWarning)
+
+
+def _one_line(e: Exception) -> str:
+    return (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
 
 
 # ---------------------------------------------------------------- models: one registry for every picker
@@ -271,8 +280,8 @@ def invert_image(model, image):
         raise gr.Error(f"{model} has no inversion encoder.")
     try:
         layout = bm.invert([image]).to("cpu")
-    except (ValueError, OSError) as e:
-        raise gr.Error(f"Could not read that image: {e}") from None
+    except UNREADABLE as e:
+        raise gr.Error(f"Could not read that image: {_one_line(e)}") from None
     return _blob_outputs(bm, layout)
 
 
@@ -300,8 +309,8 @@ def classify(model, image):
     _, _, _, cm = load(model, "cluster")
     try:
         pred = cm.predict([_read_image(image)])
-    except (ValueError, OSError) as e:
-        raise gr.Error(f"Could not read that image: {e}") from None
+    except UNREADABLE as e:
+        raise gr.Error(f"Could not read that image: {_one_line(e)}") from None
     top = "\n".join(f"{i + 1}. **{name}** {p:.1%}" for i, (name, p) in enumerate(pred.top(0, 3)))
     return pred.labels(0), top
 

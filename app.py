@@ -8,6 +8,7 @@ default runs/app), GANLAB_DEVICE, GANLAB_PUBLIC=1 (public mode, see README).
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import functools
 import os
@@ -28,6 +29,7 @@ from gan_core import blobgan, config as config_mod, jobs, latent, viz  # noqa: E
 from gan_core import checkpoint as ckpt  # noqa: E402
 from gan_core.cluster import ClusterModel  # noqa: E402
 from gan_core.data import DataError, decode_items, upload_items  # noqa: E402
+from gan_core.train import resolve_precision  # noqa: E402
 
 # An image over PIL's pixel limit (89 M pixels) is refused rather than decoded: a decompression bomb.
 warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -50,6 +52,9 @@ DEFAULTS = {"sample": "shapes-dcgan", "blobs": "scenes-blobgan", "classify": "fa
 N_SLIDERS = 8
 VIEW_SCALE = 4  # blob views are drawn at 4x the model's resolution
 JOB = jobs.TrainingJob(WORK_DIR)
+# Generators run under bf16 autocast where the hardware is fast at it (about 2.5x on a CPU with
+# AVX512-BF16 for 16 samples); GANLAB_PRECISION=fp32 turns that off.
+AUTOCAST = resolve_precision(os.environ.get("GANLAB_PRECISION", "auto"), torch.device(DEVICE))
 UNREADABLE = (ValueError, OSError, Image.DecompressionBombError, Image.DecompressionBombWarning)
 
 
@@ -92,12 +97,24 @@ def _stamp(source: str) -> float:
     return p.stat().st_mtime if p.exists() else 0.0
 
 
+def painting():
+    """The context generators run in: inference mode, plus bf16 autocast where it is fast."""
+    stack = contextlib.ExitStack()
+    stack.enter_context(torch.inference_mode())
+    if AUTOCAST is not None:
+        stack.enter_context(torch.autocast(device_type=torch.device(DEVICE).type, dtype=AUTOCAST))
+    return stack
+
+
 @functools.lru_cache(maxsize=8)
 def _load(source: str, stamp: float):
     cfg, g, d, meta = ckpt.load_models(source, device=DEVICE)
+    g = g.to(memory_format=torch.channels_last)  # faster convolutions, same results
     kind = cfg.model.kind
     wrapped = (ClusterModel(cfg, g, d, meta["folder"]) if kind == "cluster" else
                blobgan.BlobModel.load(meta["folder"], DEVICE) if kind == "blobgan" else None)
+    if isinstance(wrapped, blobgan.BlobModel):
+        wrapped.g = wrapped.g.to(memory_format=torch.channels_last)
     return cfg, g, d, wrapped
 
 
@@ -171,7 +188,8 @@ def sample_images(model, seed, count, truncation, code, raw_z, gallery, *sliders
         else:
             dirs, stds = _directions(model, _stamp(model_sources()[model]))
             z[:, : cfg.model.nz, 0, 0] += ((alphas[: len(dirs)] * stds)[:, None] * dirs).sum(0)
-    images = latent.generate(g, z.to(next(g.parameters()).device))
+    with painting():
+        images = latent.generate(g, z.to(next(g.parameters()).device))
     grid = viz.image_grid(images, nrow=min(n, 8))
     singles = [viz.image_grid(im[None], nrow=1, padding=0) for im in images] if gallery else None
     return grid, singles
@@ -189,7 +207,8 @@ def interpolate(model, seed_a, seed_b, frames, truncation, code):
     nz = cfg.model.nz
     for i in range(n):
         z[i, :nz, 0, 0] = latent.slerp(a[0, :nz, 0, 0], b[0, :nz, 0, 0], i / (n - 1))
-    images = latent.generate(g, z.to(next(g.parameters()).device))
+    with painting():
+        images = latent.generate(g, z.to(next(g.parameters()).device))
     strip = viz.image_grid(images, nrow=n)
     frames_pil = [viz.image_grid(im[None], nrow=1, padding=0).resize((128, 128), Image.NEAREST) for im in images]
     gif = Path(tempfile.mkdtemp(prefix="ganlab-")) / "interpolation.gif"
@@ -211,7 +230,8 @@ def code_choices(model):
 # ---------------------------------------------------------------- Blobs
 
 def _blob_views(model: blobgan.BlobModel, layout: blobgan.Layout):
-    image = model.render(layout)[0]
+    with painting():
+        image = model.render(layout)[0]
     size = model.cfg.data.image_size
     plain = viz.image_grid(image[None], nrow=1, padding=0).resize((size * VIEW_SCALE,) * 2, Image.NEAREST)
     bmap = viz.blob_map(layout, size=size, scale=VIEW_SCALE)

@@ -243,7 +243,8 @@ def _blob_outputs(model, layout: blobgan.Layout, selected=None):
     plain, bmap, ellipses = _blob_views(model, layout)
     visible = layout.visible()[0].tolist()
     choices = [(f"blob {k}" + ("" if visible[k] else " (hidden)"), k) for k in range(layout.k)]
-    value = selected if selected in range(layout.k) else 0
+    first_visible = next((k for k in range(layout.k) if visible[k]), 0)
+    value = selected if selected in range(layout.k) else first_visible
     return plain, bmap, ellipses, layout.to_dict(), gr.update(choices=choices, value=value)
 
 

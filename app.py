@@ -336,17 +336,22 @@ def classify(model, image):
     return pred.labels(0), top
 
 
+def _uploaded(files) -> list:
+    """Gradio file values (paths or file objects) -> [(name, read bytes)] of their images."""
+    if not files:
+        raise gr.Error("Upload images or a zip of images first.")
+    paths = [f if isinstance(f, str) else getattr(f, "name", f) for f in files]
+    try:
+        return upload_items(paths)
+    except (DataError, OSError) as e:
+        raise gr.Error(str(e)) from None
+
+
 @gpu
 def classify_batch(model, files):
     """Many images (or zips) -> (a row per image, counts per cluster, the rows as a CSV file)."""
     _, _, _, cm = load(model, "cluster")
-    if not files:
-        raise gr.Error("Upload images or a zip of images.")
-    paths = [f if isinstance(f, str) else getattr(f, "name", f) for f in files]
-    try:
-        items = upload_items(paths)
-    except (DataError, OSError) as e:
-        raise gr.Error(str(e)) from None
+    items = _uploaded(files)
     size, channels = cm.cfg.data.image_size, cm.cfg.data.channels
     images, ok = decode_items(items, size, channels)
     if len(images) == 0:
@@ -428,13 +433,7 @@ def _run_config(dataset, upload, text, kind, steps, batch, lr, size, channels, k
     elif dataset == "fashion-mnist":
         data.source, data.path = "idx", str(FMNIST)
     elif dataset == "upload":
-        if not upload:
-            raise gr.Error("Upload images or a zip of images first.")
-        paths = [f if isinstance(f, str) else getattr(f, "name", f) for f in upload]
-        try:
-            items = upload_items(paths)
-        except (DataError, OSError) as e:
-            raise gr.Error(str(e)) from None
+        items = _uploaded(upload)
 
         def dataset_fn():
             from gan_core.data import ImageDataset

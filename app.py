@@ -58,6 +58,13 @@ AUTOCAST = resolve_precision(os.environ.get("GANLAB_PRECISION", "auto"), torch.d
 UNREADABLE = (ValueError, OSError, Image.DecompressionBombError, Image.DecompressionBombWarning)
 
 
+def _scratch() -> Path:
+    """A new folder for one response's files, inside the app's work folder (Gradio serves a copy)."""
+    root = JOB.work_dir / "tmp"
+    root.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix="out-", dir=root))
+
+
 def _one_line(e: Exception) -> str:
     return (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
 
@@ -211,7 +218,7 @@ def interpolate(model, seed_a, seed_b, frames, truncation, code):
         images = latent.generate(g, z.to(next(g.parameters()).device))
     strip = viz.image_grid(images, nrow=n)
     frames_pil = [viz.image_grid(im[None], nrow=1, padding=0).resize((128, 128), Image.NEAREST) for im in images]
-    gif = Path(tempfile.mkdtemp(prefix="ganlab-")) / "interpolation.gif"
+    gif = _scratch() / "interpolation.gif"
     frames_pil[0].save(gif, save_all=True, append_images=frames_pil[1:] + frames_pil[::-1][1:-1], duration=80, loop=0)
     return strip, str(gif)
 
@@ -369,7 +376,7 @@ def classify_batch(model, files):
     table = pd.DataFrame(rows)
     counts = (table[table["cluster"] != "(unreadable)"]["cluster"].value_counts()
               .reindex(cm.names, fill_value=0).rename_axis("cluster").reset_index(name="images"))
-    out = Path(tempfile.mkdtemp(prefix="ganlab-")) / "assignments.csv"
+    out = _scratch() / "assignments.csv"
     with out.open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()

@@ -134,7 +134,7 @@ record blobgan_eval "$LOG/blobgan_eval.log"
 timeout 60 $PY -c "import sys; sys.path.insert(0, '.'); from gan_core.checkpoint import export; export(sys.argv[1], sys.argv[2])" \
   "$LOG/scenes-blobgan" "$LOG/scenes-blobgan-fp16" && tar -cf "$OUT_DIR/scenes_blobgan.tar" -C "$LOG" scenes-blobgan-fp16
 for p in "${pids[@]}"; do wait "$p"; done
-for f in "$LOG"/fmnist_*.log; do [ -e "$f" ] && record "$(basename "$f" .log)" "$f"; done
+for f in "$LOG"/fmnist_*.log "$LOG"/shapes_*.log; do [ -e "$f" ] && record "$(basename "$f" .log)" "$f"; done
 echo "all parts done at $(elapsed) s"
 
 # 3. Pack: logs and small files in one archive (the run folders' full checkpoints stay behind).

@@ -176,23 +176,28 @@ def _load_zip(cfg: DataConfig, progress: Progress) -> ImageDataset:
     except (OSError, zipfile.BadZipFile) as e:
         raise DataError(f"not a readable zip file: {cfg.path} ({e})") from None
     with archive:
-        members = [m for m in archive.infolist()
-                   if not m.is_dir() and m.filename.lower().endswith(IMAGE_EXTENSIONS)
-                   and "__MACOSX" not in m.filename]
-        too_big = [m for m in members if m.file_size > MAX_ZIP_MEMBER_BYTES]
-        members = [m for m in members if m.file_size <= MAX_ZIP_MEMBER_BYTES]
-        if not members:
+        named, too_big = _zip_images(archive)
+        if not named:
             raise DataError(f"no image files in zip {cfg.path}")
-
-        def reader(m: zipfile.ZipInfo):
-            return lambda: archive.read(m)
-
-        # A member name is only used as a label, never as a path; strip anything path-like.
-        named = [("/".join(p for p in m.filename.replace("\\", "/").split("/") if p not in ("", ".", "..")),
-                  reader(m)) for m in members]
         ds = _from_named(named, cfg, progress)
-    ds.skipped += len(too_big)
+    ds.skipped += too_big
     return ds
+
+
+def _zip_images(archive: zipfile.ZipFile) -> tuple[list[tuple[str, Callable[[], bytes]]], int]:
+    """The image members of an open zip as [(label, read bytes)], and how many were skipped for
+    declaring more than MAX_ZIP_MEMBER_BYTES (a zip bomb is never inflated). A member name is only
+    a label, never a path: anything path-like ('..', '/', '\\') is stripped."""
+    named, too_big = [], 0
+    for m in archive.infolist():
+        if m.is_dir() or "__MACOSX" in m.filename or not m.filename.lower().endswith(IMAGE_EXTENSIONS):
+            continue
+        if m.file_size > MAX_ZIP_MEMBER_BYTES:
+            too_big += 1
+            continue
+        label = "/".join(p for p in m.filename.replace("\\", "/").split("/") if p not in ("", ".", ".."))
+        named.append((label, lambda m=m: archive.read(m)))
+    return named, too_big
 
 
 def upload_items(paths: Iterable[str | Path], limit: int = 10_000) -> list[tuple[str, Callable[[], bytes]]]:
@@ -203,14 +208,8 @@ def upload_items(paths: Iterable[str | Path], limit: int = 10_000) -> list[tuple
     for path in paths:
         path = Path(path)
         if zipfile.is_zipfile(path):
-            archive = zipfile.ZipFile(path)
-            for m in archive.infolist():
-                if m.is_dir() or "__MACOSX" in m.filename or not m.filename.lower().endswith(IMAGE_EXTENSIONS):
-                    continue
-                if m.file_size > MAX_ZIP_MEMBER_BYTES:
-                    continue
-                name = "/".join(p for p in m.filename.replace("\\", "/").split("/") if p not in ("", ".", ".."))
-                items.append((f"{path.name}:{name}", lambda a=archive, m=m: a.read(m)))
+            named, _ = _zip_images(zipfile.ZipFile(path))
+            items.extend((f"{path.name}:{label}", read) for label, read in named)
         else:
             items.append((path.name, path.read_bytes))
         if len(items) >= limit:

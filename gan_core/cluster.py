@@ -32,6 +32,22 @@ def _border_median(x: torch.Tensor) -> torch.Tensor:
     return edge.median(-1).values[..., None, None]
 
 
+def _mask_frame(x: torch.Tensor, spread: float):
+    """The object mask of each image in [0, 1] (N, 1, H, W) and its frame: centre of mass (cx, cy) and the
+    scale that maps the RMS radius to `spread`, in affine_grid's [-1, 1] coordinates."""
+    x = x.float()
+    dist = (x - _border_median(x)).pow(2).sum(1, keepdim=True).add(1e-8).sqrt()
+    m = dist / (dist.amax((2, 3), keepdim=True) + 1e-3)
+    _, _, h, w = m.shape
+    ys = (torch.arange(h, device=x.device) * 2 + 1) / h - 1  # pixel centres, as affine_grid places them
+    xs = (torch.arange(w, device=x.device) * 2 + 1) / w - 1
+    weight = m / (m.sum((2, 3), keepdim=True) + 1e-6)
+    cx = (weight.sum(2) * xs).sum((1, 2))
+    cy = (weight.sum(3) * ys).sum((1, 2))
+    var = (weight.sum(2) * (xs - cx[:, None, None]) ** 2).sum((1, 2)) + (weight.sum(3) * (ys - cy[:, None, None]) ** 2).sum((1, 2))
+    return m, cx, cy, var.clamp_min(1e-4).sqrt() / spread
+
+
 def object_mask(x: torch.Tensor, spread: float = 0.45, size: Optional[int] = None) -> torch.Tensor:
     """Images (N, C, H, W) in [-1, 1] of one object on a flat background -> (N, 1, size, size) masks in
     [-1, 1], free of colour, polarity, position and size:
@@ -40,33 +56,69 @@ def object_mask(x: torch.Tensor, spread: float = 0.45, size: Optional[int] = Non
     - it is then resampled so that its centre of mass sits at the image centre and its RMS radius is
       `spread` (in units of half the image side).
     Differentiable in x (the generator learns through it)."""
-    x = x.float()
-    dist = (x - _border_median(x)).pow(2).sum(1, keepdim=True).add(1e-8).sqrt()
-    m = dist / (dist.amax((2, 3), keepdim=True) + 1e-3)
+    m, cx, cy, scale = _mask_frame(x, spread)
     n, _, h, w = m.shape
-    ys = (torch.arange(h, device=x.device) * 2 + 1) / h - 1  # pixel centres, as affine_grid places them
-    xs = (torch.arange(w, device=x.device) * 2 + 1) / w - 1
-    weight = m / (m.sum((2, 3), keepdim=True) + 1e-6)
-    cx = (weight.sum(2) * xs).sum((1, 2))
-    cy = (weight.sum(3) * ys).sum((1, 2))
-    var = (weight.sum(2) * (xs - cx[:, None, None]) ** 2).sum((1, 2)) + (weight.sum(3) * (ys - cy[:, None, None]) ** 2).sum((1, 2))
-    scale = var.clamp_min(1e-4).sqrt() / spread
     zero = torch.zeros_like(scale)
     theta = torch.stack([torch.stack([scale, zero, cx], 1), torch.stack([zero, scale, cy], 1)], 1)
     grid = F.affine_grid(theta, [n, 1, size or h, size or w], align_corners=False)
     return F.grid_sample(m, grid, mode="bilinear", padding_mode="zeros", align_corners=False) * 2 - 1
 
 
+def polar_mask(x: torch.Tensor, spread: float = 0.45, size: Optional[int] = None, rmax: float = 1.0) -> torch.Tensor:
+    """The object mask of `object_mask` read in polar coordinates about its centre of mass: (N, 1, A, R)
+    with A = R = `size` (default: the image side), in [-1, 1]. Row i is the ray at angle 2*pi*i/A
+    clockwise from straight up; column j the radius (j + 0.5) / R * rmax, in the units where the RMS
+    radius is `spread`. A rotation of the object is a roll of the rows, so the shape's outline (corners,
+    arms, holes) becomes a pattern along each row that no orientation changes. Differentiable in x."""
+    m, cx, cy, scale = _mask_frame(x, spread)
+    a = r = size or m.shape[-1]
+    theta = torch.arange(a, device=x.device, dtype=torch.float32) * (2 * math.pi / a)
+    radius = (torch.arange(r, device=x.device, dtype=torch.float32) + 0.5) * (rmax / r)
+    ux, uy = radius[None, :] * theta.sin()[:, None], -radius[None, :] * theta.cos()[:, None]  # (A, R)
+    s = scale[:, None, None]
+    grid = torch.stack([cx[:, None, None] + s * ux, cy[:, None, None] + s * uy], -1)  # (N, A, R, 2)
+    return F.grid_sample(m, grid, mode="bilinear", padding_mode="zeros", align_corners=False) * 2 - 1
+
+
+class AngleCircularConv(nn.Module):
+    """A conv whose input is padded circularly along the rows (the angle of a polar image) and with
+    zeros along the columns (the radius), so features wrap around the full turn."""
+
+    def __init__(self, conv: nn.Conv2d):
+        super().__init__()
+        self.pad = tuple(conv.padding)
+        conv.padding = (0, 0)
+        self.conv = conv
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        ph, pw = self.pad
+        if ph:
+            x = torch.cat([x[..., -ph:, :], x, x[..., :ph, :]], -2)
+        if pw:
+            x = F.pad(x, (pw, pw, 0, 0))
+        return self.conv(x)
+
+
+INPUT_TRANSFORMS = {"mask": object_mask, "polar": polar_mask}
+
+
 class ClusterDiscriminator(nn.Module):
     def __init__(self, cfg: ClusterConfig):
         super().__init__()
         self.input_transform, self.mask_size = cfg.input_transform, cfg.mask_size
-        masked = cfg.input_transform == "mask"
+        masked = cfg.input_transform in INPUT_TRANSFORMS
         base = dcgan.Discriminator(DCGANConfig(image_size=cfg.mask_size if masked else cfg.image_size,
                                                channels=1 if masked else cfg.channels, ndf=cfg.ndf))
         self.trunk = base.main[:-2]  # the seed's convs, ending at (N, ndf*mult, 4, 4)
+        if cfg.input_transform == "polar":
+            for i, layer in enumerate(self.trunk):
+                if isinstance(layer, nn.Conv2d):
+                    self.trunk[i] = AngleCircularConv(layer)
         self.adv = base.main[-2]  # Conv(ndf*mult, 1, 4, 1, 0): real/fake logit
         width = base.main[-2].in_channels * 16
+        self.head_pool = cfg.head_pool
+        if cfg.head_pool == "angle":  # the heads read the (N, C, 4, 4) map averaged over its angle rows
+            width //= 4
         self.hidden = (nn.Sequential(nn.Linear(width, cfg.head_hidden), nn.ReLU(inplace=True))
                        if cfg.head_hidden > 0 else nn.Identity())
         width = cfg.head_hidden or width
@@ -79,7 +131,8 @@ class ClusterDiscriminator(nn.Module):
 
     def prepare(self, x: torch.Tensor) -> torch.Tensor:
         """The fixed input layer: the images themselves, or their object masks."""
-        return object_mask(x, size=self.mask_size).to(x.dtype) if self.input_transform == "mask" else x
+        transform = INPUT_TRANSFORMS.get(self.input_transform)
+        return transform(x, size=self.mask_size).to(x.dtype) if transform else x
 
     def forward(self, x: torch.Tensor, logits: bool = False, heads: bool = False):
         h = self.trunk(self.prepare(x))
@@ -87,7 +140,7 @@ class ClusterDiscriminator(nn.Module):
         adv = adv if logits else torch.sigmoid(adv)
         if not heads:
             return adv
-        f = self.hidden(h.flatten(1))
+        f = self.hidden((h.mean(2) if self.head_pool == "angle" else h).flatten(1))
         n = f.shape[0]
         clusters = self.cluster(f).view(n, self.subheads, self.k).transpose(0, 1)  # (S, N, K)
         over = self.overcluster(f).view(n, self.subheads, self.over).transpose(0, 1)  # (S, N, O)
@@ -111,7 +164,7 @@ def view_sides(cfg: ClusterConfig) -> list[float]:
     They are views the heads were trained to agree on, so no label or test data picks them."""
     smallest = min(1.0, math.sqrt(cfg.aug_scale_min))
     n = max(1, int(cfg.predict_views))
-    if cfg.input_transform == "mask":  # the mask is centred and scaled already; a crop could cut the object
+    if cfg.input_transform in INPUT_TRANSFORMS:  # the mask is centred and scaled already; a crop could cut the object
         return [1.0]
     if n == 1 or smallest >= 1.0:
         return [1.0]

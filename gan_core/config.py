@@ -67,9 +67,12 @@ class ClusterConfig:
     cluster_names: Optional[list] = None  # editable, saved with the checkpoint
     # "mask": D first turns each image into its object's mask (distance from the background colour),
     # centred and scaled to a fixed spread, so colour, polarity, position and size cannot decide a
-    # cluster (for one object on a flat background, like the built-in shapes). "none": the pixels.
+    # cluster (for one object on a flat background, like the built-in shapes). "polar": that mask read
+    # along rays from its centre (rows: angle, columns: radius), so a rotation is a roll of the rows and
+    # D's convs wrap around the full turn. "none": the pixels.
     input_transform: str = "none"
-    mask_size: int = 32  # with "mask": the side of the mask D's trunk reads (taken from the full-size image)
+    mask_size: int = 32  # with "mask"/"polar": the side of the mask D's trunk reads (taken from the full-size image)
+    head_pool: str = "none"  # "angle" (with "polar"): the cluster heads see D's features averaged over angle
     predict_views: int = 3  # prediction averages the image and centred crops spanning the training crop range
 
 
@@ -197,9 +200,11 @@ def validate(cfg: RunConfig) -> RunConfig:
             raise ValueError(f"model.aug_scale_min ({m.aug_scale_min}) is above model.aug_scale_max ({m.aug_scale_max})")
         if m.aug_colour not in ("jitter", "remap"):
             raise ValueError(f"model.aug_colour must be jitter or remap, not {m.aug_colour!r}")
-        if m.input_transform not in ("none", "mask"):
-            raise ValueError(f"model.input_transform must be none or mask, not {m.input_transform!r}")
-        if m.input_transform == "mask" and m.mask_size not in IMAGE_SIZES:
+        if m.input_transform not in ("none", "mask", "polar"):
+            raise ValueError(f"model.input_transform must be none, mask or polar, not {m.input_transform!r}")
+        if m.head_pool not in ("none", "angle") or (m.head_pool == "angle" and m.input_transform != "polar"):
+            raise ValueError(f"model.head_pool must be none, or angle with input_transform=polar, not {m.head_pool!r}")
+        if m.input_transform != "none" and m.mask_size not in IMAGE_SIZES:
             raise ValueError(f"model.mask_size must be one of {IMAGE_SIZES}, not {m.mask_size!r}")
         if m.objective not in ("iic", "catgan", "none"):
             raise ValueError(f"model.objective must be iic, catgan or none, not {m.objective!r}")

@@ -372,3 +372,36 @@ def test_mask_discriminator_reads_one_channel_at_mask_size():
         validate(RunConfig(model=ClusterConfig(input_transform="mask", mask_size=48)))
     with pytest.raises(ValueError, match="input_transform"):
         validate(RunConfig(model=ClusterConfig(input_transform="edges")))
+
+
+def test_polar_mask_turns_a_rotation_into_a_roll_of_the_rows():
+    from gan_core.shapes import render_shapes
+
+    x = render_shapes(3, size=64, seed=3)[0].float() / 127.5 - 1
+    p = cluster.polar_mask(x, size=32)
+    assert p.shape == (3, 1, 32, 32) and p.min() >= -1 and p.max() <= 1
+    turned = cluster.polar_mask(torch.rot90(x, -1, (2, 3)), size=32)  # a quarter turn clockwise
+    assert (torch.roll(p, 8, 2) - turned).abs().max() < 1e-4  # = 8 of 32 rows
+    assert (p - turned).abs().mean() > 0.05  # (the shapes are not all round)
+    # A square's row profile has 4 bumps: its corners lie further out than its edge midpoints.
+    sq = cluster.polar_mask(_square(32, 32, 14, (255, 255, 255), (0, 0, 0)), size=32)[0, 0]
+    extent = (sq > 0).sum(1).float()  # radial extent per angle
+    assert extent[4] > extent[0] + 2 and extent[12] > extent[8] + 2  # corners (45, 135 degrees) vs edges
+
+
+def test_angle_circular_convs_wrap_around_and_pooled_heads_ignore_rolls():
+    cfg = ClusterConfig(nz=8, ngf=8, ndf=8, k=4, overcluster=8, subheads=2, image_size=32, channels=3,
+                        input_transform="polar", mask_size=32, head_pool="angle")
+    _, d = cluster.build(cfg)
+    d.eval()
+    assert isinstance(d.trunk[0], cluster.AngleCircularConv) and d.trunk[0].conv.in_channels == 1
+    p = torch.randn(2, 1, 32, 32)
+    h, h_rolled = d.trunk(p), d.trunk(torch.roll(p, 8, 2))  # 3 stride-2 convs: 8 rows in = 1 row out
+    assert torch.allclose(torch.roll(h, 1, 2), h_rolled, atol=1e-5)
+    f = d.hidden(h.mean(2).flatten(1))
+    assert torch.allclose(d.cluster(f), d.cluster(d.hidden(h_rolled.mean(2).flatten(1))), atol=1e-5)
+    x = torch.rand(3, 3, 32, 32) * 2 - 1
+    adv, clusters, over = d(x, logits=True, heads=True)
+    assert adv.shape == (3,) and clusters.shape == (2, 3, 4) and over.shape == (2, 3, 8)
+    with pytest.raises(ValueError, match="head_pool"):
+        validate(RunConfig(model=ClusterConfig(head_pool="angle")))  # angle pooling needs the polar input

@@ -147,6 +147,60 @@ def save_training_checkpoint(out_dir: str | Path, cfg: config_mod.RunConfig, ste
     return folder
 
 
+def recover(out_dir: str | Path) -> list[str]:
+    """Tidy what a writer killed mid-save left in a run folder, keeping every complete checkpoint:
+    a checkpoint moved aside for its replacement (`.step_N.old-PID`) goes back when `step_N` is
+    missing; half-written temp folders and pointer files are removed. Call it only while no other
+    process writes to this run. Returns what it did, one line per item."""
+    out_dir, done = Path(out_dir), []
+    folders = out_dir / "checkpoints"
+    for old in sorted(folders.glob(".step_*.old-*")) if folders.is_dir() else []:
+        target = folders / old.name[1:].split(".old-")[0]
+        if not target.exists() and (old / "config.json").exists():
+            os.replace(old, target)
+            done.append(f"restored {target.name}")
+        else:
+            shutil.rmtree(old, ignore_errors=True)
+            done.append(f"removed {old.name}")
+    for tmp in sorted(folders.glob(".step_*.tmp-*")) if folders.is_dir() else []:
+        shutil.rmtree(tmp, ignore_errors=True)
+        done.append(f"removed {tmp.name}")
+    for tmp in sorted(out_dir.glob(".latest.tmp-*")) if out_dir.is_dir() else []:
+        tmp.unlink(missing_ok=True)
+        done.append(f"removed {tmp.name}")
+    return done
+
+
+def checkpoint_bytes(modules: dict[str, nn.Module], optimizers: Optional[dict] = None) -> int:
+    """About how many bytes one training checkpoint of these modules (and Adam states) takes."""
+    total = sum(t.numel() * t.element_size() for m in modules.values() for t in m.state_dict().values())
+    if optimizers:
+        params = sum(p.numel() * 4 for opt in optimizers.values() for g in opt.param_groups for p in g["params"])
+        total += 2 * params  # Adam's two moments, fp32
+    return total
+
+
+def check_output_folder(out_dir: str | Path, need_bytes: int = 0) -> None:
+    """Raise OSError with one clear line, before any training, when `out_dir` cannot be created or
+    written, or when its disk has less than `need_bytes` free (plus 16 MB to spare)."""
+    out_dir = Path(out_dir)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=out_dir, prefix=".write-test-")
+        try:
+            os.write(fd, b"ganlab")
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+            os.unlink(probe)
+    except OSError as e:
+        raise OSError(f"cannot write checkpoints to {out_dir}: {e.strerror or e}") from None
+    free = shutil.disk_usage(out_dir).free
+    if need_bytes and free < need_bytes + 16 * 2**20:
+        raise OSError(f"not enough free disk space in {out_dir}: {free / 2**20:.1f} MB free, checkpoints "
+                      f"need about {(need_bytes + 16 * 2**20) / 2**20:.1f} MB")
+
+
 def latest_checkpoint(out_dir: str | Path) -> Optional[Path]:
     """The folder `OUT/latest` names, or (if that is missing or mid-replacement) the newest
     complete `step_*` folder."""

@@ -79,9 +79,10 @@ def format_duration(seconds: Optional[float]) -> str:
 
 
 class TrainingJob:
-    def __init__(self, work_dir: str | Path, max_loss_rows: int = 4000):
+    def __init__(self, work_dir: str | Path, max_loss_rows: int = 4000, max_seconds: Optional[float] = None):
         self.work_dir = Path(work_dir)
         self.max_loss_rows = max_loss_rows
+        self.max_seconds = max_seconds  # a job that trains longer stops (and saves) at its next check
         self._lock = threading.Lock()
         self._status = JobStatus()
         self._stop = threading.Event()
@@ -103,6 +104,7 @@ class TrainingJob:
         """Start training `cfg` (a RunConfig) in the background as model `name`. `dataset_fn()`, when
         given, returns the ImageDataset (uploads); otherwise `cfg.data` is loaded. The run folder and
         the exported model both live under the work folder, whatever `cfg.train.out_dir` said."""
+        from .checkpoint import check_output_folder
         from .config import validate
 
         if not NAME_PATTERN.match(name or ""):
@@ -114,6 +116,7 @@ class TrainingJob:
             run_dir = self.work_dir / "runs" / name
             cfg = replace(cfg, train=replace(cfg.train, out_dir=str(run_dir), resume=False))
             validate(cfg)
+            check_output_folder(run_dir)  # OSError now, not a failed job later
             self._stop.clear()
             self._status = JobStatus(state="loading", name=name, kind=cfg.model.kind, steps=cfg.train.steps,
                                      started_at=time.time())
@@ -163,8 +166,18 @@ class TrainingJob:
                 self._update(state="stopped", message="stopped before training began")
                 return
             self._update(state="training", message="")
-            result = train(cfg, on_progress=self._on_progress, should_stop=self._stop.is_set,
+            began, timed_out = time.time(), []
+
+            def should_stop() -> bool:
+                if self.max_seconds is not None and time.time() - began > self.max_seconds:
+                    timed_out.append(True)
+                    return True
+                return self._stop.is_set()
+
+            result = train(cfg, on_progress=self._on_progress, should_stop=should_stop,
                            on_sample=self._on_sample, dataset=dataset)
+            if timed_out and result["stopped"] == "stopped by request":
+                result["stopped"] = f"Stopped at the time limit of {format_duration(self.max_seconds)} per job"
             if not result["checkpoint"]:
                 self._update(state="failed", message=result["stopped"] or "no checkpoint was written")
                 return

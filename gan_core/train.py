@@ -243,12 +243,16 @@ def train(cfg: config_mod.RunConfig, on_progress: Optional[ProgressFn] = None,
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     out_dir = Path(t.out_dir)
-    if rank == 0:
-        out_dir.mkdir(parents=True, exist_ok=True)
+    if rank == 0:  # a read-only or missing output folder fails here, before the data is read
+        ckpt.check_output_folder(out_dir)
+        if t.resume:
+            ckpt.recover(out_dir)
 
     ds = dataset if dataset is not None else load_dataset(cfg.data, progress=on_data_progress)
     if len(ds) == 0:
         raise ValueError("the dataset has no images")
+    if cfg.model.kind == "cluster" and len(ds) < cfg.model.k:
+        raise ValueError(f"K = {cfg.model.k} clusters need at least {cfg.model.k} images; the dataset has {len(ds)}")
     images = ds.images[rank::world] if world > 1 else ds.images
     if len(images) == 0:
         raise ValueError(f"{len(ds)} images cannot be shared among {world} processes")
@@ -258,6 +262,11 @@ def train(cfg: config_mod.RunConfig, on_progress: Optional[ProgressFn] = None,
     images = images.to(device, non_blocking=True)
 
     m = build_models(cfg, device)
+    if rank == 0:  # room for a new checkpoint beside the kept one, or the first save would fail mid-run
+        one = ckpt.checkpoint_bytes({"generator": m.g_core, "discriminator": m.d_core,
+                                     **{name: ema for name, ema, _ in _ema_copies(m)}},
+                                    {"G": m.opt_g, "D": m.opt_d})
+        ckpt.check_output_folder(out_dir, need_bytes=2 * one)
     step = 0
     if t.resume:
         folder = ckpt.latest_checkpoint(out_dir)

@@ -93,15 +93,21 @@ def main(raw) -> None:
         run = wandb.init(project=os.environ.get("WANDB_PROJECT", "ganlab"), config=config_mod.to_dict(cfg),
                          dir=str(out_dir), resume="allow")
 
-    bar = tqdm(total=cfg.train.steps, desc="train", unit="step", disable=rank != 0, file=sys.stderr)
-    data_bar = tqdm(desc="decode", unit="img", disable=rank != 0, file=sys.stderr, leave=False)
+    bars: dict = {}  # opened at their first update, so an early error is a line of its own
+
+    def progress_bar(name: str, **kw):
+        if name not in bars:
+            bars[name] = tqdm(desc=name, disable=rank != 0, file=sys.stderr, **kw)
+        return bars[name]
 
     def on_data(done: int, total: int) -> None:
+        data_bar = progress_bar("decode", unit="img", leave=False)
         data_bar.total = total
         data_bar.n = done
         data_bar.refresh()
 
     def on_progress(step: int, metrics: dict) -> None:
+        bar = progress_bar("train", total=cfg.train.steps, unit="step")
         bar.n = step
         bar.set_postfix(loss_d=f"{metrics['loss_d']:.3f}", loss_g=f"{metrics['loss_g']:.3f}",
                         img_s=f"{metrics['images_per_s']:.0f}")
@@ -119,14 +125,16 @@ def main(raw) -> None:
 
     try:
         result = run_training(cfg, on_progress=on_progress, on_sample=on_sample, on_data_progress=on_data)
-    except ValueError as e:  # bad data or config: one line, no traceback
+    except (ValueError, OSError) as e:  # bad data, config or output folder: one line, no traceback
+        for b in bars.values():
+            b.close()
         print(f"error: {e}", file=sys.stderr)
         if rank == 0:
             print(json.dumps({"error": str(e)}))
         sys.exit(2)
     finally:
-        bar.close()
-        data_bar.close()
+        for b in bars.values():
+            b.close()
         if run is not None:
             run.finish()
     if dist_device is not None:

@@ -4,7 +4,7 @@ Tabs: Train (one background job per app instance), Sample (seeds, truncation, GA
 interpolation), Blobs (BlobGAN layouts: see, edit, invert) and Classify (cluster models).
 Every event a client may call has a public api_name; the rest are private.
 Environment: GANLAB_HUB_MODELS (comma-separated Hub repo ids), GANLAB_WORK_DIR (trained models,
-default runs/app), GANLAB_DEVICE, GANLAB_PUBLIC=1 (public mode, see README).
+uploads and Gradio's file cache; default runs/app), GANLAB_DEVICE, GANLAB_PUBLIC=1 (public mode, see README).
 """
 from __future__ import annotations
 
@@ -12,13 +12,18 @@ import contextlib
 import csv
 import functools
 import os
+import re
 import tempfile
 import time
 import warnings
 from pathlib import Path
 
+ROOT = Path(__file__).resolve().parent
+WORK_DIR = Path(os.environ.get("GANLAB_WORK_DIR", ROOT / "runs" / "app"))
 # No analytics calls from a local or offline app (set GRADIO_ANALYTICS_ENABLED=True to allow them).
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+# Gradio keeps uploads and served files in its cache: inside our work folder, like everything else.
+os.environ.setdefault("GRADIO_TEMP_DIR", str(WORK_DIR / "gradio-cache"))
 
 import gradio as gr  # noqa: E402
 import pandas as pd  # noqa: E402
@@ -42,16 +47,17 @@ except ImportError:
     def gpu(fn):
         return fn
 
-ROOT = Path(__file__).resolve().parent
 CHECKPOINTS = ROOT / "checkpoints"
-WORK_DIR = Path(os.environ.get("GANLAB_WORK_DIR", ROOT / "runs" / "app"))
 DEVICE = os.environ.get("GANLAB_DEVICE", "cuda" if torch.cuda.is_available() else "cpu")
 PUBLIC = os.environ.get("GANLAB_PUBLIC", "") == "1"
 FMNIST = Path("/usr/share/datasets/fashion-mnist")
 DEFAULTS = {"sample": "shapes-dcgan", "blobs": "scenes-blobgan", "classify": "fashion-mnist-clusters"}
 N_SLIDERS = 8
 VIEW_SCALE = 4  # blob views are drawn at 4x the model's resolution
-JOB = jobs.TrainingJob(WORK_DIR)
+# Public mode caps what one visitor can ask of the machine (both overridable by the environment).
+MAX_UPLOAD_MB = float(os.environ.get("GANLAB_MAX_UPLOAD_MB", "20" if PUBLIC else "0")) or None  # per request
+MAX_JOB_MINUTES = float(os.environ.get("GANLAB_MAX_JOB_MINUTES", "10" if PUBLIC else "0")) or None
+JOB = jobs.TrainingJob(WORK_DIR, max_seconds=MAX_JOB_MINUTES * 60 if MAX_JOB_MINUTES else None)
 # Generators run under bf16 autocast where the hardware is fast at it (about 2.5x on a CPU with
 # AVX512-BF16 for 16 samples); GANLAB_PRECISION=fp32 turns that off.
 AUTOCAST = resolve_precision(os.environ.get("GANLAB_PRECISION", "auto"), torch.device(DEVICE))
@@ -67,6 +73,46 @@ def _scratch() -> Path:
 
 def _one_line(e: Exception) -> str:
     return (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+
+
+def _no_paths(message: str) -> str:
+    """Server paths in a message -> their last part (a visitor has no business knowing the cache layout)."""
+    return re.sub(r"(?:[A-Za-z]:)?[/\\][^\s'\"]*[/\\]([^\s'\"/\\]+)", r"\1", message)
+
+
+def _one_line_inputs(component: type):
+    """A maker of `component` (a Gradio input class) widgets whose bad values reach the visitor as one
+    clear line. Gradio checks and decodes inputs before the handler runs; its own message for a bad
+    value (an unreadable image, text where a number goes) is several lines that also name the server's
+    cache path. The widget is Gradio's own (a subclass would make Gradio write a .pyi file beside
+    this one); only its instance's `preprocess` is wrapped."""
+    numeric = issubclass(component, (gr.Number, gr.Slider))
+
+    def make(*args, **kwargs):
+        widget = component(*args, **kwargs)
+        original = widget.preprocess
+
+        def preprocess(payload):
+            try:
+                return original(payload)
+            except gr.Error:
+                raise
+            except Exception as e:  # noqa: BLE001 - whatever the decoder raises, the visitor gets one line
+                if numeric:
+                    raise gr.Error(f"{widget.label or 'This value'} must be a number.") from None
+                what = "that image" if issubclass(component, gr.Image) else f"the {widget.label or 'input'}"
+                raise gr.Error(f"Could not read {what}: {_no_paths(_one_line(e))}") from None
+
+        preprocess.__annotations__ = getattr(original, "__annotations__", {})
+        widget.preprocess = preprocess
+        return widget
+
+    return make
+
+
+# Every input widget of the page is made by one of these.
+Number, Slider, Image_, File, Dataframe, JSON = map(_one_line_inputs, (gr.Number, gr.Slider, gr.Image, gr.File,
+                                                                      gr.Dataframe, gr.JSON))
 
 
 # ---------------------------------------------------------------- models: one registry for every picker
@@ -348,6 +394,11 @@ def _uploaded(files) -> list:
     if not files:
         raise gr.Error("Upload images or a zip of images first.")
     paths = [f if isinstance(f, str) else getattr(f, "name", f) for f in files]
+    if MAX_UPLOAD_MB:
+        total = sum(os.path.getsize(p) for p in paths if os.path.isfile(p))
+        if total > MAX_UPLOAD_MB * 2**20:
+            raise gr.Error(f"Uploads are limited to {MAX_UPLOAD_MB:g} MB per request here; these are "
+                           f"{total / 2**20:.1f} MB.")
     try:
         return upload_items(paths)
     except (DataError, OSError) as e:
@@ -441,6 +492,9 @@ def _run_config(dataset, upload, text, kind, steps, batch, lr, size, channels, k
         data.source, data.path = "idx", str(FMNIST)
     elif dataset == "upload":
         items = _uploaded(upload)
+        if kind == "cluster" and len(items) < _number(k, "K", 2, 100):
+            need = _number(k, "K", 2, 100)
+            raise gr.Error(f"K = {need} clusters need at least {need} images; {len(items)} were uploaded.")
 
         def dataset_fn():
             from gan_core.data import ImageDataset
@@ -491,8 +545,8 @@ def start_training(dataset, upload, text, kind, steps, batch, lr, size, channels
         JOB.start(cfg, name, dataset_fn)
     except jobs.JobBusy as e:
         raise gr.Error(f"Another training job is running. {e}") from None
-    except ValueError as e:
-        raise gr.Error(str(e)) from None
+    except (ValueError, OSError) as e:
+        raise gr.Error(_one_line(e)) from None
     while True:
         status = JOB.status()
         if status.steps:
@@ -548,15 +602,15 @@ def build() -> gr.Blocks:
                 dataset = gr.Dropdown(DATASETS, value="shapes", label="Dataset")
                 kind = gr.Dropdown(list(config_mod.MODEL_CONFIGS), value="dcgan", label="Model kind")
                 name = gr.Textbox(label="Model name", placeholder="(automatic)")
-            upload = gr.File(label="Images or zips (for 'upload')", file_count="multiple", visible=False)
+            upload = File(label="Images or zips (for 'upload')", file_count="multiple", visible=False)
             text = gr.Textbox(label="Hub dataset id or parquet path", visible=False)
             with gr.Row():
-                steps = gr.Number(value=500, precision=0, label="Steps")
-                batch = gr.Number(value=64, precision=0, label="Batch size")
-                lr = gr.Number(value=2e-4, label="Learning rate")
+                steps = Number(value=500, precision=0, label="Steps")
+                batch = Number(value=64, precision=0, label="Batch size")
+                lr = Number(value=2e-4, label="Learning rate")
                 size = gr.Dropdown([32, 64], value=32, label="Image size")
                 channels = gr.Radio([1, 3], value=3, label="Channels")
-                k = gr.Number(value=10, precision=0, label="K (cluster)")
+                k = Number(value=10, precision=0, label="K (cluster)")
             with gr.Row():
                 start = gr.Button("Start", variant="primary")
                 stop = gr.Button("Stop", variant="stop")
@@ -564,7 +618,7 @@ def build() -> gr.Blocks:
             with gr.Row():
                 losses = gr.LinePlot(x="step", y="value", color="loss", label="Losses", height=260)
                 samples = gr.Image(label="Samples", type="pil", format="png", interactive=False)
-            checkpoint_zip = gr.File(label="Finished checkpoint (zip)", interactive=False)
+            checkpoint_zip = File(label="Finished checkpoint (zip)", interactive=False)
             with gr.Accordion("Push the trained model to the Hugging Face Hub", open=False):
                 with gr.Row():
                     repo = gr.Textbox(label="Repo id", placeholder="user/name")
@@ -577,15 +631,15 @@ def build() -> gr.Blocks:
             with gr.Row():
                 s_model = gr.Dropdown(sample_choices, value=_default("sample", sample_choices), label="Model",
                                       allow_custom_value=True)
-                seed = gr.Number(value=0, precision=0, label="Seed")
+                seed = Number(value=0, precision=0, label="Seed")
                 dice = gr.Button("Random seed", scale=0)
-                count = gr.Slider(1, 64, value=16, step=1, label="Images")
-                truncation = gr.Slider(0.0, 2.0, value=1.0, step=0.05, label="Truncation")
+                count = Slider(1, 64, value=16, step=1, label="Images")
+                truncation = Slider(0.0, 2.0, value=1.0, step=0.05, label="Truncation")
                 code = gr.Dropdown(["random"], value="random", label="Cluster code", visible=False)
             with gr.Accordion("Latent sliders (principal directions, GANSpace)", open=False):
                 raw_z = gr.Checkbox(value=False, label="Raw z (slider i moves z[i] instead)")
                 with gr.Row():
-                    sliders = [gr.Slider(-3, 3, value=0, step=0.1, label=f"direction {i + 1}") for i in range(N_SLIDERS)]
+                    sliders = [Slider(-3, 3, value=0, step=0.1, label=f"direction {i + 1}") for i in range(N_SLIDERS)]
             with gr.Row():
                 go = gr.Button("Sample", variant="primary", elem_id="sample-button")
                 as_gallery = gr.Checkbox(value=False, label="Also as a gallery")
@@ -593,18 +647,18 @@ def build() -> gr.Blocks:
             gallery = gr.Gallery(label="Images", columns=8, visible=True)
             with gr.Accordion("Interpolate between two seeds", open=False):
                 with gr.Row():
-                    seed_a = gr.Number(value=0, precision=0, label="Seed A")
-                    seed_b = gr.Number(value=1, precision=0, label="Seed B")
-                    frames = gr.Slider(2, 32, value=8, step=1, label="Frames")
+                    seed_a = Number(value=0, precision=0, label="Seed A")
+                    seed_b = Number(value=1, precision=0, label="Seed B")
+                    frames = Slider(2, 32, value=8, step=1, label="Frames")
                     go_interp = gr.Button("Interpolate")
                 strip = gr.Image(label="Frames", type="pil", format="png", interactive=False)
-                gif = gr.File(label="Animated GIF", interactive=False)
+                gif = File(label="Animated GIF", interactive=False)
 
         with gr.Tab("Blobs", id="blobs"):
             with gr.Row():
                 b_model = gr.Dropdown(blob_choices, value=_default("blobs", blob_choices), label="BlobGAN model",
                                       allow_custom_value=True)
-                b_seed = gr.Number(value=0, precision=0, label="Seed")
+                b_seed = Number(value=0, precision=0, label="Seed")
                 b_go = gr.Button("Sample a layout", variant="primary", elem_id="blobs-button")
             with gr.Row():
                 b_image = gr.Image(label="Image (click a blob to pick it)", type="pil", interactive=False,
@@ -615,39 +669,39 @@ def build() -> gr.Blocks:
                 blob = gr.Dropdown([(f"blob {i}", i) for i in range(8)], value=0, label="Blob")
                 action = gr.Radio(["move", "resize", "hide", "show", "restyle", "depth"], value="move", label="Edit")
             with gr.Row():
-                dx = gr.Slider(-0.5, 0.5, value=0.1, step=0.01, label="dx")
-                dy = gr.Slider(-0.5, 0.5, value=0.0, step=0.01, label="dy")
-                ds = gr.Slider(-4, 4, value=1.0, step=0.1, label="size change")
-                depth = gr.Slider(0, 7, value=7, step=1, label="depth (slot)")
-                style_seed = gr.Number(value=1, precision=0, label="style from seed")
+                dx = Slider(-0.5, 0.5, value=0.1, step=0.01, label="dx")
+                dy = Slider(-0.5, 0.5, value=0.0, step=0.01, label="dy")
+                ds = Slider(-4, 4, value=1.0, step=0.1, label="size change")
+                depth = Slider(0, 7, value=7, step=1, label="depth (slot)")
+                style_seed = Number(value=1, precision=0, label="style from seed")
             apply = gr.Button("Apply edit", elem_id="apply-edit")
             with gr.Row():
-                to_invert = gr.Image(label="Invert an image into a layout", type="pil")
+                to_invert = Image_(label="Invert an image into a layout", type="pil")
                 b_invert = gr.Button("Invert")
-            layout = gr.JSON(label="Layout", visible=False)
+            layout = JSON(label="Layout", visible=False)
 
         with gr.Tab("Classify", id="classify"):
             c_model = gr.Dropdown(classify_choices, value=_default("classify", classify_choices), label="Cluster model",
                                   allow_custom_value=True)
             with gr.Row():
-                c_image = gr.Image(label="One image", type="pil", elem_id="classify-image")
+                c_image = Image_(label="One image", type="pil", elem_id="classify-image")
                 with gr.Column():
                     c_label = gr.Label(num_top_classes=3, label="Cluster", elem_id="classify-label")
                     c_top = gr.Markdown()
             c_go = gr.Button("Classify", variant="primary", elem_id="classify-button")
-            c_files = gr.File(label="Many images or zips", file_count="multiple")
+            c_files = File(label="Many images or zips", file_count="multiple")
             c_batch = gr.Button("Classify all")
             with gr.Row():
-                c_table = gr.Dataframe(headers=["file", "cluster", "confidence", "top 3"], label="Per image",
+                c_table = Dataframe(headers=["file", "cluster", "confidence", "top 3"], label="Per image",
                                        interactive=False)
-                c_counts = gr.Dataframe(headers=["cluster", "images"], label="Per cluster", interactive=False)
-            c_csv = gr.File(label="Assignments (CSV)", interactive=False)
+                c_counts = Dataframe(headers=["cluster", "images"], label="Per cluster", interactive=False)
+            c_csv = File(label="Assignments (CSV)", interactive=False)
             with gr.Accordion("Clusters: exemplars and names", open=False):
                 with gr.Row():
                     c_cluster = gr.Dropdown([], label="Cluster")
                     c_show = gr.Button("Show exemplars")
                 c_gallery = gr.Gallery(label="Exemplars: training images, then generated", columns=8)
-                c_names = gr.Dataframe(headers=["cluster", "name"], label="Names (edit, then save)",
+                c_names = Dataframe(headers=["cluster", "name"], label="Names (edit, then save)",
                                        interactive=not PUBLIC)
                 c_save = gr.Button("Save names", visible=not PUBLIC)
                 c_saved = gr.Markdown()
@@ -694,4 +748,5 @@ def build() -> gr.Blocks:
 
 
 if __name__ == "__main__":
-    build().queue(default_concurrency_limit=4).launch(max_file_size="20mb" if PUBLIC else None)
+    build().queue(default_concurrency_limit=4).launch(
+        max_file_size=f"{MAX_UPLOAD_MB:g}mb" if MAX_UPLOAD_MB else None)

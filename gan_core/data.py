@@ -7,6 +7,7 @@ reads them.
 """
 from __future__ import annotations
 
+import functools
 import gzip
 import hashlib
 import io
@@ -196,8 +197,15 @@ def _zip_images(archive: zipfile.ZipFile) -> tuple[list[tuple[str, Callable[[], 
             too_big += 1
             continue
         label = "/".join(p for p in m.filename.replace("\\", "/").split("/") if p not in ("", ".", ".."))
-        named.append((label, lambda m=m: archive.read(m)))
+        read = functools.partial(archive.read, m)
+        read.member = m.filename
+        named.append((label, read))
     return named, too_big
+
+
+def _read_zip_member(path: Path, member: str) -> bytes:
+    with zipfile.ZipFile(path) as archive:
+        return archive.read(member)
 
 
 def upload_items(paths: Iterable[str | Path], limit: int = 10_000) -> list[tuple[str, Callable[[], bytes]]]:
@@ -208,8 +216,10 @@ def upload_items(paths: Iterable[str | Path], limit: int = 10_000) -> list[tuple
     for path in paths:
         path = Path(path)
         if zipfile.is_zipfile(path):
-            named, _ = _zip_images(zipfile.ZipFile(path))
-            items.extend((f"{path.name}:{label}", read) for label, read in named)
+            with zipfile.ZipFile(path) as archive:  # listed now, closed now; each read opens it again
+                named, _ = _zip_images(archive)
+            items.extend((f"{path.name}:{label}", functools.partial(_read_zip_member, path, read.member))
+                         for label, read in named)
         else:
             items.append((path.name, path.read_bytes))
         if len(items) >= limit:

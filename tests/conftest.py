@@ -1,5 +1,6 @@
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -9,6 +10,8 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "offline")
+# The app (imported by several test files) keeps its work folder and Gradio's cache here, not in the repo.
+os.environ.setdefault("GANLAB_WORK_DIR", tempfile.mkdtemp(prefix="ganlab-test-work-"))
 
 
 @pytest.fixture(autouse=True)

@@ -2,6 +2,9 @@
 needed, nothing downloaded)."""
 import csv
 import io
+import os
+import subprocess
+import sys
 import zipfile
 
 import numpy as np
@@ -18,6 +21,8 @@ from gan_core import checkpoint as ckpt
 from gan_core.config import BlobGANConfig, ClusterConfig, DataConfig, DCGANConfig, RunConfig, TrainConfig
 from gan_core.jobs import TrainingJob
 from gan_core.train import train
+
+from conftest import ROOT
 
 N_SLIDERS_ZERO = (0,) * app.N_SLIDERS
 TINY_BLOBGAN = dict(nz=8, ngf=4, ndf=4, blobs=3, feature_dim=8, style_dim=8, layout_hidden=16, encoder_ndf=4)
@@ -284,3 +289,25 @@ def test_public_mode_refuses_server_paths_and_long_jobs(models, monkeypatch):
     assert cfg.data.source == "hub" and cfg.data.path == "user/name"
     with pytest.raises(gr.Error, match="public mode"):
         app.save_cluster_names("tiny-cluster", pd.DataFrame({"cluster": [0, 1, 2], "name": ["a", "b", "c"]}))
+
+
+def test_public_mode_caps_upload_size_and_job_time(models, tmp_path, monkeypatch):
+    big = tmp_path / "big.png"
+    Image.new("RGB", (64, 64)).save(big)
+    monkeypatch.setattr(app, "MAX_UPLOAD_MB", big.stat().st_size / 2**20 / 2)  # half of this file
+    with pytest.raises(gr.Error, match="Uploads are limited to"):
+        app.classify_batch("tiny-cluster", [str(big)])
+    with pytest.raises(gr.Error, match="Uploads are limited to"):
+        app._run_config("upload", [str(big)], "", "dcgan", 10, 4, 2e-4, 32, 3, 10)
+    monkeypatch.setattr(app, "MAX_UPLOAD_MB", None)
+    assert app.classify_batch("tiny-cluster", [str(big)])[1]["images"].sum() == 1
+
+    code = "import app; print(app.MAX_UPLOAD_MB, app.JOB.max_seconds, app.PUBLIC)"
+    env = {**os.environ, "GANLAB_PUBLIC": "1", "GANLAB_WORK_DIR": str(tmp_path / "w")}
+    env.pop("GANLAB_MAX_UPLOAD_MB", None)
+    env.pop("GANLAB_MAX_JOB_MINUTES", None)
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert out.stdout.split() == ["20.0", "600.0", "True"], out.stderr[-2000:]
+    env.update(GANLAB_PUBLIC="", GANLAB_MAX_JOB_MINUTES="2")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert out.stdout.split() == ["None", "120.0", "False"], out.stderr[-2000:]

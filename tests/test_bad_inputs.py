@@ -1,9 +1,12 @@
 """Bad uploads through the app's Classify handlers: each is read correctly or answered with one
 clear line (a gr.Error), never a traceback, and the handler keeps working afterwards."""
 import io
+import os
 import struct
+import tempfile
 import zipfile
 import zlib
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,7 +15,9 @@ from PIL import Image
 import app
 import gradio as gr
 
+from conftest import ROOT
 from test_app import model_dir, models  # noqa: F401  (fixtures)
+from test_app_e2e import client  # noqa: F401  (fixture)
 
 
 def _png_bytes(img: Image.Image, **kw) -> bytes:
@@ -123,3 +128,89 @@ def test_an_upload_with_nothing_usable_is_one_line(models, tmp_path):
     bad.write_bytes(b"")
     with pytest.raises(gr.Error, match="None of the uploaded files"):
         app.classify_batch("tiny-cluster", [str(bad)])
+
+
+# ---------------------------------------------------------------- the same, through gradio_client
+
+def _files_under(*roots) -> set:
+    out = set()
+    for root in roots:
+        for dirpath, _, names in os.walk(root):
+            out.update(os.path.join(dirpath, n) for n in names)
+    return out
+
+
+def _outside_roots():
+    """Where a stray write would land: the system temp folder and the repository (minus build and
+    run folders that other processes may be writing to)."""
+    skip = {".venv", ".git", "runs", ".pytest_cache", "__pycache__"}
+    return [tempfile.gettempdir()] + [str(p) for p in ROOT.iterdir() if p.is_dir() and p.name not in skip]
+
+
+def _one_line_app_error(e) -> str:
+    message = str(e.value)
+    assert "\n" not in message.strip() and "Traceback" not in message and "File \"" not in message, message
+    return message
+
+
+def test_every_bad_input_through_the_client(client, tmp_path):
+    from gradio_client import handle_file
+    from gradio_client.exceptions import AppError
+
+    uploads = tmp_path / "uploads"
+    uploads.mkdir()
+    for name, make in {**GOOD, **BAD}.items():
+        (uploads / name).write_bytes(make())
+    with zipfile.ZipFile(uploads / "tricky.zip", "w", compression=zipfile.ZIP_DEFLATED) as z:
+        z.writestr("../../outside.png", GOOD["1x1.png"]())
+        z.writestr("/abs/path.png", GOOD["palette.png"]())
+        z.writestr("bomb.png", b"\0" * (80 * 2**20))
+    with zipfile.ZipFile(uploads / "empty.zip", "w") as z:
+        z.writestr("readme.txt", "no images")
+    work = [Path(app.JOB.work_dir).resolve(), app.WORK_DIR.resolve()]
+    from gradio.utils import get_upload_folder
+
+    assert app.WORK_DIR.resolve() in Path(get_upload_folder()).resolve().parents  # Gradio's cache is ours too
+    before = _files_under(*_outside_roots())
+
+    for name in sorted(GOOD):
+        label, _ = client.predict("tiny-cluster", handle_file(str(uploads / name)), api_name="/classify")
+        assert label["label"] in {"cluster 0", "cluster 1", "cluster 2"}, name
+    for name in sorted(BAD):
+        with pytest.raises(AppError) as e:
+            client.predict("tiny-cluster", handle_file(str(uploads / name)), api_name="/classify")
+        assert "Could not read" in _one_line_app_error(e), name
+        label, _ = client.predict("tiny-cluster", handle_file(str(uploads / "1x1.png")), api_name="/classify")
+        assert label["label"]  # still serving
+
+    table, counts, _ = client.predict("tiny-cluster", [handle_file(str(uploads / n)) for n in sorted({**GOOD, **BAD})],
+                                      api_name="/classify_batch")
+    rows = {row[0]: row[1] for row in table["data"]}
+    assert {n for n, c in rows.items() if c == "(unreadable)"} == set(BAD)
+    assert sum(row[1] for row in counts["data"]) == len(GOOD)
+
+    table, counts, _ = client.predict("tiny-cluster", [handle_file(str(uploads / "tricky.zip"))], api_name="/classify_batch")
+    assert [row[0] for row in table["data"]] == ["tricky.zip:outside.png", "tricky.zip:abs/path.png"]
+    with pytest.raises(AppError) as e:
+        client.predict("tiny-cluster", [handle_file(str(uploads / "empty.zip"))], api_name="/classify_batch")
+    assert "no images" in _one_line_app_error(e)
+
+    for bad_k in (50, "nan"):  # K above the 3 uploaded images; K not a number (JSON has no NaN)
+        with pytest.raises(AppError) as e:
+            client.predict("upload", [handle_file(str(uploads / n)) for n in ("1x1.png", "palette.png", "cmyk.jpg")],
+                           "", "cluster", 10, 4, 2e-4, 32, 3, bad_k, "too-few", api_name="/train")
+        assert "K" in _one_line_app_error(e)
+    for steps, lr in (("nan", 2e-4), (-5, 2e-4), (10, "inf"), (10, 5.0), ("ten", 2e-4)):
+        with pytest.raises(AppError) as e:
+            client.predict("shapes", None, "", "dcgan", steps, 4, lr, 32, 3, 10, "bad-numbers", api_name="/train")
+        assert any(word in _one_line_app_error(e) for word in ("Steps", "Learning rate"))
+    with pytest.raises(AppError) as e:
+        client.predict("shapes", None, "", "dcgan", 10, 4, 2e-4, 32, 3, 10, "../escape", api_name="/train")
+    _one_line_app_error(e)
+
+    label, _ = client.predict("tiny-cluster", handle_file(str(uploads / "1x1.png")), api_name="/classify")
+    assert label["label"]  # the app still serves after all of that
+    created = _files_under(*_outside_roots()) - before
+    stray = [p for p in created if not any(w in Path(p).resolve().parents for w in work)
+             and tmp_path not in Path(p).parents and "pytest-of-" not in p]
+    assert stray == []

@@ -311,3 +311,28 @@ def test_public_mode_caps_upload_size_and_job_time(models, tmp_path, monkeypatch
     env.update(GANLAB_PUBLIC="", GANLAB_MAX_JOB_MINUTES="2")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert out.stdout.split() == ["None", "120.0", "False"], out.stderr[-2000:]
+
+
+def test_a_hub_token_is_never_echoed_logged_or_stored(models, tmp_path, monkeypatch, caplog):
+    import huggingface_hub
+
+    token = "hf_SECRET_token_1234567890"
+    outputs = list(app.start_training("shapes", None, "", "dcgan", 2, 4, 2e-4, 32, 3, 10, "for-push"))
+    assert "done" in outputs[-1][0]
+
+    class FailingApi:
+        def __init__(self, token=None):
+            self.token = token
+
+        def create_repo(self, *a, **k):
+            raise RuntimeError(f"401 Unauthorized for token {self.token}\nmore detail")
+
+    monkeypatch.setattr(huggingface_hub, "HfApi", FailingApi)
+    with caplog.at_level("DEBUG"):
+        with pytest.raises(gr.Error) as e:
+            app.push_to_hub("user/name", token, True)
+    assert token not in str(e.value) and "***" in str(e.value) and "\n" not in str(e.value)
+    assert token not in caplog.text
+    for path in app.JOB.work_dir.rglob("*"):
+        if path.is_file():
+            assert token.encode() not in path.read_bytes(), path

@@ -207,6 +207,17 @@ def test_every_bad_input_through_the_client(client, tmp_path):
     with pytest.raises(AppError) as e:
         client.predict("shapes", None, "", "dcgan", 10, 4, 2e-4, 32, 3, 10, "../escape", api_name="/train")
     _one_line_app_error(e)
+    with pytest.raises(AppError) as e:  # a dataset with no usable image: the job fails with one line
+        client.predict("upload", [handle_file(str(uploads / n)) for n in sorted(BAD)], "", "dcgan", 10, 4, 2e-4, 32, 3,
+                       10, "nothing-usable", api_name="/train")
+    assert "could be read" in _one_line_app_error(e)
+    import pandas as pd
+
+    pd.DataFrame({"text": ["a", "b"]}).to_parquet(uploads / "no-images.parquet")
+    with pytest.raises(AppError) as e:
+        client.predict("parquet path", None, str(uploads / "no-images.parquet"), "dcgan", 10, 4, 2e-4, 32, 3, 10,
+                       "no-image-column", api_name="/train")
+    assert "no image column" in _one_line_app_error(e)
 
     label, _ = client.predict("tiny-cluster", handle_file(str(uploads / "1x1.png")), api_name="/classify")
     assert label["label"]  # the app still serves after all of that

@@ -120,3 +120,22 @@ def test_load_from_hub_repo_id_offline(tmp_path, monkeypatch):
     assert meta["folder"] == str(snap) and g(torch.randn(1, 8)).shape == (1, 3, 32, 32)
     with pytest.raises(ckpt.CheckpointError, match="could not get"):
         ckpt.load_models("someone/not-cached")
+
+
+@pytest.mark.parametrize("field,value,says", [("ngf", 10**9, "model.ngf"), ("ngf", "32", "model.ngf"),
+                                              ("nz", -1, "model.nz"), ("kind", "evil", "kind"),
+                                              ("image_size", 4096, "image_size"), ("unknown_field", 1, "unknown")])
+def test_config_values_are_checked_before_any_tensor_is_allocated(tmp_path, monkeypatch, field, value, says):
+    _run(tmp_path)
+    folder = ckpt.resolve(tmp_path / "run")
+    meta = json.loads((folder / "config.json").read_text())
+    section = "data" if field == "image_size" else "model"
+    meta["config"][section][field] = value
+    (folder / "config.json").write_text(json.dumps(meta))
+
+    def no_models(*_a, **_k):
+        raise AssertionError("a model was built from an invalid config")
+
+    monkeypatch.setattr(ckpt, "MODELS", {kind: no_models for kind in ckpt.MODELS})
+    with pytest.raises(ckpt.CheckpointError, match=says):
+        ckpt.load_models(folder)

@@ -76,7 +76,13 @@ def _one_line(e: Exception) -> str:
 
 
 def _no_paths(message: str) -> str:
-    """Server paths in a message -> their last part (a visitor has no business knowing the cache layout)."""
+    """Server paths in a message -> their last part (a visitor has no business knowing the server's
+    folders). The app's own roots go first, whole, since they may hold spaces; then any other path."""
+    from gradio.utils import get_upload_folder
+
+    for root in sorted({str(JOB.work_dir.resolve()), str(JOB.work_dir), str(WORK_DIR.resolve()), str(WORK_DIR),
+                        str(ROOT), get_upload_folder(), tempfile.gettempdir()}, key=len, reverse=True):
+        message = message.replace(root + os.sep, "").replace(root, ".")
     return re.sub(r"(?:[A-Za-z]:)?[/\\][^\s'\"]*[/\\]([^\s'\"/\\]+)", r"\1", message)
 
 
@@ -532,7 +538,7 @@ def _run_config(dataset, upload, text, kind, steps, batch, lr, size, channels, k
 def _job_outputs(status: jobs.JobStatus):
     losses = pd.DataFrame(status.losses or [], columns=["step", "loss", "value"])
     download = str(status.zip_path) if status.zip_path else None
-    return status.summary(), losses, status.sample, download
+    return _no_paths(status.summary()), losses, status.sample, download
 
 
 def start_training(dataset, upload, text, kind, steps, batch, lr, size, channels, k, name,
@@ -546,7 +552,7 @@ def start_training(dataset, upload, text, kind, steps, batch, lr, size, channels
     except jobs.JobBusy as e:
         raise gr.Error(f"Another training job is running. {e}") from None
     except (ValueError, OSError) as e:
-        raise gr.Error(_one_line(e)) from None
+        raise gr.Error(_no_paths(_one_line(e))) from None
     while True:
         status = JOB.status()
         if status.steps:
@@ -556,7 +562,7 @@ def start_training(dataset, upload, text, kind, steps, batch, lr, size, channels
             break
         time.sleep(1.0)
     if status.state == "failed":
-        raise gr.Error(status.summary())
+        raise gr.Error(_no_paths(status.summary()))
 
 
 def stop_training():
@@ -602,8 +608,12 @@ def build() -> gr.Blocks:
                 dataset = gr.Dropdown(DATASETS, value="shapes", label="Dataset")
                 kind = gr.Dropdown(list(config_mod.MODEL_CONFIGS), value="dcgan", label="Model kind")
                 name = gr.Textbox(label="Model name", placeholder="(automatic)")
-            upload = File(label="Images or zips (for 'upload')", file_count="multiple", visible=False)
-            text = gr.Textbox(label="Hub dataset id or parquet path", visible=False)
+            # Shown and hidden through their columns: Gradio rebuilds a widget that gets a property
+            # update from its plain class, which would drop the one-line error wrapper.
+            with gr.Column(visible=False) as upload_box:
+                upload = File(label="Images or zips (for 'upload')", file_count="multiple")
+            with gr.Column(visible=False) as text_box:
+                text = gr.Textbox(label="Hub dataset id or parquet path")
             with gr.Row():
                 steps = Number(value=500, precision=0, label="Steps")
                 batch = Number(value=64, precision=0, label="Batch size")
@@ -710,7 +720,7 @@ def build() -> gr.Blocks:
         private = {"api_visibility": "private"}
         dataset.change(lambda d: (gr.update(visible=d == "upload"), gr.update(visible=d in ("Hub dataset", "parquet path")),
                                   gr.update(value=1 if d == "fashion-mnist" else 3)),
-                       dataset, [upload, text, channels], **private)
+                       dataset, [upload_box, text_box, channels], **private)
         start.click(start_training, [dataset, upload, text, kind, steps, batch, lr, size, channels, k, name],
                     [status, losses, samples, checkpoint_zip], api_name="train", concurrency_limit=None
                     ).then(refresh_pickers, [s_model, b_model, c_model], [s_model, b_model, c_model], **private)

@@ -366,23 +366,38 @@ def build_encoder(cfg, g: "BlobGenerator") -> BlobEncoder:
     return BlobEncoder(cfg, g.layout_net.raw_dim)
 
 
+def layout_geometry_loss(pred: Layout, target: Layout) -> torch.Tensor:
+    """Where the blobs are, rather than what they hold: the squared error of each blob's centre (in
+    image-side units), weighted by the target blob's opacity at its centre (a hidden blob's place does
+    not matter), plus the squared error of those opacities (which blobs show). Pure."""
+    w = torch.sigmoid(target.size.float())  # (N, K)
+    centre = ((pred.xy.float() - target.xy.float()).pow(2).sum(-1) * w).sum(1) / w.sum(1).clamp_min(1e-6)
+    shown = (torch.sigmoid(pred.size.float()) - w).pow(2).mean(1)
+    return (centre + shown).mean()
+
+
 def encoder_losses(e: BlobEncoder, g: BlobGenerator, real: torch.Tensor, z: torch.Tensor, lpips=None,
-                   latent_weight: float = 10.0) -> dict[str, torch.Tensor]:
+                   latent_weight: float = 10.0, geometry_weight: float = 0.0) -> dict[str, torch.Tensor]:
     """The inversion loss, G and the layout net frozen by the caller:
     LPIPS(x_r, G(E(x_r))) + LPIPS(x_f, G(E(x_f))) + MSE(x_r, .) + MSE(x_f, .) + 10 * MSE(beta_f, E(x_f)),
-    beta_f being the layout net's raw vector for the fake x_f = G(z). Without `lpips` its terms are 0."""
+    beta_f being the layout net's raw vector for the fake x_f = G(z). Without `lpips` its terms are 0.
+    `geometry_weight` > 0 adds that times `layout_geometry_loss` on the fakes: the raw vector is mostly
+    blob features (199 numbers a blob, 2 of them its centre), so its MSE says little about placement."""
     with torch.no_grad():
         beta_f = g.layout_net.mlp(z.flatten(1))
-        fake = g.render(g.layout_net.decode(beta_f))
+        target = g.layout_net.decode(beta_f)
+        fake = g.render(target)
     pred_r, pred_f = e(real), e(fake)
-    rec_r, rec_f = g.render(g.layout_net.decode(pred_r)), g.render(g.layout_net.decode(pred_f))
+    lay_f = g.layout_net.decode(pred_f)
+    rec_r, rec_f = g.render(g.layout_net.decode(pred_r)), g.render(lay_f)
     out = {"mse_real": F.mse_loss(rec_r.float(), real.float()), "mse_fake": F.mse_loss(rec_f.float(), fake.float()),
            "latent": F.mse_loss(pred_f.float(), beta_f.float())}
     zero = torch.zeros((), device=real.device)
+    out["geometry"] = layout_geometry_loss(lay_f, target) if geometry_weight > 0 else zero
     out["lpips_real"] = lpips(real, rec_r).mean() if lpips is not None else zero
     out["lpips_fake"] = lpips(fake, rec_f).mean() if lpips is not None else zero
     out["loss"] = (out["lpips_real"] + out["lpips_fake"] + out["mse_real"] + out["mse_fake"]
-                   + latent_weight * out["latent"])
+                   + latent_weight * out["latent"] + geometry_weight * out["geometry"])
     return out
 
 

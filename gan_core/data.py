@@ -15,6 +15,7 @@ import json
 import os
 import struct
 import tempfile
+import threading
 import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -180,15 +181,17 @@ def _load_zip(cfg: DataConfig, progress: Progress) -> ImageDataset:
         named, too_big = _zip_images(archive)
         if not named:
             raise DataError(f"no image files in zip {cfg.path}")
-        ds = _from_named(named, cfg, progress)
+        ds = _from_named([(label, functools.partial(_read_member, archive, info)) for label, info in named],
+                         cfg, progress)
     ds.skipped += too_big
     return ds
 
 
-def _zip_images(archive: zipfile.ZipFile) -> tuple[list[tuple[str, Callable[[], bytes]]], int]:
-    """The image members of an open zip as [(label, read bytes)], and how many were skipped for
-    declaring more than MAX_ZIP_MEMBER_BYTES (a zip bomb is never inflated). A member name is only
-    a label, never a path: anything path-like ('..', '/', '\\') is stripped."""
+def _zip_images(archive: zipfile.ZipFile) -> tuple[list[tuple[str, zipfile.ZipInfo]], int]:
+    """The image members of an open zip as [(label, its directory entry)], and how many were skipped
+    for declaring more than MAX_ZIP_MEMBER_BYTES (a zip bomb is never inflated). A member name is only
+    a label, never a path: anything path-like ('..', '/', '\\') is stripped. Members are read by their
+    entry, never by name: a name can occur twice in a zip, and a read by name takes the last one."""
     named, too_big = [], 0
     for m in archive.infolist():
         if m.is_dir() or "__MACOSX" in m.filename or not m.filename.lower().endswith(IMAGE_EXTENSIONS):
@@ -197,29 +200,65 @@ def _zip_images(archive: zipfile.ZipFile) -> tuple[list[tuple[str, Callable[[], 
             too_big += 1
             continue
         label = "/".join(p for p in m.filename.replace("\\", "/").split("/") if p not in ("", ".", ".."))
-        read = functools.partial(archive.read, m)
-        read.member = m.filename
-        named.append((label, read))
+        named.append((label, m))
     return named, too_big
 
 
-def _read_zip_member(path: Path, member: str) -> bytes:
-    with zipfile.ZipFile(path) as archive:
-        return archive.read(member)
+def _read_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> bytes:
+    """One member's bytes, by its directory entry, never more than MAX_ZIP_MEMBER_BYTES inflated."""
+    with archive.open(info) as f:
+        data = f.read(MAX_ZIP_MEMBER_BYTES + 1)
+    if len(data) > MAX_ZIP_MEMBER_BYTES:
+        raise DataError(f"zip member {info.filename!r} inflates past {MAX_ZIP_MEMBER_BYTES >> 20} MiB")
+    return data
+
+
+class _ZipReader:
+    """Reads members of one zip file through a single handle, opened at the first read and closed by
+    `close()` (which `decode_items` calls when it is done), so a zip is parsed once per pass rather
+    than once per member, and no handle outlives the decoding."""
+
+    def __init__(self, path: Path):
+        self.path, self._zip, self._lock = path, None, threading.Lock()
+
+    def read(self, info: zipfile.ZipInfo) -> bytes:
+        with self._lock:
+            if self._zip is None:
+                self._zip = zipfile.ZipFile(self.path)
+            return _read_member(self._zip, info)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._zip is not None:
+                self._zip.close()
+                self._zip = None
+
+
+class _ZipMember:
+    """A zero-argument reader of one zip member (what upload items hold)."""
+
+    def __init__(self, reader: _ZipReader, info: zipfile.ZipInfo):
+        self.reader, self.info = reader, info
+
+    def __call__(self) -> bytes:
+        return self.reader.read(self.info)
 
 
 def upload_items(paths: Iterable[str | Path], limit: int = 10_000) -> list[tuple[str, Callable[[], bytes]]]:
     """Uploaded files (images, or zips of images) -> [(display name, read bytes)], in order, at most
     `limit`. Zip members are read into memory when asked, never extracted; their names are only
-    labels. Raises DataError when nothing usable was given."""
+    labels. Raises DataError when nothing usable was given or a zip cannot be read."""
     items: list[tuple[str, Callable[[], bytes]]] = []
     for path in paths:
         path = Path(path)
         if zipfile.is_zipfile(path):
-            with zipfile.ZipFile(path) as archive:  # listed now, closed now; each read opens it again
-                named, _ = _zip_images(archive)
-            items.extend((f"{path.name}:{label}", functools.partial(_read_zip_member, path, read.member))
-                         for label, read in named)
+            try:
+                with zipfile.ZipFile(path) as archive:  # listed now, closed now
+                    named, _ = _zip_images(archive)
+            except (zipfile.BadZipFile, zipfile.LargeZipFile, NotImplementedError, ValueError) as e:
+                raise DataError(f"cannot read the zip {path.name}: {e}") from None
+            reader = _ZipReader(path)
+            items.extend((f"{path.name}:{label}", _ZipMember(reader, info)) for label, info in named)
         else:
             items.append((path.name, path.read_bytes))
         if len(items) >= limit:
@@ -230,8 +269,13 @@ def upload_items(paths: Iterable[str | Path], limit: int = 10_000) -> list[tuple
 
 
 def decode_items(items: list, size: int, channels: int, progress: Progress = None) -> tuple[torch.Tensor, np.ndarray]:
-    """[(name, read bytes)] -> (uint8 images (N_ok, C, size, size), ok mask over `items`)."""
-    images, ok = _decode_many([read for _, read in items], size, channels, progress)
+    """[(name, read bytes)] -> (uint8 images (N_ok, C, size, size), ok mask over `items`). Zip handles
+    opened for the reads are closed before it returns."""
+    try:
+        images, ok = _decode_many([read for _, read in items], size, channels, progress)
+    finally:
+        for reader in {read.reader for _, read in items if isinstance(read, _ZipMember)}:
+            reader.close()
     return torch.from_numpy(images[ok]), ok
 
 

@@ -166,7 +166,7 @@ class TrainingJob:
                 self._update(state="stopped", message="stopped before training began")
                 return
             self._update(state="training", message="")
-            began, timed_out = time.time(), []
+            began, timed_out = self.status().started_at or time.time(), []  # the cap counts the loading too
 
             def should_stop() -> bool:
                 if self.max_seconds is not None and time.time() - began > self.max_seconds:

@@ -58,7 +58,7 @@ def main(argv=None) -> dict:
     except (CheckpointError, ValueError, OSError) as e:
         fail(f"cannot load {args.checkpoint}: {e}")
     try:
-        items = upload_items(_inputs(args.inputs))
+        items = upload_items(_inputs(args.inputs), limit=10**9)
     except (DataError, OSError) as e:
         fail(str(e))
     images, ok = decode_items(items, model.cfg.data.image_size, model.cfg.data.channels)
@@ -74,7 +74,10 @@ def main(argv=None) -> dict:
         rows.append({"file": name, "cluster": top[0][0], "confidence": round(top[0][1], 4),
                      "top 3": ", ".join(f"{n} {q:.0%}" for n, q in top)})
         j += 1
-    out = open(args.out, "w", newline="") if args.out else sys.stdout
+    try:
+        out = open(args.out, "w", newline="") if args.out else sys.stdout
+    except OSError as e:
+        fail(f"cannot write {args.out}: {e.strerror or e}")
     try:
         writer = csv.DictWriter(out, fieldnames=list(rows[0]))
         writer.writeheader()

@@ -32,6 +32,10 @@ def main(argv=None) -> dict:
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--lr", type=float, default=5e-4)
     p.add_argument("--latent-weight", type=float, default=10.0)
+    p.add_argument("--geometry-weight", type=float, default=0.0,
+                   help="add this x the blob-placement error on generated images (0: the plain loss)")
+    p.add_argument("--precision", default="fp32", choices=["auto", "bf16", "fp32"],
+                   help="autocast for the forward passes (auto: bf16 where the hardware is fast at it)")
     p.add_argument("--lpips-weights", default=None, help="VGG16 ImageNet weights file (torchvision's)")
     p.add_argument("--no-lpips", action="store_true", help="train on the MSE terms only")
     p.add_argument("--seed", type=int, default=0)
@@ -47,9 +51,10 @@ def main(argv=None) -> dict:
     from gan_core.checkpoint import CheckpointError, load_models, load_weights, resolve, write_folder
     from gan_core.data import load_dataset, to_float
     from gan_core.losses import load_lpips
-    from gan_core.train import resolve_device
+    from gan_core.train import _autocast, resolve_device, resolve_precision
 
     device = resolve_device(args.device)
+    amp_dtype = resolve_precision(args.precision, device)
     try:
         cfg, g, _, meta = load_models(args.checkpoint, device)
         raw_cfg, raw_g, raw_d, _ = load_models(args.checkpoint, "cpu", ema=False)
@@ -85,7 +90,8 @@ def main(argv=None) -> dict:
         idx = torch.randint(0, len(images), (args.batch,), generator=gen)
         real = to_float(images[idx]).to(device)
         z = torch.randn(args.batch, cfg.model.nz, generator=gen).to(device)
-        losses = blobgan.encoder_losses(encoder, g, real, z, lpips, args.latent_weight)
+        with _autocast(device, amp_dtype):
+            losses = blobgan.encoder_losses(encoder, g, real, z, lpips, args.latent_weight, args.geometry_weight)
         opt.zero_grad(set_to_none=True)
         losses["loss"].backward()
         opt.step()
@@ -97,6 +103,8 @@ def main(argv=None) -> dict:
             sums = {}
     used = ("lpips+mse+latent" if lpips is not None else "mse+latent (no LPIPS: " +
             ("--no-lpips" if args.no_lpips else "VGG16 ImageNet weights absent") + ")")
+    if args.geometry_weight > 0:
+        used += f" + {args.geometry_weight:g} x geometry"
     raw_cfg.model.inversion_loss = used
     modules = {"generator": raw_g, "discriminator": raw_d}
     folder = resolve(args.checkpoint)

@@ -336,3 +336,12 @@ def test_a_hub_token_is_never_echoed_logged_or_stored(models, tmp_path, monkeypa
     for path in app.JOB.work_dir.rglob("*"):
         if path.is_file():
             assert token.encode() not in path.read_bytes(), path
+
+
+def test_messages_shown_to_visitors_carry_no_server_paths(tmp_path, monkeypatch):
+    work = tmp_path / "my work dir"
+    monkeypatch.setattr(app, "JOB", TrainingJob(work))
+    said = app._no_paths(f"cannot write checkpoints to {work}/runs/model-a: Permission denied")
+    assert str(tmp_path) not in said and said == "cannot write checkpoints to runs/model-a: Permission denied"
+    said = app._no_paths("cannot identify image file '/var/cache/x/61c9/text.png'")
+    assert said == "cannot identify image file 'text.png'"

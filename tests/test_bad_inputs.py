@@ -195,11 +195,12 @@ def test_every_bad_input_through_the_client(client, tmp_path):
         client.predict("tiny-cluster", [handle_file(str(uploads / "empty.zip"))], api_name="/classify_batch")
     assert "no images" in _one_line_app_error(e)
 
-    for bad_k in (50, "nan"):  # K above the 3 uploaded images; K not a number (JSON has no NaN)
+    for bad_k, says in ((50, "K = 50 clusters need at least 50 images; 3 were uploaded"),
+                        ("nan", "K (cluster) must be a number")):  # (JSON has no NaN: it comes as text)
         with pytest.raises(AppError) as e:
             client.predict("upload", [handle_file(str(uploads / n)) for n in ("1x1.png", "palette.png", "cmyk.jpg")],
                            "", "cluster", 10, 4, 2e-4, 32, 3, bad_k, "too-few", api_name="/train")
-        assert "K" in _one_line_app_error(e)
+        assert says in _one_line_app_error(e)
     for steps, lr in (("nan", 2e-4), (-5, 2e-4), (10, "inf"), (10, 5.0), ("ten", 2e-4)):
         with pytest.raises(AppError) as e:
             client.predict("shapes", None, "", "dcgan", steps, 4, lr, 32, 3, 10, "bad-numbers", api_name="/train")
@@ -225,3 +226,4 @@ def test_every_bad_input_through_the_client(client, tmp_path):
     stray = [p for p in created if not any(w in Path(p).resolve().parents for w in work)
              and tmp_path not in Path(p).parents and "pytest-of-" not in p]
     assert stray == []
+    assert list((app.WORK_DIR / "gradio-cache").rglob("palette.png"))  # the uploads landed in the work folder

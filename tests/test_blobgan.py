@@ -288,3 +288,32 @@ def test_layouts_start_spread_out_and_d_sees_batch_diversity():
     sd = blobgan.minibatch_stddev(varied)
     assert sd.shape == (8, 1, 4, 4) and (sd > 0.1).all()
     assert torch.equal(blobgan.minibatch_stddev(torch.randn(6, 8, 4, 4)), torch.zeros(6, 1, 4, 4))  # 6 % 4 != 0
+
+
+def test_layout_geometry_loss_weighs_shown_blobs_and_their_visibility():
+    def lay(xy, s):
+        n, k = len(xy), len(xy[0])
+        return blobgan.Layout(xy=torch.tensor(xy), ab=torch.full((n, k, 2), 0.5), angle=torch.tensor([[[1.0, 0.0]] * k] * n),
+                              size=torch.tensor(s), phi=torch.zeros(n, k, 2), psi=torch.zeros(n, k, 2),
+                              bg_phi=torch.zeros(n, 2), bg_psi=torch.zeros(n, 2))
+    target = lay([[[0.2, 0.2], [0.8, 0.8]]], [[10.0, -10.0]])  # blob 0 shown, blob 1 hidden
+    assert blobgan.layout_geometry_loss(target, target) == 0
+    hidden_moved = lay([[[0.2, 0.2], [0.1, 0.9]]], [[10.0, -10.0]])
+    assert blobgan.layout_geometry_loss(hidden_moved, target) < 1e-3  # a hidden blob's place hardly counts
+    shown_moved = lay([[[0.5, 0.6], [0.8, 0.8]]], [[10.0, -10.0]])
+    assert blobgan.layout_geometry_loss(shown_moved, target) == pytest.approx(0.3 ** 2 + 0.4 ** 2, rel=1e-3)
+    swapped_visibility = lay([[[0.2, 0.2], [0.8, 0.8]]], [[-10.0, 10.0]])
+    assert blobgan.layout_geometry_loss(swapped_visibility, target) == pytest.approx(1.0, rel=1e-3)
+
+
+def test_encoder_geometry_term_is_added_with_its_weight():
+    torch.manual_seed(0)
+    cfg = BlobGANConfig(ngf=4, ndf=4, blobs=2, feature_dim=8, style_dim=8, layout_hidden=16, encoder_ndf=4,
+                        image_size=32)
+    g, _ = blobgan.build(cfg)
+    e = blobgan.build_encoder(cfg, g)
+    real, z = torch.rand(2, 3, 32, 32) * 2 - 1, torch.randn(2, cfg.nz)
+    out = blobgan.encoder_losses(e, g, real, z, None, geometry_weight=5.0)
+    parts = out["mse_real"] + out["mse_fake"] + 10 * out["latent"] + 5.0 * out["geometry"]
+    assert out["geometry"] > 0 and torch.allclose(out["loss"], parts)
+    assert blobgan.encoder_losses(e, g, real, z, None)["geometry"] == 0

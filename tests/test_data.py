@@ -251,3 +251,56 @@ def test_second_load_is_a_cache_hit(tmp_path):
     data.load_dataset(scenes)
     hit = data.load_dataset(scenes)
     assert hit.from_cache and hit.objects.shape == (5, 4, 7)
+
+
+def _png(colour=(9, 9, 9), size=8) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (size, size), colour).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def test_upload_zip_members_are_read_by_entry_so_a_duplicate_name_cannot_smuggle_a_bomb(tmp_path):
+    archive = tmp_path / "dup.zip"
+    small = _png()
+    with zipfile.ZipFile(archive, "w", compression=zipfile.ZIP_DEFLATED) as z:
+        z.writestr("a.png", small)
+        with pytest.warns(UserWarning, match="Duplicate name"):
+            z.writestr("a.png", b"\0" * (data.MAX_ZIP_MEMBER_BYTES + 10))  # the same name, a bomb
+    items = data.upload_items([archive])
+    assert [name for name, _ in items] == ["dup.zip:a.png"]  # the bomb is skipped by its declared size
+    assert items[0][1]() == small  # and the read gets the small entry, not the last one of that name
+    images, ok = data.decode_items(items, 8, 3)
+    assert ok.tolist() == [True] and images.shape == (1, 3, 8, 8)
+    assert items[0][1].reader._zip is None  # decode_items closed the handle
+
+
+def test_upload_zip_with_a_broken_directory_is_a_data_error(tmp_path):
+    good = io.BytesIO()
+    with zipfile.ZipFile(good, "w") as z:
+        z.writestr("a.png", _png())
+    raw = good.getvalue().replace(b"PK\x01\x02", b"XX\x01\x02")  # the central directory's entries
+    broken = tmp_path / "broken.zip"
+    broken.write_bytes(raw)
+    assert zipfile.is_zipfile(broken)  # it still looks like a zip from its end record
+    with pytest.raises(data.DataError, match="cannot read the zip broken.zip"):
+        data.upload_items([broken])
+
+
+def test_upload_zip_reads_many_members_through_one_handle(tmp_path, monkeypatch):
+    archive = tmp_path / "many.zip"
+    with zipfile.ZipFile(archive, "w") as z:
+        for i in range(50):
+            z.writestr(f"{i}.png", _png((i, 0, 0)))
+    opened = []
+    real = zipfile.ZipFile
+
+    class Counting(real):
+        def __init__(self, *a, **k):
+            opened.append(a[0])
+            super().__init__(*a, **k)
+
+    monkeypatch.setattr(data.zipfile, "ZipFile", Counting)
+    items = data.upload_items([archive])
+    images, ok = data.decode_items(items, 8, 3)
+    assert ok.all() and len(images) == 50
+    assert len(opened) == 2  # once to list, once to read all 50

@@ -32,7 +32,7 @@ from PIL import Image  # noqa: E402
 
 from gan_core import blobgan, config as config_mod, jobs, latent, viz  # noqa: E402
 from gan_core import checkpoint as ckpt  # noqa: E402
-from gan_core.cluster import ClusterModel  # noqa: E402
+from gan_core.cluster import UNREADABLE as UNREADABLE_ROW, ClusterModel, assignment_rows  # noqa: E402
 from gan_core.data import DataError, decode_items, upload_items  # noqa: E402
 from gan_core.train import resolve_precision  # noqa: E402
 
@@ -421,17 +421,9 @@ def classify_batch(model, files):
     if len(images) == 0:
         raise gr.Error("None of the uploaded files could be read as an image.")
     pred = cm.predict(images)
-    rows, j = [], 0
-    for (name, _), good in zip(items, ok):
-        if not good:
-            rows.append({"file": name, "cluster": "(unreadable)", "confidence": 0.0, "top 3": ""})
-            continue
-        top = pred.top(j, 3)
-        rows.append({"file": name, "cluster": top[0][0], "confidence": round(top[0][1], 4),
-                     "top 3": ", ".join(f"{n} {p:.0%}" for n, p in top)})
-        j += 1
+    rows = assignment_rows([name for name, _ in items], ok, pred)
     table = pd.DataFrame(rows)
-    counts = (table[table["cluster"] != "(unreadable)"]["cluster"].value_counts()
+    counts = (table[table["cluster"] != UNREADABLE_ROW]["cluster"].value_counts()
               .reindex(cm.names, fill_value=0).rename_axis("cluster").reset_index(name="images"))
     out = _scratch() / "assignments.csv"
     with out.open("w", newline="") as f:

@@ -386,6 +386,25 @@ class Prediction:
         return [(self.names[j], float(q)) for j, q in zip(idx.tolist(), p)]
 
 
+UNREADABLE = "(unreadable)"
+
+
+def assignment_rows(names: list[str], ok, pred: Prediction) -> list[dict]:
+    """One row per input file (what Classify and scripts/classify.py write): file, cluster, confidence
+    and the top 3. `ok` marks the files that were read; `pred` covers those only, in order. A file that
+    could not be read gets the cluster "(unreadable)"."""
+    rows, j = [], 0
+    for name, good in zip(names, ok):
+        if not good:
+            rows.append({"file": name, "cluster": UNREADABLE, "confidence": 0.0, "top 3": ""})
+            continue
+        top = pred.top(j, 3)
+        rows.append({"file": name, "cluster": top[0][0], "confidence": round(top[0][1], 4),
+                     "top 3": ", ".join(f"{n} {p:.0%}" for n, p in top)})
+        j += 1
+    return rows
+
+
 @dataclass
 class Exemplars:
     real: torch.Tensor  # uint8 (n, C, H, W): the training images the cluster is surest of, most confident first

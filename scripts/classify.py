@@ -49,7 +49,7 @@ def main(argv=None) -> dict:
     from PIL import Image
 
     from gan_core.checkpoint import CheckpointError
-    from gan_core.cluster import ClusterModel
+    from gan_core.cluster import UNREADABLE, ClusterModel, assignment_rows
     from gan_core.data import DataError, decode_items, upload_items
 
     warnings.simplefilter("error", Image.DecompressionBombWarning)  # refuse what the app refuses
@@ -65,15 +65,7 @@ def main(argv=None) -> dict:
     if len(images) == 0:
         fail("none of the given files could be read as an image", unreadable=len(items))
     pred = model.predict(images)
-    rows, j = [], 0
-    for (name, _), good in zip(items, ok):
-        if not good:
-            rows.append({"file": name, "cluster": "(unreadable)", "confidence": 0.0, "top 3": ""})
-            continue
-        top = pred.top(j, 3)
-        rows.append({"file": name, "cluster": top[0][0], "confidence": round(top[0][1], 4),
-                     "top 3": ", ".join(f"{n} {q:.0%}" for n, q in top)})
-        j += 1
+    rows = assignment_rows([name for name, _ in items], ok, pred)
     try:
         out = open(args.out, "w", newline="") if args.out else sys.stdout
     except OSError as e:
@@ -87,7 +79,7 @@ def main(argv=None) -> dict:
             out.close()
     counts = {name: 0 for name in model.names}
     for row in rows:
-        if row["cluster"] != "(unreadable)":
+        if row["cluster"] != UNREADABLE:
             counts[row["cluster"]] += 1
     result = {"images": int(ok.sum()), "unreadable": int((~ok).sum()), "counts": counts,
               "out": args.out, "checkpoint": args.checkpoint}

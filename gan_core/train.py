@@ -262,10 +262,14 @@ def train(cfg: config_mod.RunConfig, on_progress: Optional[ProgressFn] = None,
     images = images.to(device, non_blocking=True)
 
     m = build_models(cfg, device)
+
+    def modules() -> dict[str, nn.Module]:
+        out = {"generator": m.g_core, "discriminator": m.d_core}
+        out.update((name, ema) for name, ema, _ in _ema_copies(m))
+        return out
+
     if rank == 0:  # room for a new checkpoint beside the kept one, or the first save would fail mid-run
-        one = ckpt.checkpoint_bytes({"generator": m.g_core, "discriminator": m.d_core,
-                                     **{name: ema for name, ema, _ in _ema_copies(m)}},
-                                    {"G": m.opt_g, "D": m.opt_d})
+        one = ckpt.checkpoint_bytes(modules(), {"G": m.opt_g, "D": m.opt_d})
         ckpt.check_output_folder(out_dir, need_bytes=2 * one)
     step = 0
     if t.resume:
@@ -292,11 +296,6 @@ def train(cfg: config_mod.RunConfig, on_progress: Optional[ProgressFn] = None,
     step_fn = STEPS[cfg.model.kind]
     m.G.train()
     m.D.train()
-
-    def modules() -> dict[str, nn.Module]:
-        out = {"generator": m.g_core, "discriminator": m.d_core}
-        out.update((name, ema) for name, ema, _ in _ema_copies(m))
-        return out
 
     last_metrics: dict[str, float] = {}
     last_saved: Optional[Path] = ckpt.latest_checkpoint(out_dir) if t.resume else None

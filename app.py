@@ -117,7 +117,7 @@ def _one_line_inputs(component: type):
 
 
 # Every input widget of the page is made by one of these.
-Number, Slider, Image_, File, Dataframe, JSON = map(_one_line_inputs, (gr.Number, gr.Slider, gr.Image, gr.File,
+Number, Slider, ImageInput, File, Dataframe, JSON = map(_one_line_inputs, (gr.Number, gr.Slider, gr.Image, gr.File,
                                                                       gr.Dataframe, gr.JSON))
 
 
@@ -678,7 +678,7 @@ def build() -> gr.Blocks:
                 style_seed = Number(value=1, precision=0, label="style from seed")
             apply = gr.Button("Apply edit", elem_id="apply-edit")
             with gr.Row():
-                to_invert = Image_(label="Invert an image into a layout", type="pil")
+                to_invert = ImageInput(label="Invert an image into a layout", type="pil")
                 b_invert = gr.Button("Invert")
             layout = JSON(label="Layout", visible=False)
 
@@ -686,7 +686,7 @@ def build() -> gr.Blocks:
             c_model = gr.Dropdown(classify_choices, value=_default("classify", classify_choices), label="Cluster model",
                                   allow_custom_value=True)
             with gr.Row():
-                c_image = Image_(label="One image", type="pil", elem_id="classify-image")
+                c_image = ImageInput(label="One image", type="pil", elem_id="classify-image")
                 with gr.Column():
                     c_label = gr.Label(num_top_classes=3, label="Cluster", elem_id="classify-label")
                     c_top = gr.Markdown()

@@ -377,16 +377,19 @@ def layout_geometry_loss(pred: Layout, target: Layout) -> torch.Tensor:
 
 
 def encoder_losses(e: BlobEncoder, g: BlobGenerator, real: torch.Tensor, z: torch.Tensor, lpips=None,
-                   latent_weight: float = 10.0, geometry_weight: float = 0.0) -> dict[str, torch.Tensor]:
+                   latent_weight: float = 10.0, geometry_weight: float = 0.0,
+                   fake: Optional[torch.Tensor] = None) -> dict[str, torch.Tensor]:
     """The inversion loss, G and the layout net frozen by the caller:
     LPIPS(x_r, G(E(x_r))) + LPIPS(x_f, G(E(x_f))) + MSE(x_r, .) + MSE(x_f, .) + 10 * MSE(beta_f, E(x_f)),
     beta_f being the layout net's raw vector for the fake x_f = G(z). Without `lpips` its terms are 0.
     `geometry_weight` > 0 adds that times `layout_geometry_loss` on the fakes: the raw vector is mostly
-    blob features (199 numbers a blob, 2 of them its centre), so its MSE says little about placement."""
+    blob features (199 numbers a blob, 2 of them its centre), so its MSE says little about placement.
+    `fake`: G(z) when the caller has rendered it already (the GAN step, jittered); it is detached.
+    (When G is not frozen, the MSE terms train its painter too: that is `train_step`'s recon_weight.)"""
     with torch.no_grad():
         beta_f = g.layout_net.mlp(z.flatten(1))
         target = g.layout_net.decode(beta_f)
-        fake = g.render(target)
+        fake = g.render(target) if fake is None else fake.detach()
     pred_r, pred_f = e(real), e(fake)
     lay_f = g.layout_net.decode(pred_f)
     rec_r, rec_f = g.render(g.layout_net.decode(pred_r)), g.render(lay_f)
@@ -467,7 +470,20 @@ def train_step(m, real: torch.Tensor, noise: torch.Tensor, real_label: float = 1
     with _autocast(real.device, m.autocast_dtype):
         gen_logits = m.d_for_g(fake, logits=True)
         loss_g = g_nonsaturating_loss(gen_logits)
-    metrics = g_update_and_metrics(m, loss_d, loss_g, real_logits, fake_logits, gen_logits)
+        inversion = None
+        if m.encoder is not None:
+            # recon_weight x the inversion loss: E gets its usual balance of terms (Adam ignores the
+            # scale); the painter gets recon_weight x the two MSE terms (the latent term has no path to G).
+            inversion = encoder_losses(m.encoder, m.g_core, real, noise, latent_weight=cfg.encoder_latent_weight,
+                                       fake=fake)
+    total_g = loss_g if inversion is None else loss_g + cfg.recon_weight * inversion["loss"]
+    if m.opt_e is not None:
+        m.opt_e.zero_grad(set_to_none=True)
+    metrics = g_update_and_metrics(m, loss_d, total_g, real_logits, fake_logits, gen_logits)
+    metrics["loss_g"] = loss_g.detach()
+    if inversion is not None:
+        m.opt_e.step()
+        metrics.update({f"enc_{k}": inversion[k].detach().float() for k in ("mse_real", "mse_fake", "latent")})
     metrics["r1"] = r1.detach().float()
     return metrics
 

@@ -96,6 +96,14 @@ class BlobGANConfig:
     r1_gamma: float = 0.1
     r1_every: int = 16
     encoder_ndf: int = 32  # inversion encoder width (DCGAN-style trunk)
+    # > 0: an encoder trains alongside the GAN (the inversion loss without LPIPS), and the painter also
+    # gets this x MSE(x, G(E(x))) on real images, so it must redraw real scenes from blobs it is given.
+    recon_weight: float = 0.0
+    encoder_lr: float = 5e-4  # the encoder's Adam rate when recon_weight > 0
+    # The latent term's weight for that encoder (the inversion loss has 10). At 10 the latent MSE was 50x
+    # the image terms early on and the reconstructions lagged (measured); scripts/train_encoder.py then
+    # finishes the encoder with the inversion loss as written, G frozen.
+    encoder_latent_weight: float = 10.0
     inversion_loss: Optional[str] = None  # written when the encoder is trained: which loss terms it used
 
 
@@ -215,7 +223,9 @@ def validate(cfg: RunConfig) -> RunConfig:
                     ("model.style_dim", m.style_dim, 1, 4096), ("model.layout_hidden", m.layout_hidden, 1, 8192),
                     ("model.r1_every", m.r1_every, 1, 10_000), ("model.encoder_ndf", m.encoder_ndf, 1, 1024))
         _check_numbers(("model.jitter", m.jitter, 0.0, 0.5), ("model.r1_gamma", m.r1_gamma, 0.0, 1000.0),
-                       ("model.min_axis", m.min_axis, 0.001, 1.0))
+                       ("model.min_axis", m.min_axis, 0.001, 1.0),
+                       ("model.recon_weight", m.recon_weight, 0.0, 1e6), ("model.encoder_lr", m.encoder_lr, 1e-8, 1.0),
+                       ("model.encoder_latent_weight", m.encoder_latent_weight, 0.0, 1e6))
         if t.compile and m.r1_gamma > 0:
             raise ValueError("blobgan's R1 penalty needs a double backward, which torch.compile does not "
                              "support: set train.compile=false or model.r1_gamma=0")

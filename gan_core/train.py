@@ -84,6 +84,8 @@ class Models:
     model_cfg: object = None  # the model's config (the cluster step reads k, weights, objective)
     ema_d: Optional[nn.Module] = None  # EMA copy of D, for models whose D is used at inference (cluster)
     step: int = 0  # the step being taken (set by the loop; blobgan's lazy R1 reads it)
+    encoder: Optional[nn.Module] = None  # blobgan with recon_weight > 0: the encoder trained alongside
+    opt_e: Optional[torch.optim.Optimizer] = None
 
 
 def use_channels_last(t: config_mod.TrainConfig, device: torch.device) -> bool:
@@ -121,7 +123,19 @@ def build_models(cfg: config_mod.RunConfig, device: torch.device) -> Models:
         d_for_g = D.module  # G's step must not trigger D's gradient all-reduce
     # A cluster model classifies with its D, so D gets an EMA copy too (the weights used to predict).
     ema_d = copy.deepcopy(d).eval().requires_grad_(False) if t.ema_decay > 0 and cfg.model.kind == "cluster" else None
-    return Models(G, D, g, d, opt_g, opt_d, ema, autocast_dtype, fmt, d_for_g, cfg.model, ema_d)
+    m = Models(G, D, g, d, opt_g, opt_d, ema, autocast_dtype, fmt, d_for_g, cfg.model, ema_d)
+    if cfg.model.kind == "blobgan" and cfg.model.recon_weight > 0:
+        m.encoder = blobgan.build_encoder(cfg.model, g).to(device, memory_format=fmt)
+        m.opt_e = torch.optim.Adam(m.encoder.parameters(), lr=cfg.model.encoder_lr, betas=(0.9, 0.999), fused=fused)
+    return m
+
+
+def optimizers(m: Models) -> dict[str, torch.optim.Optimizer]:
+    """The optimizers a training checkpoint holds, by name."""
+    out = {"G": m.opt_g, "D": m.opt_d}
+    if m.opt_e is not None:
+        out["E"] = m.opt_e
+    return out
 
 
 def _autocast(device: torch.device, dtype: Optional[torch.dtype]):
@@ -266,10 +280,12 @@ def train(cfg: config_mod.RunConfig, on_progress: Optional[ProgressFn] = None,
     def modules() -> dict[str, nn.Module]:
         out = {"generator": m.g_core, "discriminator": m.d_core}
         out.update((name, ema) for name, ema, _ in _ema_copies(m))
+        if m.encoder is not None:
+            out["encoder"] = m.encoder
         return out
 
     if rank == 0:  # room for a new checkpoint beside the kept one, or the first save would fail mid-run
-        one = ckpt.checkpoint_bytes(modules(), {"G": m.opt_g, "D": m.opt_d})
+        one = ckpt.checkpoint_bytes(modules(), optimizers(m))
         ckpt.check_output_folder(out_dir, need_bytes=2 * one)
     step = 0
     if t.resume:
@@ -285,9 +301,11 @@ def train(cfg: config_mod.RunConfig, on_progress: Optional[ProgressFn] = None,
                     ckpt.load_weights(ema, folder / f"{name}.safetensors")
                 else:  # EMA switched on at resume: start it from the trained model, not from the init
                     ema.load_state_dict(core.state_dict())
+            if m.encoder is not None:
+                ckpt.load_weights(m.encoder, folder / "encoder.safetensors")
             if not (folder / "optimizer.safetensors").exists():
                 raise ValueError(f"cannot resume from {folder}: it has no optimizer state (an exported checkpoint?)")
-            ckpt.load_optimizers(folder, {"G": m.opt_g, "D": m.opt_d})
+            ckpt.load_optimizers(folder, optimizers(m))
             step = int(meta["step"])
 
     # Sample grids: fixed latents; for cluster models each row of 8 cycles through the codes.
@@ -307,7 +325,7 @@ def train(cfg: config_mod.RunConfig, on_progress: Optional[ProgressFn] = None,
     def save() -> Optional[Path]:
         if rank != 0:
             return None
-        folder = ckpt.save_training_checkpoint(out_dir, cfg, step, modules(), {"G": m.opt_g, "D": m.opt_d},
+        folder = ckpt.save_training_checkpoint(out_dir, cfg, step, modules(), optimizers(m),
                                                last_metrics, keep=t.keep_checkpoints)
         if on_checkpoint:
             on_checkpoint(step, folder)

@@ -42,6 +42,8 @@ def main(argv=None) -> dict:
     p.add_argument("--device", default="auto")
     p.add_argument("--log-every", type=int, default=100)
     p.add_argument("--resume-encoder", action="store_true", help="start from the encoder in --out")
+    p.add_argument("--from-checkpoint-encoder", action="store_true",
+                   help="start from the encoder in --checkpoint (one trained alongside the GAN: model.recon_weight)")
     args = p.parse_args(argv)
 
     import torch
@@ -72,6 +74,12 @@ def main(argv=None) -> dict:
     g.requires_grad_(False)
     torch.manual_seed(args.seed)
     encoder = blobgan.build_encoder(cfg.model, g)
+    if args.resume_encoder and args.from_checkpoint_encoder:
+        fail("--resume-encoder and --from-checkpoint-encoder each choose where the encoder starts; give one")
+    if args.from_checkpoint_encoder:
+        if not (resolve(args.checkpoint) / "encoder.safetensors").exists():
+            fail(f"{args.checkpoint} has no encoder to start from")
+        load_weights(encoder, resolve(args.checkpoint) / "encoder.safetensors")
     if args.resume_encoder and (Path(args.out) / "encoder.safetensors").exists():
         load_weights(encoder, Path(args.out) / "encoder.safetensors")
     encoder = encoder.to(device).train()

@@ -150,11 +150,52 @@ def test_blobgan_trains_saves_and_loads(tmp_path):
     assert loaded_cfg.model.kind == "blobgan" and g(torch.randn(1, 64, 1, 1)).shape == (1, 3, 32, 32)
 
 
+def test_joint_reconstruction_trains_an_encoder_and_the_painter_and_resumes(tmp_path):
+    from gan_core import checkpoint
+    from gan_core.train import build_models, train
+
+    model = BlobGANConfig(ngf=4, ndf=4, blobs=2, feature_dim=8, style_dim=8, layout_hidden=16, encoder_ndf=4,
+                          recon_weight=5.0, r1_every=2)
+    cfg = RunConfig(model=model, data=DataConfig(source="scenes", num_images=16, image_size=32),
+                    train=TrainConfig(steps=3, batch_size=4, log_every=1, checkpoint_every=2, device="cpu",
+                                      precision="fp32", ema_decay=0.9, out_dir=str(tmp_path / "run")))
+    result = train(cfg)
+    assert result["step"] == 3 and {"enc_mse_real", "enc_mse_fake", "enc_latent"} <= set(result["metrics"])
+    folder = checkpoint.latest_checkpoint(tmp_path / "run")
+    assert (folder / "encoder.safetensors").exists()
+    assert blobgan.BlobModel.load(folder).encoder is not None  # the app and evaluate_blobs can invert with it
+
+    # The painter's update includes recon_weight x the reconstruction of real images: with the D that
+    # G's step sees made flat (zero logits, zero gradient), G still moves, and E moves too.
+    import copy
+    cfg.model.recon_weight = 1.0
+    m = build_models(cfg, torch.device("cpu"))
+    m.d_for_g = lambda x, logits=True: x.sum((1, 2, 3)) * 0.0
+    g0, e0 = copy.deepcopy(m.g_core.blocks.state_dict()), copy.deepcopy(m.encoder.state_dict())
+    metrics = blobgan.train_step(m, torch.rand(4, 3, 32, 32) * 2 - 1, torch.randn(4, 64))
+    assert metrics["enc_mse_real"] > 0
+    assert any(not torch.equal(v, m.g_core.blocks.state_dict()[k]) for k, v in g0.items())
+    assert any(not torch.equal(v, m.encoder.state_dict()[k]) for k, v in e0.items())
+
+    # resume: the encoder and its optimizer come back from the checkpoint
+    cfg.model.recon_weight, cfg.model.r1_gamma = 5.0, 0.1
+    cfg.train.resume, cfg.train.steps = True, 4
+    saved_e = checkpoint.load_file(str(folder / "encoder.safetensors"))
+    resumed = train(cfg)
+    assert resumed["steps_run"] == 1
+    assert not torch.equal(saved_e["trunk.0.weight"], checkpoint.load_file(
+        str(checkpoint.latest_checkpoint(tmp_path / "run") / "encoder.safetensors"))["trunk.0.weight"])
+
+
 def test_blobgan_config_is_validated():
     good = RunConfig(model=BlobGANConfig(), data=DataConfig(source="scenes"))
     validate(good)
     with pytest.raises(ValueError, match="model.blobs"):
         validate(RunConfig(model=BlobGANConfig(blobs=0), data=DataConfig(source="scenes")))
+    for bad in ({"recon_weight": -1.0}, {"recon_weight": float("nan")}, {"encoder_lr": 0.0},
+                {"encoder_latent_weight": -0.5}):
+        with pytest.raises(ValueError, match="model." + next(iter(bad))):
+            validate(RunConfig(model=BlobGANConfig(**bad), data=DataConfig(source="scenes")))
     with pytest.raises(ValueError, match="double backward"):
         validate(RunConfig(model=BlobGANConfig(), data=DataConfig(source="scenes"), train=TrainConfig(compile=True)))
     validate(RunConfig(model=BlobGANConfig(r1_gamma=0), data=DataConfig(source="scenes"), train=TrainConfig(compile=True)))
@@ -317,3 +358,30 @@ def test_encoder_geometry_term_is_added_with_its_weight():
     parts = out["mse_real"] + out["mse_fake"] + 10 * out["latent"] + 5.0 * out["geometry"]
     assert out["geometry"] > 0 and torch.allclose(out["loss"], parts)
     assert blobgan.encoder_losses(e, g, real, z, None)["geometry"] == 0
+
+
+def test_encoder_script_can_start_from_the_encoder_trained_alongside_the_gan(tmp_path):
+    from conftest import run_script
+    from gan_core.checkpoint import load_file
+
+    tiny = ["model=blobgan", "model.ngf=4", "model.ndf=4", "model.blobs=2", "model.feature_dim=8",
+            "model.style_dim=8", "model.layout_hidden=16", "model.encoder_ndf=4", "data.source=scenes",
+            "data.num_images=8", "data.image_size=32", "train.batch_size=4", "train.steps=2", "train.device=cpu",
+            "train.ema_decay=0.9"]
+    proc, _ = run_script(["scripts/train.py", *tiny, "model.recon_weight=10", f"train.out_dir={tmp_path / 'joint'}"])
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    base = ["scripts/train_encoder.py", "--steps", "1", "--batch", "2", "--no-lpips", "--lr", "0"]
+    proc, result = run_script([*base, "--checkpoint", str(tmp_path / "joint"), "--out", str(tmp_path / "enc"),
+                               "--from-checkpoint-encoder"])
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    start = load_file(str(tmp_path / "joint" / "checkpoints" / "step_00000002" / "encoder.safetensors"))
+    after = load_file(str(tmp_path / "enc" / "encoder.safetensors"))
+    assert all(torch.equal(start[k], after[k]) for k in start)  # lr 0: the encoder is the one it started from
+
+    proc, _ = run_script(["scripts/train.py", *tiny, f"train.out_dir={tmp_path / 'plain'}"])
+    proc, refused = run_script([*base, "--checkpoint", str(tmp_path / "plain"), "--out", str(tmp_path / "e2"),
+                                "--from-checkpoint-encoder"])
+    assert proc.returncode == 2 and "no encoder" in refused["error"]
+    proc, refused = run_script([*base, "--checkpoint", str(tmp_path / "joint"), "--out", str(tmp_path / "e3"),
+                                "--from-checkpoint-encoder", "--resume-encoder"])
+    assert proc.returncode == 2 and "give one" in refused["error"]

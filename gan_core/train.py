@@ -275,6 +275,8 @@ def train(cfg: config_mod.RunConfig, on_progress: Optional[ProgressFn] = None,
                          f"{cfg.data.channels}x{cfg.data.image_size}x{cfg.data.image_size}")
     images = images.to(device, non_blocking=True)
 
+    if world > 1 and cfg.model.kind == "blobgan" and cfg.model.recon_weight > 0:
+        raise ValueError("model.recon_weight trains its encoder in one process; run it without torchrun")
     m = build_models(cfg, device)
 
     def modules() -> dict[str, nn.Module]:

@@ -33,6 +33,17 @@ def test_opacity_at_the_centre_is_sigmoid_s_and_weights_sum_to_one():
     assert w[0, 1, 1, 3].item() == pytest.approx(1 / (1 + math.exp(-(1.3 - 3.125))), abs=1e-6)
 
 
+def test_a_blob_with_s_below_zero_draws_nothing_but_can_learn_to_show():
+    lay = layout([[0.5, 0.5], [0.3, 0.3]], size=[-0.3, 2.0])
+    lay.size.requires_grad_(True)
+    w = blobgan.splat(lay, 8)
+    assert torch.equal(w[0, 1], torch.zeros(8, 8))  # sigmoid(-0.3) = 0.43 at its centre without the gate
+    assert w[0, 2].max() > 0.5 and torch.allclose(w.sum(1), torch.ones(1, 8, 8), atol=1e-6)
+    w[0, 1].sum().backward()  # a loss that wants blob 0 shown raises its s (straight-through gradient)
+    assert lay.size.grad[0, 0] > 0
+    assert blobgan.visibility_gate(torch.tensor([-1e4, -0.1, 0.0, 0.1])).tolist() == [0.0, 0.0, 0.0, 1.0]
+
+
 def test_the_last_slot_is_in_front():
     # Two identical blobs at the same place: the front one takes o, the one behind o * (1 - o).
     lay = layout([[0.5, 0.5], [0.5, 0.5]], size=[2.0, 2.0])

@@ -6,8 +6,10 @@ hidden), each rendered by the generator.
     python scripts/blob_edit_demo.py --checkpoint checkpoints/scenes-blobgan --out move_blob.png
 
 The moved blob is the most opaque visible one; it moves by --shift of the image side towards the
-image's centre line. Last stdout line: one JSON object with the output path and, per row, the seed,
-the blob and the shift.
+image's centre line. With --invert-scenes N the rows are N held-out `scenes` images instead (seed
+10,000, as scripts/evaluate_blobs.py): the image itself first, then G(E(x)) with the blobs the encoder
+read, then the blob matched to the image's first object moved, then hidden. Last stdout line: one
+JSON object with the output path and, per row, the seed (or scene index), the blob and the shift.
 """
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from _cli import fail  # noqa: E402  (scripts/ is on sys.path when a script runs)
 
 
 def main(argv=None) -> dict:
@@ -26,35 +29,60 @@ def main(argv=None) -> dict:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3])
     p.add_argument("--shift", type=float, default=0.25)
     p.add_argument("--scale", type=int, default=4)
+    p.add_argument("--invert-scenes", type=int, default=0, metavar="N",
+                   help="rows from N held-out scenes read by the encoder, instead of the seeds' samples")
     args = p.parse_args(argv)
 
     from PIL import Image
 
     from gan_core import blobgan
-    from gan_core.viz import draw_blobs
+    from gan_core.viz import draw_blobs, to_uint8
 
     model = blobgan.BlobModel.load(args.checkpoint)
     rows, info = [], []
-    for seed in args.seeds:
-        lay = model.sample_layout(seed)
+    if args.invert_scenes > 0:
+        from gan_core.config import DataConfig
+        from gan_core.data import load_dataset, to_float
+
+        if model.encoder is None:
+            fail("--invert-scenes needs a checkpoint with an encoder")
+        cfg = model.cfg.data
+        scenes = load_dataset(DataConfig(source="scenes", num_images=args.invert_scenes, seed=10_000,
+                                         image_size=cfg.image_size, channels=cfg.channels))
+        x = to_float(scenes.images)
+        layouts = model.g.layout_net.decode(model.encoder(x.to(model.device)).detach())
+        cases = [(i, layouts.index(i), scenes.objects[i], x[i]) for i in range(len(x))]
+    else:
+        cases = [(seed, model.sample_layout(seed), None, None) for seed in args.seeds]
+    for key, lay, objects, real in cases:
         visible = lay.visible()[0]
-        k = int(lay.size[0].masked_fill(~visible, float("-inf")).argmax()) if bool(visible.any()) else 0
+        pairs = blobgan.match_objects(objects, lay)[1] if objects is not None else []
+        k = next((b for o, b in pairs if o == 0), None)  # the blob matched to the first object
+        if k is None:
+            k = int(lay.size[0].masked_fill(~visible, float("-inf")).argmax()) if bool(visible.any()) else 0
         dx = args.shift if float(lay.xy[0, k, 0]) < 0.5 else -args.shift
         moved = blobgan.move(lay, k, dx=dx)
         hidden = blobgan.hide(lay, k)
         tiles = [draw_blobs(model.render(lay)[0], lay, args.scale), draw_blobs(model.render(moved)[0], moved, args.scale),
                  draw_blobs(model.render(hidden)[0], hidden, args.scale)]
+        if real is not None:
+            pixels = to_uint8(real[None])[0]  # (H, W, C)
+            pixels = pixels[..., 0] if pixels.shape[-1] == 1 else pixels
+            tiles.insert(0, Image.fromarray(pixels).resize(tiles[0].size, Image.Resampling.NEAREST))
         rows.append(tiles)
-        info.append({"seed": seed, "blob": k, "dx": round(dx, 3)})
+        info.append({("scene" if real is not None else "seed"): key, "blob": k, "dx": round(dx, 3)})
     w, h = rows[0][0].size
     pad = 4
-    sheet = Image.new("RGB", (3 * w + 4 * pad, len(rows) * (h + pad) + pad), (255, 255, 255))
+    cols = len(rows[0])
+    sheet = Image.new("RGB", (cols * w + (cols + 1) * pad, len(rows) * (h + pad) + pad), (255, 255, 255))
     for r, tiles in enumerate(rows):
         for c, tile in enumerate(tiles):
             sheet.paste(tile, (pad + c * (w + pad), pad + r * (h + pad)))
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     sheet.save(args.out)
-    result = {"out": args.out, "rows": info, "columns": ["original", "blob moved", "blob hidden"]}
+    columns = ["original", "blob moved", "blob hidden"]
+    result = {"out": args.out, "rows": info, "columns": (["image", "read by the encoder"] + columns[1:]
+                                                         if args.invert_scenes > 0 else columns)}
     print(json.dumps(result))
     return result
 

@@ -92,8 +92,9 @@ sys.path.insert(0, ".")
 from gan_core.config import BlobGANConfig, DataConfig, RunConfig, TrainConfig
 from gan_core.train import train
 out, minutes, steps = Path(sys.argv[1]) / "runs" / "scenes-blobgan", float(sys.argv[3]), int(sys.argv[4])
-cfg = RunConfig(model=BlobGANConfig(), data=DataConfig(source="scenes", num_images=20000),
-                train=TrainConfig(steps=steps, batch_size=64, device=sys.argv[2], ema_decay=0.999, log_every=100,
+cfg = RunConfig(model=BlobGANConfig(recon_weight=30.0, encoder_latent_weight=0.1),
+                data=DataConfig(source="scenes", num_images=20000),
+                train=TrainConfig(steps=steps, batch_size=64, device=sys.argv[2], ema_decay=0.999, lr_d=8e-4, log_every=100,
                                   sample_every=10**6, checkpoint_every=2000, out_dir=str(out)))
 deadline = time.time() + minutes * 60
 print(json.dumps(train(cfg, should_stop=lambda: time.time() > deadline)))
@@ -126,7 +127,7 @@ wait "$BLOB_PID"
 record blobgan_train "$LOG/blobgan_train.log"
 ESTEPS=1000000; [ "$SMOKE" = 1 ] && ESTEPS=3
 timeout $(( MARGIN_S + 60 )) $PY scripts/train_encoder.py --checkpoint "$LOG/runs/scenes-blobgan" --out "$LOG/scenes-blobgan" \
-  --device "$DEV" --batch 64 --steps $ESTEPS --minutes "$BLOB_ENC_MIN" > "$LOG/blobgan_encoder.log" 2>&1
+  --from-checkpoint-encoder --device "$DEV" --batch 64 --steps $ESTEPS --minutes "$BLOB_ENC_MIN" > "$LOG/blobgan_encoder.log" 2>&1
 record blobgan_encoder "$LOG/blobgan_encoder.log"
 NEVAL=500; [ "$SMOKE" = 1 ] && NEVAL=10
 timeout 120 $PY scripts/evaluate_blobs.py --checkpoint "$LOG/scenes-blobgan" --device "$DEV" --num-images $NEVAL \

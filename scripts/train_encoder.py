@@ -111,8 +111,12 @@ def main(argv=None) -> dict:
             sums = {}
     used = ("lpips+mse+latent" if lpips is not None else "mse+latent (no LPIPS: " +
             ("--no-lpips" if args.no_lpips else "VGG16 ImageNet weights absent") + ")")
+    if args.latent_weight != 10:
+        used += f", latent weight {args.latent_weight:g} (the written loss has 10)"
     if args.geometry_weight > 0:
         used += f" + {args.geometry_weight:g} x geometry"
+    if args.from_checkpoint_encoder:
+        used += "; started from the encoder trained alongside the GAN (model.recon_weight)"
     raw_cfg.model.inversion_loss = used
     modules = {"generator": raw_g, "discriminator": raw_d}
     folder = resolve(args.checkpoint)

@@ -284,7 +284,7 @@ def test_encoder_script_then_evaluation_and_the_blob_model_api(tmp_path, monkeyp
     tiny = ["model=blobgan", "model.ngf=4", "model.ndf=4", "model.blobs=3", "model.feature_dim=8",
             "model.style_dim=8", "model.layout_hidden=16", "model.encoder_ndf=4", "data.source=scenes",
             "data.num_images=16", "data.image_size=32", "train.batch_size=4", "train.steps=2", "train.device=cpu",
-            "train.ema_decay=0.9", f"train.out_dir={tmp_path / 'run'}"]
+            "train.ema_decay=0.9", "model.recon_weight=0", f"train.out_dir={tmp_path / 'run'}"]
     proc, _ = run_script(["scripts/train.py", *tiny])
     assert proc.returncode == 0, proc.stderr[-2000:]
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "no-weights"))
@@ -326,6 +326,14 @@ def test_encoder_script_then_evaluation_and_the_blob_model_api(tmp_path, monkeyp
     assert proc.returncode == 0, proc.stderr[-2000:]
     from PIL import Image
     assert Image.open(tmp_path / "demo.png").size == (3 * 64 + 16, 2 * 68 + 4) and len(demo["rows"]) == 2
+    proc, demo = run_script(["scripts/blob_edit_demo.py", "--checkpoint", str(tmp_path / "model"), "--invert-scenes",
+                             "3", "--out", str(tmp_path / "real.png"), "--scale", "2"])
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert Image.open(tmp_path / "real.png").size == (4 * 64 + 20, 3 * 68 + 4) and demo["columns"][0] == "image"
+    assert [row["scene"] for row in demo["rows"]] == [0, 1, 2]
+    proc, refused = run_script(["scripts/blob_edit_demo.py", "--checkpoint", str(tmp_path / "run"), "--invert-scenes",
+                                "2", "--out", str(tmp_path / "x.png")])
+    assert proc.returncode == 2 and "needs a checkpoint with an encoder" in refused["error"]
 
 
 def test_layouts_start_spread_out_and_d_sees_batch_diversity():
@@ -379,7 +387,7 @@ def test_encoder_script_can_start_from_the_encoder_trained_alongside_the_gan(tmp
             "model.style_dim=8", "model.layout_hidden=16", "model.encoder_ndf=4", "data.source=scenes",
             "data.num_images=8", "data.image_size=32", "train.batch_size=4", "train.steps=2", "train.device=cpu",
             "train.ema_decay=0.9"]
-    proc, _ = run_script(["scripts/train.py", *tiny, "model.recon_weight=10", f"train.out_dir={tmp_path / 'joint'}"])
+    proc, _ = run_script(["scripts/train.py", *tiny, f"train.out_dir={tmp_path / 'joint'}"])  # recon_weight 30
     assert proc.returncode == 0, proc.stderr[-2000:]
     base = ["scripts/train_encoder.py", "--steps", "1", "--batch", "2", "--no-lpips", "--lr", "0"]
     proc, result = run_script([*base, "--checkpoint", str(tmp_path / "joint"), "--out", str(tmp_path / "enc"),
@@ -388,8 +396,12 @@ def test_encoder_script_can_start_from_the_encoder_trained_alongside_the_gan(tmp
     start = load_file(str(tmp_path / "joint" / "checkpoints" / "step_00000002" / "encoder.safetensors"))
     after = load_file(str(tmp_path / "enc" / "encoder.safetensors"))
     assert all(torch.equal(start[k], after[k]) for k in start)  # lr 0: the encoder is the one it started from
+    assert result["inversion_loss"].endswith("started from the encoder trained alongside the GAN (model.recon_weight)")
+    proc, result = run_script([*base, "--checkpoint", str(tmp_path / "joint"), "--out", str(tmp_path / "enc"),
+                               "--resume-encoder", "--latent-weight", "0.1"])
+    assert proc.returncode == 0 and "latent weight 0.1 (the written loss has 10)" in result["inversion_loss"]
 
-    proc, _ = run_script(["scripts/train.py", *tiny, f"train.out_dir={tmp_path / 'plain'}"])
+    proc, _ = run_script(["scripts/train.py", *tiny, "model.recon_weight=0", f"train.out_dir={tmp_path / 'plain'}"])
     proc, refused = run_script([*base, "--checkpoint", str(tmp_path / "plain"), "--out", str(tmp_path / "e2"),
                                 "--from-checkpoint-encoder"])
     assert proc.returncode == 2 and "no encoder" in refused["error"]

@@ -298,6 +298,8 @@ def load_optimizers(folder: Path, optimizers: dict[str, torch.optim.Optimizer]) 
         groups = json.loads((f.metadata() or {})["param_groups"])
     tensors = load_file(str(file))
     for name, opt in optimizers.items():
+        if name not in groups:  # one the checkpoint never had (an encoder switched on at resume) starts fresh
+            continue
         state: dict[int, dict] = {}
         for key, value in tensors.items():
             owner, idx, field = key.split(".", 2)

@@ -303,7 +303,7 @@ def train(cfg: config_mod.RunConfig, on_progress: Optional[ProgressFn] = None,
                     ckpt.load_weights(ema, folder / f"{name}.safetensors")
                 else:  # EMA switched on at resume: start it from the trained model, not from the init
                     ema.load_state_dict(core.state_dict())
-            if m.encoder is not None:
+            if m.encoder is not None and (folder / "encoder.safetensors").exists():  # else switched on at resume
                 ckpt.load_weights(m.encoder, folder / "encoder.safetensors")
             if not (folder / "optimizer.safetensors").exists():
                 raise ValueError(f"cannot resume from {folder}: it has no optimizer state (an exported checkpoint?)")

@@ -408,3 +408,26 @@ def test_encoder_script_can_start_from_the_encoder_trained_alongside_the_gan(tmp
     proc, refused = run_script([*base, "--checkpoint", str(tmp_path / "joint"), "--out", str(tmp_path / "e3"),
                                 "--from-checkpoint-encoder", "--resume-encoder"])
     assert proc.returncode == 2 and "give one" in refused["error"]
+
+
+def test_a_run_saved_before_recon_weight_existed_resumes_with_a_fresh_encoder(tmp_path):
+    import json
+
+    from gan_core import checkpoint
+    from gan_core.train import train
+
+    model = BlobGANConfig(ngf=4, ndf=4, blobs=2, feature_dim=8, style_dim=8, layout_hidden=16, encoder_ndf=4,
+                          recon_weight=0.0)
+    cfg = RunConfig(model=model, data=DataConfig(source="scenes", num_images=8, image_size=32),
+                    train=TrainConfig(steps=2, batch_size=4, device="cpu", precision="fp32", out_dir=str(tmp_path)))
+    train(cfg)
+    folder = checkpoint.latest_checkpoint(tmp_path)
+    meta = json.loads((folder / "config.json").read_text())
+    for key in ("recon_weight", "encoder_lr", "encoder_latent_weight"):  # as an older checkpoint wrote it
+        del meta["config"]["model"][key]
+    (folder / "config.json").write_text(json.dumps(meta))
+    cfg.model = BlobGANConfig(ngf=4, ndf=4, blobs=2, feature_dim=8, style_dim=8, layout_hidden=16, encoder_ndf=4)
+    cfg.train.resume, cfg.train.steps = True, 3
+    result = train(cfg)
+    assert result["steps_run"] == 1 and "enc_mse_real" in result["metrics"]
+    assert (checkpoint.latest_checkpoint(tmp_path) / "encoder.safetensors").exists()

@@ -127,7 +127,7 @@ wait "$BLOB_PID"
 record blobgan_train "$LOG/blobgan_train.log"
 ESTEPS=1000000; [ "$SMOKE" = 1 ] && ESTEPS=3
 timeout $(( MARGIN_S + 60 )) $PY scripts/train_encoder.py --checkpoint "$LOG/runs/scenes-blobgan" --out "$LOG/scenes-blobgan" \
-  --from-checkpoint-encoder --device "$DEV" --batch 64 --steps $ESTEPS --minutes "$BLOB_ENC_MIN" > "$LOG/blobgan_encoder.log" 2>&1
+  --from-checkpoint-encoder --latent-weight 0.1 --device "$DEV" --batch 64 --steps $ESTEPS --minutes "$BLOB_ENC_MIN" > "$LOG/blobgan_encoder.log" 2>&1
 record blobgan_encoder "$LOG/blobgan_encoder.log"
 NEVAL=500; [ "$SMOKE" = 1 ] && NEVAL=10
 timeout 120 $PY scripts/evaluate_blobs.py --checkpoint "$LOG/scenes-blobgan" --device "$DEV" --num-images $NEVAL \

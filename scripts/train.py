@@ -140,6 +140,9 @@ def main(raw) -> None:
     if dist_device is not None:
         import torch.distributed as dist
 
+        # Every rank tears down together: a rank that left while rank 0 still saved its checkpoint once
+        # aborted in gloo's teardown ("terminate called without an active exception", a CI run).
+        dist.barrier()
         dist.destroy_process_group()
     if rank == 0:
         print(json.dumps(result))

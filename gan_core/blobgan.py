@@ -491,7 +491,7 @@ def train_step(m, real: torch.Tensor, noise: torch.Tensor, real_label: float = 1
             inversion = encoder_losses(m.encoder, m.g_core, real, noise, latent_weight=cfg.encoder_latent_weight,
                                        fake=fake)
     total_g = loss_g if inversion is None else loss_g + cfg.recon_weight * inversion["loss"]
-    if m.opt_e is not None:
+    if inversion is not None:
         m.opt_e.zero_grad(set_to_none=True)
     metrics = g_update_and_metrics(m, loss_d, total_g, real_logits, fake_logits, gen_logits)
     metrics["loss_g"] = loss_g.detach()

@@ -36,22 +36,21 @@ def main(argv=None) -> dict:
     from PIL import Image
 
     from gan_core import blobgan
-    from gan_core.viz import draw_blobs, to_uint8
+    from gan_core.viz import draw_blobs
 
     model = blobgan.BlobModel.load(args.checkpoint)
     rows, info = [], []
     if args.invert_scenes > 0:
         from gan_core.config import DataConfig
-        from gan_core.data import load_dataset, to_float
+        from gan_core.data import load_dataset
 
         if model.encoder is None:
             fail("--invert-scenes needs a checkpoint with an encoder")
         cfg = model.cfg.data
         scenes = load_dataset(DataConfig(source="scenes", num_images=args.invert_scenes, seed=10_000,
                                          image_size=cfg.image_size, channels=cfg.channels))
-        x = to_float(scenes.images)
-        layouts = model.g.layout_net.decode(model.encoder(x.to(model.device)).detach())
-        cases = [(i, layouts.index(i), scenes.objects[i], x[i]) for i in range(len(x))]
+        layouts = model.invert(scenes.images)
+        cases = [(i, layouts.index(i), scenes.objects[i], scenes.images[i]) for i in range(len(scenes))]
     else:
         cases = [(seed, model.sample_layout(seed), None, None) for seed in args.seeds]
     for key, lay, objects, real in cases:
@@ -66,7 +65,7 @@ def main(argv=None) -> dict:
         tiles = [draw_blobs(model.render(lay)[0], lay, args.scale), draw_blobs(model.render(moved)[0], moved, args.scale),
                  draw_blobs(model.render(hidden)[0], hidden, args.scale)]
         if real is not None:
-            pixels = to_uint8(real[None])[0]  # (H, W, C)
+            pixels = real.permute(1, 2, 0).numpy()  # uint8 (H, W, C)
             pixels = pixels[..., 0] if pixels.shape[-1] == 1 else pixels
             tiles.insert(0, Image.fromarray(pixels).resize(tiles[0].size, Image.Resampling.NEAREST))
         rows.append(tiles)

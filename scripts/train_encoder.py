@@ -77,9 +77,9 @@ def main(argv=None) -> dict:
     if args.resume_encoder and args.from_checkpoint_encoder:
         fail("--resume-encoder and --from-checkpoint-encoder each choose where the encoder starts; give one")
     if args.from_checkpoint_encoder:
-        if not (resolve(args.checkpoint) / "encoder.safetensors").exists():
+        if not (source / "encoder.safetensors").exists():
             fail(f"{args.checkpoint} has no encoder to start from")
-        load_weights(encoder, resolve(args.checkpoint) / "encoder.safetensors")
+        load_weights(encoder, source / "encoder.safetensors")
     if args.resume_encoder and (Path(args.out) / "encoder.safetensors").exists():
         load_weights(encoder, Path(args.out) / "encoder.safetensors")
     encoder = encoder.to(device).train()

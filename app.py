@@ -1,5 +1,8 @@
 """GAN Lab: a Gradio app over gan_core. Thin: widgets -> gan_core calls, no model logic here.
 
+Models come from `gan_core.inference.loading.load_model`, which returns each kind's facade
+(`Model`, `ClusterModel`, `BlobModel`); a tab asks for the facade it needs, never for a kind name.
+
 Tabs: Train (one background job per app instance), Sample (seeds, truncation, GANSpace sliders,
 interpolation), Blobs (BlobGAN layouts: see, edit, invert) and Classify (cluster models).
 Every event a client may call has a public api_name; the rest are private.
@@ -9,7 +12,6 @@ uploads and Gradio's file cache; default runs/app), GANLAB_DEVICE, GANLAB_PUBLIC
 from __future__ import annotations
 
 import contextlib
-import csv
 import functools
 import os
 import re
@@ -30,11 +32,16 @@ import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from gan_core import blobgan, config as config_mod, jobs, latent, viz  # noqa: E402
-from gan_core import checkpoint as ckpt  # noqa: E402
-from gan_core.cluster import UNREADABLE as UNREADABLE_ROW, ClusterModel, assignment_rows  # noqa: E402
-from gan_core.data import DataError, decode_items, upload_items  # noqa: E402
-from gan_core.train import resolve_precision  # noqa: E402
+from gan_core import config as config_mod, hub, jobs, kinds, viz  # noqa: E402
+from gan_core.checkpoint import FILES, CheckpointError  # noqa: E402
+from gan_core.data import DataError, ImageDataset, decode_items, upload_items  # noqa: E402
+from gan_core.inference.blobs import BlobModel  # noqa: E402
+from gan_core.inference.cluster import ClusterModel  # noqa: E402
+from gan_core.inference.loading import load_model  # noqa: E402
+from gan_core.inference.model import Model  # noqa: E402
+from gan_core.models import blob_layout  # noqa: E402
+from gan_core.models.blob_layout import Layout  # noqa: E402
+from gan_core.runtime import resolve_precision  # noqa: E402
 
 # An image over PIL's pixel limit (89 M pixels) is refused rather than decoded: a decompression bomb.
 warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -128,23 +135,31 @@ def model_sources() -> dict[str, str]:
     out = {}
     for base in (CHECKPOINTS, JOB.models_dir):
         if base.is_dir():
-            out.update((p.name, str(p)) for p in sorted(base.iterdir()) if (p / "config.json").exists())
+            out.update((p.name, str(p)) for p in sorted(base.iterdir()) if (p / FILES["config"]).exists())
     for repo in os.environ.get("GANLAB_HUB_MODELS", "").split(","):
         if repo.strip():
             out[repo.strip()] = repo.strip()
     return out
 
 
-def model_kind(source: str) -> str | None:
-    """The model kind from a local config.json (None for a Hub id not downloaded yet)."""
+def model_facade(source: str) -> type | None:
+    """The class a local checkpoint loads as (Model, ClusterModel, BlobModel, ...), from its
+    config.json; None for a Hub id not downloaded yet or an unreadable folder."""
     try:
-        return ckpt.read_config(source)[0].model.kind if Path(source).is_dir() else None
-    except ckpt.CheckpointError:
+        return kinds.of(kinds.read_config(source)[0]).facade or Model if Path(source).is_dir() else None
+    except (CheckpointError, ValueError):
         return None
 
 
-def model_choices(*kinds: str) -> list[str]:
-    return [name for name, src in model_sources().items() if not kinds or model_kind(src) in (*kinds, None)]
+def model_choices(*facades: type) -> list[str]:
+    """Model names for a picker: all of them, or those that load as one of `facades` (plus Hub ids,
+    whose kind is known only once downloaded)."""
+    out = []
+    for name, src in model_sources().items():
+        facade = model_facade(src) if facades else None
+        if not facades or facade is None or issubclass(facade, facades):
+            out.append(name)
+    return out
 
 
 def _default(tab: str, choices: list[str]) -> str | None:
@@ -166,39 +181,40 @@ def painting():
 
 
 @functools.lru_cache(maxsize=8)
-def _load(source: str, stamp: float):
-    cfg, g, d, meta = ckpt.load_models(source, device=DEVICE)
-    g = g.to(memory_format=torch.channels_last)  # faster convolutions, same results
-    kind = cfg.model.kind
-    wrapped = (ClusterModel(cfg, g, d, meta["folder"]) if kind == "cluster" else
-               blobgan.BlobModel.load(meta["folder"], DEVICE) if kind == "blobgan" else None)
-    if isinstance(wrapped, blobgan.BlobModel):
-        wrapped.g = wrapped.g.to(memory_format=torch.channels_last)
-    return cfg, g, d, wrapped
+def _load(source: str, stamp: float) -> Model:
+    model = load_model(source, device=DEVICE)
+    model.g.to(memory_format=torch.channels_last)  # faster convolutions, same results
+    return model
 
 
-def load(name: str | None, *kinds: str):
-    """-> (cfg, G, D, ClusterModel | BlobModel | None); a gr.Error with one line if that fails."""
+# What each tab can show: any model, or a facade with what that tab needs.
+TAB_NEEDS = {"sample": (), "blobs": (BlobModel,), "classify": (ClusterModel,)}
+NEEDS_SAY = {BlobModel: "a BlobGAN", ClusterModel: "a cluster"}
+
+
+def load(name: str | None, *facades: type) -> Model:
+    """The loaded model (a Model, or a ClusterModel / BlobModel); a gr.Error with one line if that
+    fails or if it is not one of `facades`."""
     if not name:
         raise gr.Error("Pick a model first.")
     source = model_sources().get(name)
     if source is None:
         raise gr.Error(f"Unknown model {name!r}: pick one from the list.")
     try:
-        loaded = _load(source, _stamp(source))
-    except (ckpt.CheckpointError, OSError, ValueError) as e:
+        model = _load(source, _stamp(source))
+    except (CheckpointError, OSError, ValueError) as e:
         raise gr.Error(f"Could not load {name}: {e}") from None
-    if kinds and loaded[0].model.kind not in kinds:
-        raise gr.Error(f"{name} is a {loaded[0].model.kind} model; this tab needs a {' or '.join(kinds)} model.")
-    return loaded
+    if facades and not isinstance(model, facades):
+        need = " or ".join(NEEDS_SAY.get(f, f.__name__) for f in facades)
+        raise gr.Error(f"{name} is a {model.cfg.model.kind} model; this tab needs {need} model.")
+    return model
 
 
 def refresh_pickers(sample_model, blob_model, classify_model):
     """New choices for the three pickers (after training saved a model), keeping each selection."""
     out = []
-    for value, kinds, tab in ((sample_model, (), "sample"), (blob_model, ("blobgan",), "blobs"),
-                              (classify_model, ("cluster",), "classify")):
-        choices = model_choices(*kinds)
+    for value, tab in ((sample_model, "sample"), (blob_model, "blobs"), (classify_model, "classify")):
+        choices = model_choices(*TAB_NEEDS[tab])
         out.append(gr.update(choices=choices, value=value if value in choices else _default(tab, choices)))
     return out
 
@@ -215,40 +231,25 @@ def _number(value, name: str, lo: float, hi: float, integer: bool = True):
 
 # ---------------------------------------------------------------- Sample
 
-@functools.lru_cache(maxsize=8)
-def _directions(name: str, stamp: float):
-    cfg, g, _, _ = load(name)
-    return latent.principal_directions(g, cfg.model, N_SLIDERS)
-
-
-def _latents(cfg, n: int, seed: int, truncation: float, code: str | None, names: list[str] | None) -> torch.Tensor:
-    codes = None
-    if cfg.model.kind == "cluster" and code not in (None, "", "random"):
-        if code not in (names or []):
-            raise gr.Error(f"Unknown cluster {code!r}")
-        codes = torch.full((n,), names.index(code), dtype=torch.long)
-    z = latent.noise(cfg.model, n, seed, "cpu", codes)
-    z[:, : cfg.model.nz] *= truncation
-    return z
+def _code(m: Model, code: str | None) -> int | None:
+    try:
+        return m.code_index(code)
+    except ValueError:
+        raise gr.Error(f"Unknown cluster {code!r}") from None
 
 
 @gpu
 def sample_images(model, seed, count, truncation, code, raw_z, gallery, *sliders):
     """-> (one grid image, list of single images or None)."""
-    cfg, g, _, wrapped = load(model)
+    m = load(model)
     n = _number(count, "Images", 1, 64)
     seed = _number(seed, "Seed", 0, 2**31 - 1)
     truncation = _number(truncation, "Truncation", 0.0, 2.0, integer=False)
-    z = _latents(cfg, n, seed, truncation, code, getattr(wrapped, "names", None))
-    alphas = torch.tensor([_number(a, "Slider", -10, 10, integer=False) for a in sliders], dtype=torch.float32)
-    if alphas.abs().sum() > 0:
-        if raw_z:
-            z[:, : min(N_SLIDERS, cfg.model.nz), 0, 0] += alphas[: cfg.model.nz]
-        else:
-            dirs, stds = _directions(model, _stamp(model_sources()[model]))
-            z[:, : cfg.model.nz, 0, 0] += ((alphas[: len(dirs)] * stds)[:, None] * dirs).sum(0)
+    z = m.sampler.latents(n, seed, truncation, _code(m, code))
+    alphas = [_number(a, "Slider", -10, 10, integer=False) for a in sliders]
+    z = m.sampler.move(z, alphas, raw=bool(raw_z))
     with painting():
-        images = latent.generate(g, z.to(next(g.parameters()).device))
+        images = m.sampler.generate(z)
     grid = viz.image_grid(images, nrow=min(n, 8))
     singles = [viz.image_grid(im[None], nrow=1, padding=0) for im in images] if gallery else None
     return grid, singles
@@ -257,17 +258,13 @@ def sample_images(model, seed, count, truncation, code, raw_z, gallery, *sliders
 @gpu
 def interpolate(model, seed_a, seed_b, frames, truncation, code):
     """-> (the frames side by side as one image, an animated GIF file)."""
-    cfg, g, _, wrapped = load(model)
+    m = load(model)
     n = _number(frames, "Frames", 2, 32)
     truncation = _number(truncation, "Truncation", 0.0, 2.0, integer=False)
-    a = _latents(cfg, 1, _number(seed_a, "Seed A", 0, 2**31 - 1), truncation, code, getattr(wrapped, "names", None))
-    b = _latents(cfg, 1, _number(seed_b, "Seed B", 0, 2**31 - 1), truncation, code, getattr(wrapped, "names", None))
-    z = torch.cat([a] * n)
-    nz = cfg.model.nz
-    for i in range(n):
-        z[i, :nz, 0, 0] = latent.slerp(a[0, :nz, 0, 0], b[0, :nz, 0, 0], i / (n - 1))
+    z = m.sampler.interpolation(_number(seed_a, "Seed A", 0, 2**31 - 1), _number(seed_b, "Seed B", 0, 2**31 - 1),
+                                n, truncation, _code(m, code))
     with painting():
-        images = latent.generate(g, z.to(next(g.parameters()).device))
+        images = m.sampler.generate(z)
     strip = viz.image_grid(images, nrow=n)
     frames_pil = [viz.image_grid(im[None], nrow=1, padding=0).resize((128, 128), Image.NEAREST) for im in images]
     gif = _scratch() / "interpolation.gif"
@@ -276,19 +273,18 @@ def interpolate(model, seed_a, seed_b, frames, truncation, code):
 
 
 def code_choices(model):
-    """The cluster-code picker follows the Sample model: visible for cluster models only."""
+    """The code picker follows the Sample model: visible for models whose generator takes a code
+    (a cluster model's codes are its clusters)."""
     try:
-        _, _, _, wrapped = load(model)
+        names = load(model).code_names
     except gr.Error:
-        return gr.update(choices=["random"], value="random", visible=False)
-    if isinstance(wrapped, ClusterModel):
-        return gr.update(choices=["random"] + wrapped.names, value="random", visible=True)
-    return gr.update(choices=["random"], value="random", visible=False)
+        names = []
+    return gr.update(choices=["random"] + names, value="random", visible=bool(names))
 
 
 # ---------------------------------------------------------------- Blobs
 
-def _blob_views(model: blobgan.BlobModel, layout: blobgan.Layout):
+def _blob_views(model: BlobModel, layout: Layout):
     with painting():
         image = model.render(layout)[0]
     size = model.cfg.data.image_size
@@ -298,7 +294,7 @@ def _blob_views(model: blobgan.BlobModel, layout: blobgan.Layout):
     return plain, bmap, ellipses
 
 
-def _blob_outputs(model, layout: blobgan.Layout, selected=None):
+def _blob_outputs(model, layout: Layout, selected=None):
     plain, bmap, ellipses = _blob_views(model, layout)
     visible = layout.visible()[0].tolist()
     choices = [(f"blob {k}" + ("" if visible[k] else " (hidden)"), k) for k in range(layout.k)]
@@ -307,9 +303,9 @@ def _blob_outputs(model, layout: blobgan.Layout, selected=None):
     return plain, bmap, ellipses, layout.to_dict(), gr.update(choices=choices, value=value)
 
 
-def _layout_in(value) -> blobgan.Layout:
+def _layout_in(value) -> Layout:
     try:
-        return blobgan.Layout.from_dict(value)
+        return Layout.from_dict(value)
     except ValueError as e:
         raise gr.Error(f"Bad layout: {e}") from None
 
@@ -317,7 +313,7 @@ def _layout_in(value) -> blobgan.Layout:
 @gpu
 def sample_blobs(model, seed):
     """-> (image, blob map, ellipses, layout JSON, blob picker)."""
-    _, _, _, bm = load(model, "blobgan")
+    bm = load(model, BlobModel)
     layout = bm.sample_layout(_number(seed, "Seed", 0, 2**31 - 1))
     return _blob_outputs(bm, layout.to("cpu"))
 
@@ -326,24 +322,24 @@ def sample_blobs(model, seed):
 def edit_blob(model, layout_json, blob, action, dx, dy, ds, depth, source_seed):
     """Apply one edit to blob `blob`: move (dx, dy), resize (ds), hide, show, restyle (its style from
     the same blob of seed `source_seed`'s layout) or depth (move it to slot `depth`)."""
-    _, _, _, bm = load(model, "blobgan")
+    bm = load(model, BlobModel)
     layout = _layout_in(layout_json)
     if layout.k != bm.cfg.model.blobs or layout.phi.shape[-1] != bm.cfg.model.feature_dim:
         raise gr.Error("That layout belongs to another model: sample or invert one with this model first.")
     k = _number(blob, "Blob", 0, layout.k - 1)
     if action == "move":
-        layout = blobgan.move(layout, k, _number(dx, "dx", -1, 1, False), _number(dy, "dy", -1, 1, False))
+        layout = blob_layout.move(layout, k, _number(dx, "dx", -1, 1, False), _number(dy, "dy", -1, 1, False))
     elif action == "resize":
-        layout = blobgan.resize(layout, k, _number(ds, "Size change", -20, 20, False))
+        layout = blob_layout.resize(layout, k, _number(ds, "Size change", -20, 20, False))
     elif action == "hide":
-        layout = blobgan.hide(layout, k)
+        layout = blob_layout.hide(layout, k)
     elif action == "show":
-        layout = blobgan.show(layout, k)
+        layout = blob_layout.show(layout, k)
     elif action == "restyle":
         source = bm.sample_layout(_number(source_seed, "Style seed", 0, 2**31 - 1)).to("cpu")
-        layout = blobgan.restyle(layout, k, source)
+        layout = blob_layout.restyle(layout, k, source)
     elif action == "depth":
-        layout = blobgan.reorder(layout, k, _number(depth, "Depth", 0, layout.k - 1))
+        layout = blob_layout.reorder(layout, k, _number(depth, "Depth", 0, layout.k - 1))
         k = _number(depth, "Depth", 0, layout.k - 1)
     else:
         raise gr.Error(f"Unknown action {action!r}: move, resize, hide, show, restyle or depth")
@@ -353,7 +349,7 @@ def edit_blob(model, layout_json, blob, action, dx, dy, ds, depth, source_seed):
 @gpu
 def invert_image(model, image):
     """An uploaded image -> its layout through the model's encoder."""
-    _, _, _, bm = load(model, "blobgan")
+    bm = load(model, BlobModel)
     if image is None:
         raise gr.Error("Upload an image to invert.")
     if bm.encoder is None:
@@ -367,11 +363,11 @@ def invert_image(model, image):
 
 def pick_blob(model, layout_json, evt: gr.SelectData):
     """A click on the image selects the blob that paints that pixel."""
-    _, _, _, bm = load(model, "blobgan")
+    bm = load(model, BlobModel)
     layout = _layout_in(layout_json)
     x, y = evt.index
     side = bm.cfg.data.image_size * VIEW_SCALE
-    k = blobgan.blob_at(layout, x / side, y / side, bm.cfg.data.image_size)
+    k = blob_layout.blob_at(layout, x / side, y / side, bm.cfg.data.image_size)
     return gr.update() if k is None else gr.update(value=k)
 
 
@@ -386,7 +382,7 @@ def _read_image(image) -> Image.Image:
 @gpu
 def classify(model, image):
     """One image -> ({cluster name: probability}, its top 3 as text)."""
-    _, _, _, cm = load(model, "cluster")
+    cm = load(model, ClusterModel)
     try:
         pred = cm.predict([_read_image(image)])
     except UNREADABLE as e:
@@ -414,28 +410,20 @@ def _uploaded(files) -> list:
 @gpu
 def classify_batch(model, files):
     """Many images (or zips) -> (a row per image, counts per cluster, the rows as a CSV file)."""
-    _, _, _, cm = load(model, "cluster")
-    items = _uploaded(files)
-    size, channels = cm.cfg.data.image_size, cm.cfg.data.channels
-    images, ok = decode_items(items, size, channels)
-    if len(images) == 0:
+    cm = load(model, ClusterModel)
+    result = cm.assign(_uploaded(files))
+    if result.images == 0:
         raise gr.Error("None of the uploaded files could be read as an image.")
-    pred = cm.predict(images)
-    rows = assignment_rows([name for name, _ in items], ok, pred)
-    table = pd.DataFrame(rows)
-    counts = (table[table["cluster"] != UNREADABLE_ROW]["cluster"].value_counts()
-              .reindex(cm.names, fill_value=0).rename_axis("cluster").reset_index(name="images"))
+    counts = pd.DataFrame({"cluster": list(result.counts), "images": list(result.counts.values())})
     out = _scratch() / "assignments.csv"
     with out.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    return table, counts, str(out)
+        result.write_csv(f)
+    return pd.DataFrame(result.rows), counts, str(out)
 
 
 def exemplar_gallery(model, cluster):
     """The cluster's most confident training images, then images its generator draws for it."""
-    _, _, _, cm = load(model, "cluster")
+    cm = load(model, ClusterModel)
     if cluster not in cm.names:
         raise gr.Error("Pick a cluster.")
     k = cm.names.index(cluster)
@@ -450,13 +438,13 @@ def exemplar_gallery(model, cluster):
 
 
 def cluster_names(model):
-    _, _, _, cm = load(model, "cluster")
+    cm = load(model, ClusterModel)
     names = pd.DataFrame({"cluster": list(range(cm.k)), "name": cm.names})
     return names, gr.update(choices=cm.names, value=cm.names[0])
 
 
 def save_cluster_names(model, table):
-    _, _, _, cm = load(model, "cluster")
+    cm = load(model, ClusterModel)
     if PUBLIC:
         raise gr.Error("Renaming is off in public mode: download the model and rename it locally.")
     names = [str(n) for n in (table["name"].tolist() if isinstance(table, pd.DataFrame) else [r[1] for r in table])]
@@ -481,8 +469,11 @@ def _run_config(dataset, upload, text, kind, steps, batch, lr, size, channels, k
     lr = _number(lr, "Learning rate", 1e-6, 0.1, integer=False)
     size = _number(size, "Image size", 16, 128)
     channels = _number(channels, "Channels", 1, 3)
-    if kind not in config_mod.MODEL_CONFIGS:
+    if kind not in kinds.KINDS:
         raise gr.Error(f"Unknown model kind {kind!r}")
+    model = kinds.KINDS[kind].config()
+    if hasattr(model, "k"):  # the K widget maps onto the field of the kinds that have one
+        model.k = _number(k, "K", 2, 100)
     data, dataset_fn = config_mod.DataConfig(image_size=size, channels=channels), None
     if dataset in ("shapes", "scenes"):
         data.source, data.num_images = dataset, 4000 if PUBLIC else 20000
@@ -490,13 +481,10 @@ def _run_config(dataset, upload, text, kind, steps, batch, lr, size, channels, k
         data.source, data.path = "idx", str(FMNIST)
     elif dataset == "upload":
         items = _uploaded(upload)
-        if kind == "cluster" and len(items) < _number(k, "K", 2, 100):
-            need = _number(k, "K", 2, 100)
-            raise gr.Error(f"K = {need} clusters need at least {need} images; {len(items)} were uploaded.")
+        if hasattr(model, "k") and len(items) < model.k:
+            raise gr.Error(f"K = {model.k} clusters need at least {model.k} images; {len(items)} were uploaded.")
 
         def dataset_fn():
-            from gan_core.data import ImageDataset
-
             images, ok = decode_items(items, size, channels)
             if len(images) == 0:
                 raise DataError("none of the uploaded files could be read as an image")
@@ -514,14 +502,11 @@ def _run_config(dataset, upload, text, kind, steps, batch, lr, size, channels, k
         data.source, data.path = "parquet", text.strip()
     else:
         raise gr.Error(f"Unknown dataset choice {dataset!r}")
-    model = config_mod.MODEL_CONFIGS[kind]()
-    if kind == "cluster":
-        model.k = _number(k, "K", 2, 100)
     train_cfg = config_mod.TrainConfig(steps=steps, batch_size=batch, lr=lr, device=DEVICE, log_every=10,
                                        sample_every=max(10, steps // 20), checkpoint_every=max(50, steps // 4))
     cfg = config_mod.sync_model_to_data(config_mod.RunConfig(model=model, data=data, train=train_cfg))
     try:
-        config_mod.validate(cfg)
+        kinds.validate(cfg)
     except ValueError as e:
         raise gr.Error(str(e)) from None
     return cfg, dataset_fn
@@ -575,13 +560,8 @@ def push_to_hub(repo_id, token, private):
         raise gr.Error("Type a Hub repo id as user/name.")
     if not (token or "").strip():
         raise gr.Error("Paste a Hub token with write access.")
-    from huggingface_hub import HfApi
-
     try:
-        api = HfApi(token=token.strip())
-        api.create_repo(repo_id.strip(), private=bool(private), exist_ok=True)
-        api.upload_folder(repo_id=repo_id.strip(), folder_path=str(status.model_dir),
-                          allow_patterns=ckpt.HUB_PATTERNS, commit_message="GAN Lab: upload a trained model")
+        hub.push(hub.plan_push(status.model_dir, repo_id.strip()), token=token.strip(), private=bool(private))
     except Exception as e:  # noqa: BLE001 - any Hub failure is one line for the user (never the token)
         message = str(e).replace(token.strip(), "***").splitlines()[0] if str(e) else type(e).__name__
         raise gr.Error(f"Push failed: {message}") from None
@@ -591,14 +571,14 @@ def push_to_hub(repo_id, token, private):
 # ---------------------------------------------------------------- the page
 
 def build() -> gr.Blocks:
-    sample_choices, blob_choices, classify_choices = model_choices(), model_choices("blobgan"), model_choices("cluster")
+    sample_choices, blob_choices, classify_choices = (model_choices(*TAB_NEEDS[tab]) for tab in ("sample", "blobs", "classify"))
     with gr.Blocks(title="GAN Lab") as demo:
         gr.Markdown("# GAN Lab\nTrain GANs on your images, sample and edit them, and sort images into "
                     "clusters without labels." + (" *Public mode: limited training.*" if PUBLIC else ""))
         with gr.Tab("Train", id="train"):
             with gr.Row():
                 dataset = gr.Dropdown(DATASETS, value="shapes", label="Dataset")
-                kind = gr.Dropdown(list(config_mod.MODEL_CONFIGS), value="dcgan", label="Model kind")
+                kind = gr.Dropdown(list(kinds.KINDS), value=kinds.DEFAULT_KIND, label="Model kind")
                 name = gr.Textbox(label="Model name", placeholder="(automatic)")
             # Shown and hidden through their columns: Gradio rebuilds a widget that gets a property
             # update from its plain class, which would drop the one-line error wrapper.

@@ -1,9 +1,21 @@
-"""Checkpoint folders: `config.json` + safetensors, written atomically, never unpickled.
+"""Checkpoint folders: the format only. `config.json` + safetensors, written atomically, never unpickled.
 
-A training run keeps `OUT/checkpoints/step_00001000/` folders and a `OUT/latest` file naming
-the newest complete one. A folder is built under a temporary name and renamed into place, and
-`latest` is replaced atomically afterwards, so a process killed at any moment leaves the
-previous checkpoint whole.
+    step_00001000/
+      config.json                 {"format", "step", "metrics", "config": RunConfig as JSON}
+      generator.safetensors       one file per module, named by its role (FILES below)
+      discriminator.safetensors
+      generator_ema.safetensors   ... and whatever else the kind trains (encoder.safetensors)
+      optimizer.safetensors       training checkpoints only: every optimizer, by name
+      README.md, *.png            shipped checkpoints: the model card and its pictures
+
+`FILES` and the helpers below it are the one description of that layout: saving, resuming,
+exporting, pushing to and pulling from the Hub all go through them. A training run keeps
+`OUT/checkpoints/step_N/` folders and a `OUT/latest` file naming the newest complete one. A folder
+is built under a temporary name and renamed into place, and `latest` is replaced atomically
+afterwards, so a process killed at any moment leaves the previous checkpoint whole.
+
+This module knows nothing of model kinds: it reads and writes tensors and JSON. Turning
+`config.json` back into a `RunConfig` is `gan_core.kinds.read_config`.
 """
 from __future__ import annotations
 
@@ -15,31 +27,54 @@ from pathlib import Path
 from typing import Optional
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
 from . import config as config_mod
-from . import blobgan, cluster, dcgan
+from .files import atomic_write, fsync_dir, fsync_file, write_text
 
 FORMAT = "ganlab-checkpoint/1"
-WEIGHT_FILES = ("generator", "discriminator", "generator_ema", "discriminator_ema", "encoder")
-HUB_PATTERNS = ["*.json", "*.safetensors", "*.md", "*.png"]
-MODELS = {"dcgan": dcgan.build, "cluster": cluster.build, "blobgan": blobgan.build}  # model kind -> build(config) -> (G, D)
+WEIGHTS_SUFFIX = ".safetensors"
+FILES = {
+    "config": "config.json",
+    "optimizer": "optimizer" + WEIGHTS_SUFFIX,
+    "card": "README.md",
+    "pictures": "*.png",
+    "weights": "*" + WEIGHTS_SUFFIX,  # one file per module role: generator, discriminator, *_ema, encoder, ...
+}
+# What a shipped model is made of (export keeps it, push uploads it, pull downloads it): everything
+# but the optimizer state.
+SHIPPED_PATTERNS = [FILES["config"], FILES["card"], FILES["pictures"], FILES["weights"]]
+HUB_PATTERNS = SHIPPED_PATTERNS  # what `hub.resolve` downloads
+
+
+def weights_file(folder: str | Path, role: str) -> Path:
+    """Where a module with this role (generator, discriminator, generator_ema, encoder, ...) is stored."""
+    return Path(folder) / f"{role}{WEIGHTS_SUFFIX}"
+
+
+def weight_roles(folder: str | Path) -> list[str]:
+    """The module roles whose weights a checkpoint folder holds (sorted; the optimizer is not one)."""
+    optimizer = FILES["optimizer"]
+    return sorted(p.name[: -len(WEIGHTS_SUFFIX)] for p in Path(folder).glob(FILES["weights"])
+                  if p.name != optimizer and not p.name.startswith("."))
+
+
+def shipped_files(folder: str | Path, with_optimizer: bool = False) -> list[str]:
+    """The names of the files in `folder` that a shipped model is made of (and the optimizer state
+    when asked), sorted."""
+    folder = Path(folder)
+    patterns = SHIPPED_PATTERNS
+    names = {p.name for pattern in patterns for p in folder.glob(pattern) if p.is_file()}
+    names.discard(FILES["optimizer"])
+    if with_optimizer and (folder / FILES["optimizer"]).exists():
+        names.add(FILES["optimizer"])
+    return sorted(n for n in names if not n.startswith("."))
 
 
 class CheckpointError(ValueError):
     """A checkpoint is missing, malformed or unsafe; the message is one line for the user."""
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    except OSError:
-        pass
 
 
 def _write_json(path: Path, obj: dict) -> None:
@@ -49,21 +84,10 @@ def _write_json(path: Path, obj: dict) -> None:
         os.fsync(f.fileno())
 
 
-def write_json(path: Path, obj: dict) -> None:
+def write_json(path: str | Path, obj: dict) -> None:
     """Replace a JSON file atomically: a reader sees the old file or the new one, never half of one."""
-    import tempfile
-
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        os.chmod(tmp, 0o644)
-        _write_json(Path(tmp), obj)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
+    with atomic_write(path) as tmp:
+        _write_json(tmp, obj)
 
 
 def _module_tensors(module: nn.Module, dtype: Optional[torch.dtype]) -> dict[str, torch.Tensor]:
@@ -96,23 +120,22 @@ def write_folder(folder: Path, cfg: config_mod.RunConfig, step: int, modules: di
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))
     try:
-        for name, module in modules.items():
-            save_file(_module_tensors(module, dtype), str(tmp / f"{name}.safetensors"))
+        for role, module in modules.items():
+            save_file(_module_tensors(module, dtype), str(weights_file(tmp, role)))
         if optimizers:
             tensors, meta = _optimizer_tensors(optimizers)
-            save_file(tensors, str(tmp / "optimizer.safetensors"), metadata=meta)
+            save_file(tensors, str(tmp / FILES["optimizer"]), metadata=meta)
         if model_card:
-            (tmp / "README.md").write_text(model_card)
-        _write_json(tmp / "config.json", {"format": FORMAT, "step": step, "metrics": metrics or {},
-                                          "config": config_mod.to_dict(cfg)})
+            (tmp / FILES["card"]).write_text(model_card)
+        _write_json(tmp / FILES["config"], {"format": FORMAT, "step": step, "metrics": metrics or {},
+                                            "config": config_mod.to_dict(cfg)})
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o777 & ~umask)  # mkdtemp (and the safetensors writer) create private files
         for f in tmp.iterdir():
             os.chmod(f, 0o666 & ~umask)
-            with open(f, "rb") as fh:
-                os.fsync(fh.fileno())
-        _fsync_dir(tmp)
+            fsync_file(f)
+        fsync_dir(tmp)
         if folder.exists():
             old = folder.with_name(f".{folder.name}.old-{os.getpid()}")
             os.replace(folder, old)
@@ -120,7 +143,7 @@ def write_folder(folder: Path, cfg: config_mod.RunConfig, step: int, modules: di
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, folder)
-        _fsync_dir(folder.parent)
+        fsync_dir(folder.parent)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
@@ -133,13 +156,7 @@ def save_training_checkpoint(out_dir: str | Path, cfg: config_mod.RunConfig, ste
     """Write `OUT/checkpoints/step_N`, then point `OUT/latest` at it, then prune old ones."""
     out_dir = Path(out_dir)
     folder = write_folder(out_dir / "checkpoints" / f"step_{step:08d}", cfg, step, modules, optimizers, metrics)
-    fd, tmp = tempfile.mkstemp(dir=out_dir, prefix=".latest.tmp-")
-    with os.fdopen(fd, "w") as f:
-        f.write(folder.name + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, out_dir / "latest")
-    _fsync_dir(out_dir)
+    write_text(out_dir / "latest", folder.name + "\n")
     done = sorted(p for p in (out_dir / "checkpoints").glob("step_*") if p.is_dir())
     for old in done[: max(0, len(done) - max(1, keep))]:
         if old != folder:
@@ -156,7 +173,7 @@ def recover(out_dir: str | Path) -> list[str]:
     folders = out_dir / "checkpoints"
     for old in sorted(folders.glob(".step_*.old-*")) if folders.is_dir() else []:
         target = folders / old.name[1:].split(".old-")[0]
-        if not target.exists() and (old / "config.json").exists():
+        if not target.exists() and (old / FILES["config"]).exists():
             os.replace(old, target)
             done.append(f"restored {target.name}")
         else:
@@ -165,7 +182,7 @@ def recover(out_dir: str | Path) -> list[str]:
     for tmp in sorted(folders.glob(".step_*.tmp-*")) if folders.is_dir() else []:
         shutil.rmtree(tmp, ignore_errors=True)
         done.append(f"removed {tmp.name}")
-    for tmp in sorted(out_dir.glob(".latest.tmp-*")) if out_dir.is_dir() else []:
+    for tmp in sorted(out_dir.glob(".latest.*tmp*")) if out_dir.is_dir() else []:
         tmp.unlink(missing_ok=True)
         done.append(f"removed {tmp.name}")
     return done
@@ -208,46 +225,26 @@ def latest_checkpoint(out_dir: str | Path) -> Optional[Path]:
     pointer = out_dir / "latest"
     if pointer.exists():
         folder = out_dir / "checkpoints" / pointer.read_text().strip()
-        if (folder / "config.json").exists():
+        if (folder / FILES["config"]).exists():
             return folder
-    done = sorted(p for p in (out_dir / "checkpoints").glob("step_*") if (p / "config.json").exists())
+    done = sorted(p for p in (out_dir / "checkpoints").glob("step_*") if (p / FILES["config"]).exists())
     return done[-1] if done else None
 
 
-def resolve(path_or_repo: str | Path, revision: Optional[str] = None) -> Path:
-    """A checkpoint folder, a run folder (follows `latest`) or a Hub model repo id -> local folder."""
-    p = Path(path_or_repo).expanduser()
-    if p.is_dir():
-        if (p / "config.json").exists():
-            return p
-        found = latest_checkpoint(p)
-        if found:
-            return found
-        raise CheckpointError(f"no config.json (and no 'latest' checkpoint) in {p}")
-    if p.exists() or str(path_or_repo).startswith((".", "/", "~")) or str(path_or_repo).count("/") != 1:
-        raise CheckpointError(f"not a checkpoint folder or Hub repo id: {path_or_repo}")
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
-
-    try:
-        return Path(snapshot_download(str(path_or_repo), revision=revision, allow_patterns=HUB_PATTERNS))
-    except (LocalEntryNotFoundError, HfHubHTTPError, OSError, ValueError) as e:
-        raise CheckpointError(f"could not get {path_or_repo} from the Hub: {str(e).splitlines()[0]}") from None
-
-
-def read_config(folder: str | Path) -> tuple[config_mod.RunConfig, dict]:
+def read_meta(folder: str | Path) -> dict:
+    """`config.json` of a checkpoint folder as a dict, checked to be a GAN Lab checkpoint (the run
+    config in it is still JSON; `gan_core.kinds.read_config` builds the RunConfig)."""
     folder = Path(folder)
     try:
-        meta = json.loads((folder / "config.json").read_text())
+        meta = json.loads((folder / FILES["config"]).read_text())
     except (OSError, json.JSONDecodeError) as e:
         raise CheckpointError(f"unreadable config.json in {folder}: {e}") from None
-    if meta.get("format") != FORMAT:
-        raise CheckpointError(f"{folder}/config.json is not a GAN Lab checkpoint (format {meta.get('format')!r})")
-    try:
-        cfg = config_mod.validate(config_mod.from_dict(meta["config"]))
-    except (KeyError, TypeError, ValueError) as e:
-        raise CheckpointError(f"invalid config in {folder}: {e}") from None
-    return cfg, meta
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        got = meta.get("format") if isinstance(meta, dict) else None
+        raise CheckpointError(f"{folder}/config.json is not a GAN Lab checkpoint (format {got!r})")
+    if not isinstance(meta.get("config"), dict):
+        raise CheckpointError(f"invalid config in {folder}: no run config")
+    return meta
 
 
 PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".pkl", ".pickle", ".ckpt")
@@ -290,10 +287,12 @@ def load_weights(module: nn.Module, file: Path) -> None:
     module.load_state_dict({k: v.to(own[k].dtype) for k, v in tensors.items()})
 
 
-def load_optimizers(folder: Path, optimizers: dict[str, torch.optim.Optimizer]) -> None:
-    from safetensors import safe_open
+def has_optimizer_state(folder: str | Path) -> bool:
+    return (Path(folder) / FILES["optimizer"]).exists()
 
-    file = folder / "optimizer.safetensors"
+
+def load_optimizers(folder: Path, optimizers: dict[str, torch.optim.Optimizer]) -> None:
+    file = Path(folder) / FILES["optimizer"]
     with safe_open(str(file), framework="pt") as f:
         groups = json.loads((f.metadata() or {})["param_groups"])
     tensors = load_file(str(file))
@@ -306,40 +305,3 @@ def load_optimizers(folder: Path, optimizers: dict[str, torch.optim.Optimizer]) 
             if owner == name:
                 state.setdefault(int(idx), {})[field] = value
         opt.load_state_dict({"state": state, "param_groups": groups[name]})
-
-
-def load_models(path_or_repo: str | Path, device: str | torch.device = "cpu", ema: bool = True):
-    """-> (cfg, G, D, meta) in eval mode on `device`; G and D are the EMA copies where they exist and `ema`."""
-    folder = resolve(path_or_repo)
-    cfg, meta = read_config(folder)
-    g, d = MODELS[cfg.model.kind](cfg.model)
-    g_file = folder / "generator_ema.safetensors"
-    load_weights(g, g_file if ema and g_file.exists() else folder / "generator.safetensors")
-    d_file = folder / "discriminator_ema.safetensors"
-    if not (ema and d_file.exists()):
-        d_file = folder / "discriminator.safetensors"
-    if d_file.exists():
-        load_weights(d, d_file)
-    else:
-        d = None
-    meta["folder"] = str(folder)
-    g = g.to(device).eval()
-    return cfg, g, (d.to(device).eval() if d is not None else None), meta
-
-
-def export(src: str | Path, dst: str | Path, dtype: torch.dtype = torch.float16,
-           model_card: Optional[str] = None) -> Path:
-    """Copy a checkpoint for shipping: weights only (no optimizer state), cast to `dtype`."""
-    folder = resolve(src)
-    cfg, meta = read_config(folder)
-    modules = {}
-    for name in WEIGHT_FILES:
-        if (folder / f"{name}.safetensors").exists():
-            g, d = MODELS[cfg.model.kind](cfg.model)
-            module = d if name.startswith("discriminator") else g
-            if name == "encoder":  # BlobGAN's inversion encoder, sized by the generator's layout vector
-                module = blobgan.build_encoder(cfg.model, g)
-            load_weights(module, folder / f"{name}.safetensors")
-            modules[name] = module
-    return write_folder(Path(dst), cfg, meta["step"], modules, metrics=meta.get("metrics"), dtype=dtype,
-                        model_card=model_card)

@@ -3,7 +3,8 @@
 Images are resized (shorter side to `image_size`) and centre-cropped, as the PyTorch DCGAN
 tutorial's `Resize` + `CenterCrop` do. Labels found in the data (class subfolders, IDX label
 files, a `label` column, the procedural classes) are kept for evaluation only; training never
-reads them.
+reads them. `to_model_images` turns whatever a user hands the classifier or the encoder (PIL
+images, paths, bytes, arrays, tensors) into the same uint8 layout at the model's size.
 """
 from __future__ import annotations
 
@@ -14,7 +15,6 @@ import io
 import json
 import os
 import struct
-import tempfile
 import threading
 import zipfile
 from concurrent.futures import ThreadPoolExecutor
@@ -26,10 +26,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image, ImageOps, ImageSequence
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from . import shapes
 from .config import DataConfig
+from .files import atomic_write
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif")
 CACHE_VERSION = 1
@@ -468,20 +470,11 @@ def _save_cache(path: Path, ds: ImageDataset) -> None:
     if ds.objects is not None:
         tensors["objects"] = ds.objects.contiguous()
     meta = {"class_names": json.dumps(ds.class_names), "skipped": str(ds.skipped)}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=meta)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_write(path) as tmp:
+        save_file(tensors, str(tmp), metadata=meta)
 
 
 def _load_cache(path: Path) -> ImageDataset:
-    from safetensors import safe_open
-
     with safe_open(str(path), framework="pt") as f:
         meta = f.metadata() or {}
     t = load_file(str(path))
@@ -511,3 +504,84 @@ def load_dataset(cfg: DataConfig, progress: Progress = None, use_cache: bool = T
 def to_float(batch_uint8: torch.Tensor) -> torch.Tensor:
     """uint8 [0, 255] -> float [-1, 1], the range of the generator's Tanh."""
     return batch_uint8.float().div_(127.5).sub_(1.0)
+
+
+# ---------------------------------------------------------------- images for inference
+
+def _to_uint8(arr, float_range: tuple[float, float]):
+    """A numpy array of any numeric dtype -> uint8: uint8 as is, uint16 scaled, other integers
+    checked to lie in 0..255, floats mapped from `float_range` to 0..255."""
+    if arr.dtype == np.uint8:
+        return arr
+    if arr.dtype == np.uint16:
+        return (arr // 257).astype(np.uint8)
+    if arr.dtype == np.bool_:
+        return arr.astype(np.uint8) * 255
+    if np.issubdtype(arr.dtype, np.integer):
+        if arr.size and (arr.min() < 0 or arr.max() > 255):
+            raise ValueError(f"integer image values must lie in 0..255, not {arr.min()}..{arr.max()}")
+        return arr.astype(np.uint8)
+    if np.issubdtype(arr.dtype, np.floating):
+        lo, hi = float_range
+        return (np.clip((arr.astype(np.float32) - lo) / (hi - lo), 0, 1) * 255).round().astype(np.uint8)
+    raise ValueError(f"cannot read an image array of dtype {arr.dtype}")
+
+
+def _split_array(arr) -> list:
+    """A numpy array -> a list of single images, each (H, W) or (H, W, C)."""
+    if arr.ndim == 2:
+        return [arr]
+    if arr.ndim == 3:
+        # (H, W, C) when the last axis can be channels, else a batch (N, H, W); channels-first
+        # numpy images come as (N, C, H, W) (or as torch tensors).
+        return [arr] if arr.shape[-1] in (1, 3, 4) else list(arr)
+    if arr.ndim == 4:
+        if arr.shape[-1] not in (1, 3, 4) and arr.shape[1] in (1, 3, 4):
+            arr = arr.transpose(0, 2, 3, 1)  # (N, C, H, W)
+        return list(arr)
+    raise ValueError(f"cannot read an image array of shape {arr.shape}")
+
+
+def to_model_images(images, size: int, channels: int, float_range: Optional[tuple[float, float]] = None) -> torch.Tensor:
+    """Images of any size and kind -> uint8 (N, channels, size, size), resized like training data
+    (shorter side to `size`, centre crop; colour converted like the loaders do).
+
+    Accepts one image or a list of them: PIL images, file paths, raw bytes, numpy arrays (H, W),
+    (H, W, C) (C = 1, 3 or 4), (N, H, W), (N, H, W, C) or (N, C, H, W), and torch tensors (H, W),
+    (C, H, W) or (N, C, H, W). Integer arrays are 0..255 (uint16: 0..65535); float values are read
+    in `float_range`, by default [0, 1] for numpy arrays and [-1, 1] (the generator's range) for
+    torch tensors."""
+    if isinstance(images, torch.Tensor):
+        x = images.detach().cpu()
+        if x.dim() == 2:
+            x = x[None, None]
+        elif x.dim() == 3:
+            x = x[None]
+        if x.dim() != 4:
+            raise ValueError(f"cannot read an image tensor of shape {tuple(images.shape)}")
+        if x.dtype == torch.bfloat16 or x.dtype == torch.float16:
+            x = x.float()
+        arr = _to_uint8(x.numpy(), float_range or (-1.0, 1.0))
+        if arr.shape[1] == channels and arr.shape[-2:] == (size, size):
+            return torch.from_numpy(np.ascontiguousarray(arr))
+        images = list(arr.transpose(0, 2, 3, 1))
+    elif isinstance(images, np.ndarray):
+        images = _split_array(images)
+    elif not isinstance(images, (list, tuple)):
+        images = [images]
+    out = []
+    for im in images:
+        if isinstance(im, (torch.Tensor, list, tuple)) or (isinstance(im, np.ndarray) and im.ndim == 4):
+            out.append(to_model_images(im, size, channels, float_range))
+            continue
+        if isinstance(im, np.ndarray):
+            parts = _split_array(im)
+            if len(parts) != 1:
+                out.append(to_model_images(im, size, channels, float_range))
+                continue
+            arr = _to_uint8(parts[0], float_range or (0.0, 1.0))
+            im = Image.fromarray(arr.squeeze(-1) if arr.ndim == 3 and arr.shape[-1] == 1 else arr)
+        out.append(torch.from_numpy(np.array(decode_image(im, size, channels))).unsqueeze(0))
+    if not out:
+        return torch.empty(0, channels, size, size, dtype=torch.uint8)
+    return torch.cat(out)

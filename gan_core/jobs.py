@@ -1,6 +1,6 @@
 """One training job at a time, in a background thread, for the app (the CLI calls `train` directly).
 
-The job runs `gan_core.train.train` with callbacks that record progress, losses and the latest
+The job runs `gan_core.training.train` with callbacks that record progress, losses and the latest
 sample grid; `stop()` asks the loop to stop at its next check (it then saves a checkpoint). When
 the loop ends, the last checkpoint is exported (fp16, no optimizer state) to `work_dir/models/NAME`
 and zipped, so the app's model pickers and its download button find it.
@@ -22,6 +22,13 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from PIL import Image
+
+from . import kinds
+from .checkpoint import check_output_folder
+from .data import load_dataset
+from .inference.loading import export
+from .training import train
+from .viz import image_grid
 
 RUNNING = ("loading", "training", "saving")
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -104,9 +111,6 @@ class TrainingJob:
         """Start training `cfg` (a RunConfig) in the background as model `name`. `dataset_fn()`, when
         given, returns the ImageDataset (uploads); otherwise `cfg.data` is loaded. The run folder and
         the exported model both live under the work folder, whatever `cfg.train.out_dir` said."""
-        from .checkpoint import check_output_folder
-        from .config import validate
-
         if not NAME_PATTERN.match(name or ""):
             raise ValueError("the model name may use letters, digits, '.', '-' and '_' (at most 64), "
                              f"not {name!r}")
@@ -115,7 +119,7 @@ class TrainingJob:
                 raise JobBusy("busy: " + self._status.summary())
             run_dir = self.work_dir / "runs" / name
             cfg = replace(cfg, train=replace(cfg.train, out_dir=str(run_dir), resume=False))
-            validate(cfg)
+            kinds.validate(cfg)
             check_output_folder(run_dir)  # OSError now, not a failed job later
             self._stop.clear()
             self._status = JobStatus(state="loading", name=name, kind=cfg.model.kind, steps=cfg.train.steps,
@@ -148,15 +152,9 @@ class TrainingJob:
                                    eta_s=float(metrics["eta_s"]) if "eta_s" in metrics else None)
 
     def _on_sample(self, step: int, images) -> None:
-        from .viz import image_grid
-
         self._update(sample=image_grid(images[:32], nrow=8), sample_step=step)
 
     def _run(self, cfg, name: str, dataset_fn: Optional[Callable]) -> None:
-        from .checkpoint import export
-        from .data import load_dataset
-        from .train import train
-
         try:
             def data_progress(done: int, total: int) -> None:
                 self._update(message=f"decoding images {done:,} / {total:,}")

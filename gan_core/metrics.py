@@ -7,10 +7,17 @@ For the built-in shapes, where every real image is one flat-coloured object on a
   image (fidelity; lower is better);
 - `mean_pairwise_distance`: mean RMS pixel distance between generated images (diversity; a
   collapsed generator scores near 0, real data sets the scale).
+
+Clustering scores (`cluster_accuracy`: Hungarian-matched accuracy; `clustering_scores`: ACC, NMI,
+ARI) and `match_objects`, which pairs a BlobGAN layout's blobs with a scene's objects.
 """
 from __future__ import annotations
 
+import numpy as np
 import torch
+from scipy.optimize import linear_sum_assignment
+
+from .models.blob_layout import Layout
 
 
 def two_colour_coverage(images: torch.Tensor, tolerance: int = 40, bins: int = 8) -> float:
@@ -55,9 +62,6 @@ def mean_pairwise_distance(images: torch.Tensor) -> float:
 def cluster_accuracy(labels, clusters) -> float:
     """Unsupervised classification accuracy: the best one-to-one mapping of clusters to classes
     (Hungarian matching, scipy's linear_sum_assignment), then plain accuracy."""
-    import numpy as np
-    from scipy.optimize import linear_sum_assignment
-
     y, c = np.asarray(labels).ravel(), np.asarray(clusters).ravel()
     if y.shape != c.shape or y.size == 0:
         raise ValueError("labels and clusters must be non-empty and the same length")
@@ -78,3 +82,23 @@ def clustering_scores(labels, clusters) -> dict[str, float]:
         "nmi": float(normalized_mutual_info_score(labels, clusters)),
         "ari": float(adjusted_rand_score(labels, clusters)),
     }
+
+
+def match_objects(objects: torch.Tensor, layout: Layout) -> tuple[int, list]:
+    """One image: ground-truth objects (M, 7) rows (class, cx, cy, x0, y0, x1, y1) with class -1 for
+    empty slots, and its layout (batch 1). Objects and visible blobs are matched one-to-one by
+    Hungarian matching on centre distance; a pair is a hit when the blob's centre lies inside the
+    object's box. Returns (hits, [(object index, blob index), ...] for the matched pairs)."""
+    gt = objects[objects[:, 0] >= 0].float().cpu()
+    blobs = layout.visible()[0].nonzero().flatten().cpu()
+    if len(gt) == 0 or len(blobs) == 0:
+        return 0, []
+    centres = layout.xy[0, blobs].float().cpu()
+    rows, cols = linear_sum_assignment(torch.cdist(gt[:, 1:3], centres).numpy())
+    hits, pairs = 0, []
+    for r, c in zip(rows, cols):
+        bx, by = centres[c].tolist()
+        x0, y0, x1, y1 = gt[r, 3:7].tolist()
+        hits += int(x0 <= bx <= x1 and y0 <= by <= y1)
+        pairs.append((int(r), int(blobs[c])))
+    return hits, pairs

@@ -1,11 +1,13 @@
-"""Images for people: sample grids as PIL images."""
+"""Images for people: sample grids, blob maps and blob outlines as PIL images."""
 from __future__ import annotations
 
 import math
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageDraw
+
+from .models.blob_layout import ellipse_contour, splat
 
 
 def to_uint8(x: torch.Tensor) -> np.ndarray:
@@ -43,8 +45,6 @@ def blob_colour(k: int) -> tuple[int, int, int]:
 def blob_map(layout, size: int = 64, scale: int = 4) -> Image.Image:
     """The first layout of a batch as soft colours: each pixel mixes the blobs' palette colours by
     their compositing weights (the background dark grey)."""
-    from .blobgan import splat
-
     w = splat(layout.index(0), size)[0]  # (K+1, size, size)
     colours = torch.tensor([BACKGROUND_COLOUR] + [blob_colour(k) for k in range(layout.k)], dtype=torch.float32)
     rgb = torch.einsum("khw,kc->hwc", w.float().cpu(), colours).round().clamp(0, 255).to(torch.uint8).numpy()
@@ -55,10 +55,6 @@ def draw_blobs(image: torch.Tensor, layout, scale: int = 4, labels: bool = True)
     """One image (C, H, W) in [-1, 1] with the first layout's blobs drawn over it: each visible blob's
     50%-opacity contour as a rotated ellipse in its palette colour, in slot order (back to front),
     labelled with its index at its centre."""
-    from PIL import ImageDraw
-
-    from .blobgan import ellipse_contour
-
     base = image_grid(image[None], nrow=1, padding=0)
     side = base.width * scale
     base = base.resize((side, side), Image.NEAREST)

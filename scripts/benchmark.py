@@ -1,8 +1,8 @@
 #!/usr/bin/env python
 """Training speed of the seed DCGAN at 64x64: the PyTorch tutorial's recipe vs gan_core's routine.
 
-    python scripts/benchmark.py --device cpu --steps 5 --batch 64
-    python scripts/benchmark.py --device cuda --steps 200 --batch 128 [--compile]
+    python -m scripts.benchmark --device cpu --steps 5 --batch 64
+    python -m scripts.benchmark --device cuda --steps 200 --batch 128 [--compile]
 
 Both paths train the same networks (same seed, same init) on the same data: a folder of PNG
 images this script writes itself (built-in shapes). (a) the reference is the tutorial as written:
@@ -19,19 +19,20 @@ import json
 import sys
 import tempfile
 import time
-from typing import Optional
 from pathlib import Path
+from typing import Optional
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import torch
+from torch import nn
 
-import torch  # noqa: E402
-from torch import nn  # noqa: E402
-
-from gan_core import dcgan  # noqa: E402
-from gan_core import train as train_mod  # noqa: E402
-from gan_core.config import DataConfig, DCGANConfig, RunConfig, TrainConfig  # noqa: E402
-from gan_core.data import load_dataset  # noqa: E402
-from gan_core.shapes import render_shapes  # noqa: E402
+from gan_core import training
+from gan_core.config import DataConfig, RunConfig, TrainConfig
+from gan_core.data import load_dataset
+from gan_core.models import dcgan
+from gan_core.models.base import Batch, step_generator
+from gan_core.models.dcgan import DCGANConfig
+from gan_core.runtime import cpu_bf16_is_fast
+from gan_core.shapes import render_shapes
 
 
 def write_png_folder(root: Path, n: int) -> Path:
@@ -112,24 +113,24 @@ def reference(folder: Path, device: torch.device, steps: int, batch: int, warmup
 
 def fast(folder: Path, device: torch.device, steps: int, batch: int, warmup: int, compile_: bool,
          precision: str, cache: Path, channels_last: Optional[bool] = None) -> dict:
-    """gan_core's routine: the same blocks `gan_core.train.train` runs, timed without its I/O."""
-    cfg = RunConfig(data=DataConfig(source="folder", path=str(folder), cache_dir=str(cache)),
+    """gan_core's routine: the same blocks `gan_core.training.train` runs, timed without its I/O."""
+    cfg = RunConfig(model=DCGANConfig(), data=DataConfig(source="folder", path=str(folder), cache_dir=str(cache)),
                     train=TrainConfig(batch_size=batch, device=str(device), compile=compile_, precision=precision,
                                       channels_last=channels_last))
     t_decode = time.perf_counter()
     images = load_dataset(cfg.data).images.to(device)
     decode_s = time.perf_counter() - t_decode
-    m = train_mod.build_models(cfg, device)
+    m = training.build_models(cfg, device)
     sums = []
     t0 = None
     for step in range(warmup + steps):
         if step == warmup:
             _sync(device)
             t0 = time.perf_counter()
-        gen = train_mod.step_generator(0, 0, step, device)
-        real = train_mod.get_batch(images, batch, gen, m.memory_format)
+        gen = step_generator(0, 0, step, device)
+        real = training.get_batch(images, batch, gen, m.memory_format)
         noise = torch.randn(batch, 100, 1, 1, generator=gen, device=device)
-        metrics = train_mod.train_step(m, real, noise)
+        metrics = dcgan.train_step(m, Batch(real, noise))  # the tutorial's update: no gen, no smoothing
         if step >= warmup:
             sums.append(torch.stack([metrics["loss_d"].float(), metrics["loss_g"].float()]))
     _sync(device)
@@ -179,7 +180,7 @@ def main(argv=None) -> dict:
         "reference_loss_g": round(ref["loss_g"], 4) if ref else None,
         "fast_loss_d": round(fst["loss_d"], 4), "fast_loss_g": round(fst["loss_g"], 4),
         "fast_precision": fst["precision"], "fast_channels_last": fst["channels_last"], "compile": args.compile,
-        "cpu_capability": torch.backends.cpu.get_cpu_capability(), "cpu_bf16_native": train_mod.cpu_bf16_is_fast(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(), "cpu_bf16_native": cpu_bf16_is_fast(),
         "torch": torch.__version__,
     }
     print(json.dumps(result))

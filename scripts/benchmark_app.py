@@ -7,7 +7,7 @@
 3. Round trips through gradio_client for the same three, beside the round trip of a trivial handler
    with the same output components returning same-sized values (Gradio's own floor), in the same run.
 
-    python scripts/benchmark_app.py [--repeats 20]
+    python -m scripts.benchmark_app [--repeats 20]
 
 Last line: one JSON object. Targets (issue 5, these CPUs): start < 10 s; compute < 100 / 30 / 150 ms;
 round trip <= 1.5x the floor.
@@ -25,8 +25,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+ROOT = Path(__file__).resolve().parents[1]  # app.py's folder: `python app.py` starts there
 
 
 def free_port() -> int:
@@ -79,6 +78,8 @@ def main(argv=None) -> dict:
     from PIL import Image
 
     import app
+    from gan_core.inference.blobs import BlobModel
+    from gan_core.inference.cluster import ClusterModel
 
     torch.set_num_threads(max(1, torch.get_num_threads()))
     result: dict = {"device": app.DEVICE, "threads": torch.get_num_threads(), "repeats": args.repeats}
@@ -86,8 +87,8 @@ def main(argv=None) -> dict:
         result["startup_s"] = round(startup_seconds(), 2)
 
     sample_model = app._default("sample", app.model_choices())
-    blob_model = app._default("blobs", app.model_choices("blobgan"))
-    cluster_model = app._default("classify", app.model_choices("cluster"))
+    blob_model = app._default("blobs", app.model_choices(BlobModel))
+    cluster_model = app._default("classify", app.model_choices(ClusterModel))
     zeros = (0,) * app.N_SLIDERS
     photo = Path(__import__("tempfile").mkdtemp()) / "photo.png"
     Image.new("RGB", (64, 64), (200, 200, 200)).save(photo)

@@ -3,7 +3,7 @@
 image with its blobs drawn, then the same layout with one blob moved (and, in a third column,
 hidden), each rendered by the generator.
 
-    python scripts/blob_edit_demo.py --checkpoint checkpoints/scenes-blobgan --out move_blob.png
+    python -m scripts.blob_edit_demo --checkpoint checkpoints/scenes-blobgan --out move_blob.png
 
 The moved blob is the most opaque visible one; it moves by --shift of the image side towards the
 image's centre line. With --invert-scenes N the rows are N held-out `scenes` images instead (seed
@@ -15,11 +15,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from _cli import fail  # noqa: E402  (scripts/ is on sys.path when a script runs)
+from scripts._cli import fail
 
 
 def main(argv=None) -> dict:
@@ -35,10 +33,15 @@ def main(argv=None) -> dict:
 
     from PIL import Image
 
-    from gan_core import blobgan
+    from gan_core.inference.blobs import BlobModel
+    from gan_core.inference.loading import load_model
+    from gan_core.metrics import match_objects
+    from gan_core.models import blob_layout
     from gan_core.viz import draw_blobs
 
-    model = blobgan.BlobModel.load(args.checkpoint)
+    model = load_model(args.checkpoint)
+    if not isinstance(model, BlobModel):
+        fail(f"a {model.cfg.model.kind!r} model has no blob layouts")
     rows, info = [], []
     if args.invert_scenes > 0:
         from gan_core.config import DataConfig
@@ -55,13 +58,13 @@ def main(argv=None) -> dict:
         cases = [(seed, model.sample_layout(seed), None, None) for seed in args.seeds]
     for key, lay, objects, real in cases:
         visible = lay.visible()[0]
-        pairs = blobgan.match_objects(objects, lay)[1] if objects is not None else []
+        pairs = match_objects(objects, lay)[1] if objects is not None else []
         k = next((b for o, b in pairs if o == 0), None)  # the blob matched to the first object
         if k is None:
             k = int(lay.size[0].masked_fill(~visible, float("-inf")).argmax()) if bool(visible.any()) else 0
         dx = args.shift if float(lay.xy[0, k, 0]) < 0.5 else -args.shift
-        moved = blobgan.move(lay, k, dx=dx)
-        hidden = blobgan.hide(lay, k)
+        moved = blob_layout.move(lay, k, dx=dx)
+        hidden = blob_layout.hide(lay, k)
         tiles = [draw_blobs(model.render(lay)[0], lay, args.scale), draw_blobs(model.render(moved)[0], moved, args.scale),
                  draw_blobs(model.render(hidden)[0], hidden, args.scale)]
         if real is not None:

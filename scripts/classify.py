@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Sort images into a cluster model's clusters: the Classify tab as a command.
 
-    python scripts/classify.py --checkpoint checkpoints/fashion-mnist-clusters photos/*.png more.zip \
+    python -m scripts.classify --checkpoint checkpoints/fashion-mnist-clusters photos/*.png more.zip \
         --out assignments.csv
 
 Takes image files, folders (their images, recursively) and zips of images (read in memory, never
@@ -12,15 +12,12 @@ stderr and exit code 2. Last stdout line: one JSON object with the counts per cl
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import sys
 import warnings
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from _cli import fail  # noqa: E402
+from scripts._cli import fail
 
 
 def _inputs(paths: list[str]) -> list[Path]:
@@ -49,39 +46,34 @@ def main(argv=None) -> dict:
     from PIL import Image
 
     from gan_core.checkpoint import CheckpointError
-    from gan_core.cluster import UNREADABLE, ClusterModel, assignment_rows
-    from gan_core.data import DataError, decode_items, upload_items
+    from gan_core.data import DataError, upload_items
+    from gan_core.inference.cluster import ClusterModel
+    from gan_core.inference.loading import load_model
 
     warnings.simplefilter("error", Image.DecompressionBombWarning)  # refuse what the app refuses
     try:
-        model = ClusterModel.load(args.checkpoint, device=args.device)
+        model = load_model(args.checkpoint, device=args.device)
     except (CheckpointError, ValueError, OSError) as e:
         fail(f"cannot load {args.checkpoint}: {e}")
+    if not isinstance(model, ClusterModel):
+        fail(f"cannot load {args.checkpoint}: a {model.cfg.model.kind!r} model is not a cluster classifier")
     try:
         items = upload_items(_inputs(args.inputs), limit=10**9)
     except (DataError, OSError) as e:
         fail(str(e))
-    images, ok = decode_items(items, model.cfg.data.image_size, model.cfg.data.channels)
-    if len(images) == 0:
+    assigned = model.assign(items)
+    if assigned.images == 0:
         fail("none of the given files could be read as an image", unreadable=len(items))
-    pred = model.predict(images)
-    rows = assignment_rows([name for name, _ in items], ok, pred)
     try:
         out = open(args.out, "w", newline="") if args.out else sys.stdout
     except OSError as e:
         fail(f"cannot write {args.out}: {e.strerror or e}")
     try:
-        writer = csv.DictWriter(out, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+        assigned.write_csv(out)
     finally:
         if args.out:
             out.close()
-    counts = {name: 0 for name in model.names}
-    for row in rows:
-        if row["cluster"] != UNREADABLE:
-            counts[row["cluster"]] += 1
-    result = {"images": int(ok.sum()), "unreadable": int((~ok).sum()), "counts": counts,
+    result = {"images": assigned.images, "unreadable": assigned.unreadable, "counts": assigned.counts,
               "out": args.out, "checkpoint": args.checkpoint}
     print(json.dumps(result))
     return result

@@ -3,7 +3,7 @@
 kept on a labelled split and export the last one (fp16). Needs no Hydra, so it also runs on a bare
 GPU machine (scripts/gpu_check.sh runs several of these side by side, one per seed).
 
-    python scripts/cluster_run.py --data-path /usr/share/datasets/fashion-mnist --seed 0 \
+    python -m scripts.cluster_run --data-path /usr/share/datasets/fashion-mnist --seed 0 \
         --minutes 5 --device cuda --out runs/fmnist-s0 --export runs/fmnist-s0.tar
 
 Scores use the labels of `--eval-split` only; training never sees a label. `train_mi` is the
@@ -16,12 +16,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import tarfile
 import time
 from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def train_mutual_information(d, images, cfg, device, batch: int = 1024, seed: int = 0) -> float:
@@ -29,9 +26,9 @@ def train_mutual_information(d, images, cfg, device, batch: int = 1024, seed: in
     import torch
 
     from gan_core.augment import augment
-    from gan_core.cluster import augment_config
     from gan_core.data import to_float
     from gan_core.losses import iic_loss
+    from gan_core.models.cluster import augment_config
 
     gen = torch.Generator(device=device).manual_seed(seed)
     d.eval()
@@ -74,16 +71,14 @@ def main(argv=None) -> dict:
                    help="other ClusterConfig fields, e.g. input_transform=mask aug_rotate_deg=180")
     args = p.parse_args(argv)
 
-    import torch
-
     from gan_core import metrics
-    from gan_core.checkpoint import export, load_models
-    from gan_core.cluster import ClusterModel, predict_tensor
-    from gan_core.config import ClusterConfig, DataConfig, RunConfig, TrainConfig
+    from gan_core.config import DataConfig, RunConfig, TrainConfig
     from gan_core.data import load_dataset
-    from gan_core.train import resolve_device, train
-
-    from gan_core.config import validate
+    from gan_core.inference.loading import export, load_model
+    from gan_core.kinds import validate
+    from gan_core.models.cluster import ClusterConfig, predict_tensor
+    from gan_core.runtime import resolve_device
+    from gan_core.training import train
 
     def parse_value(text: str):
         try:
@@ -126,11 +121,11 @@ def main(argv=None) -> dict:
     scores = {}
     folders = sorted(Path(args.out, "checkpoints").glob("step_*"))
     for folder in folders:
-        _, _, d, meta = load_models(folder, device)
-        ids, _ = predict_tensor(d, test.images)
-        scores[int(meta["step"])] = {k: round(v, 4) for k, v in metrics.clustering_scores(labels, ids.numpy()).items()}
+        checkpoint = load_model(folder, device)
+        ids, _ = predict_tensor(checkpoint.d, test.images)
+        scores[int(checkpoint.meta["step"])] = {k: round(v, 4) for k, v in metrics.clustering_scores(labels, ids.numpy()).items()}
     final_folder = Path(result["checkpoint"])
-    model = ClusterModel.load(final_folder, device)
+    model = load_model(final_folder, device)  # a ClusterModel
     mi = train_mutual_information(model.d, train_set.images, cfg.model, device)
     out = {"seed": args.seed, "batch": args.batch, "ngf": args.ngf, "ndf": args.ndf, "iic_repeats": args.iic_repeats,
            "device": result["device"], "precision": result["precision"], "step": result["step"],

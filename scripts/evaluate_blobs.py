@@ -2,7 +2,7 @@
 """Score a BlobGAN checkpoint (generator + inversion encoder) on held-out `scenes` images, whose
 object centres and boxes are known:
 
-    python scripts/evaluate_blobs.py --checkpoint checkpoints/scenes-blobgan
+    python -m scripts.evaluate_blobs --checkpoint checkpoints/scenes-blobgan
 
 - psnr: reconstruction PSNR of G(E(x)) against x, in dB (images in [0, 1]), the mean over images.
 - hit_rate: the fraction of ground-truth objects matched one-to-one (Hungarian matching on centre
@@ -19,10 +19,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from _cli import fail  # noqa: E402  (scripts/ is on sys.path when a script runs)
+from scripts._cli import fail
 
 
 def main(argv=None) -> dict:
@@ -41,16 +39,21 @@ def main(argv=None) -> dict:
     import torch
     from tqdm import tqdm
 
-    from gan_core import blobgan
     from gan_core.checkpoint import CheckpointError
     from gan_core.config import DataConfig
     from gan_core.data import load_dataset, to_float
+    from gan_core.inference.blobs import BlobModel
+    from gan_core.inference.loading import load_model
     from gan_core.losses import load_lpips
+    from gan_core.metrics import match_objects
+    from gan_core.models import blob_layout
 
     try:
-        model = blobgan.BlobModel.load(args.checkpoint, args.device)
+        model = load_model(args.checkpoint, args.device)
     except (CheckpointError, ValueError) as e:
         fail(str(e))
+    if not isinstance(model, BlobModel):
+        fail(f"a {model.cfg.model.kind!r} model has no blob layouts")
     if model.encoder is None:
         fail("no encoder")
     size, channels = model.cfg.data.image_size, model.cfg.data.channels
@@ -75,7 +78,7 @@ def main(argv=None) -> dict:
             for i in range(len(x)):
                 one = lay.index(i)
                 objects += int((objs[i][:, 0] >= 0).sum())
-                got, pairs = blobgan.match_objects(objs[i], one)
+                got, pairs = match_objects(objs[i], one)
                 hits += got
                 mover = next((b for o, b in pairs if o == 0), None)  # the blob matched to the first object
                 if mover is None and bool(one.visible().any()):  # else the most opaque visible blob
@@ -86,10 +89,10 @@ def main(argv=None) -> dict:
                     continue
                 one = lay.index(i)
                 dx = args.shift if float(one.xy[0, k, 0]) < 0.5 else -args.shift  # stay inside the image
-                moved = blobgan.move(one, k, dx=dx)
+                moved = blob_layout.move(one, k, dx=dx)
                 change = (model.render(moved) - model.render(one)).abs().sum(1)[0]  # (H, W)
-                region = ((blobgan.splat(one, size)[0, k + 1] >= args.region)
-                          | (blobgan.splat(moved, size)[0, k + 1] >= args.region))
+                region = ((blob_layout.splat(one, size)[0, k + 1] >= args.region)
+                          | (blob_layout.splat(moved, size)[0, k + 1] >= args.region))
                 inside += float(change[region].sum())
                 total += float(change.sum())
     result = {"psnr": round(float(np.mean(psnrs)), 3), "hit_rate": round(hits / max(objects, 1), 4),

@@ -1,8 +1,8 @@
 #!/usr/bin/env python
 """Unsupervised classification quality on a labelled source (labels are used only here, to score).
 
-    python scripts/evaluate_clustering.py --data.source idx --data.path /usr/share/datasets/fashion-mnist --split test
-    python scripts/evaluate_clustering.py --checkpoint checkpoints/shapes-dcgan --data.source shapes
+    python -m scripts.evaluate_clustering --data.source idx --data.path /usr/share/datasets/fashion-mnist --split test
+    python -m scripts.evaluate_clustering --checkpoint checkpoints/shapes-dcgan --data.source shapes
 
 Always runs the baseline, k-means on raw pixels. With --checkpoint of a `cluster` model it scores the
 model's cluster head (EMA weights where saved); of a `dcgan` model, or with --features, it runs
@@ -16,9 +16,8 @@ import argparse
 import json
 import sys
 from dataclasses import replace
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from scripts._cli import fail
 
 
 def kmeans(features, k: int, seed: int):
@@ -64,25 +63,25 @@ def main(argv=None) -> dict:
 
     import numpy as np
 
-    from gan_core import checkpoint as ckpt
     from gan_core import metrics
+    from gan_core.checkpoint import CheckpointError
     from gan_core.config import DataConfig
     from gan_core.data import DataError, load_dataset
+    from gan_core.inference.cluster import ClusterModel
+    from gan_core.inference.loading import load_model
 
     size, channels, model = args.image_size, args.channels, None
     try:
         if args.checkpoint:
-            cfg, _, d, meta = ckpt.load_models(args.checkpoint)
-            size, channels, model = cfg.data.image_size, cfg.data.channels, (cfg, d, meta)
+            model = load_model(args.checkpoint)
+            size, channels = model.cfg.data.image_size, model.cfg.data.channels
         # The procedural sources are "held out" by seed: the training data used seed 0 by default.
         data_cfg = DataConfig(source=args.source, path=args.path, split=args.split, image_size=size,
                               channels=channels, num_images=args.num_images, seed=10_000 + args.seed,
                               limit=args.limit)
         ds = load_dataset(data_cfg)
-    except (DataError, ckpt.CheckpointError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        print(json.dumps({"error": str(e)}))
-        sys.exit(2)
+    except (DataError, CheckpointError, ValueError) as e:
+        fail(str(e))
     if ds.labels is None:
         print("error: this source has no labels to evaluate against", file=sys.stderr)
         print(json.dumps({"error": "no labels"}))
@@ -97,12 +96,12 @@ def main(argv=None) -> dict:
               "kmeans_acc": round(base["acc"], 4), "kmeans_nmi": round(base["nmi"], 4),
               "kmeans_ari": round(base["ari"], 4), "method": None}
     if model is not None:
-        cfg, d, meta = model
+        cfg, d, meta = model.cfg, model.d, model.meta
         if d is None:
             print("error: the checkpoint has no discriminator", file=sys.stderr)
             sys.exit(2)
-        if cfg.model.kind == "cluster" and not args.features:
-            from gan_core.cluster import predict_tensor, view_sides
+        if isinstance(model, ClusterModel) and not args.features:
+            from gan_core.models.cluster import predict_tensor, view_sides
 
             sides = d.view_sides if args.views is None else view_sides(replace(cfg.model, predict_views=args.views))
             clusters, _ = predict_tensor(d, ds.images, sides=sides)

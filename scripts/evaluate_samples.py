@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Measure a generator's samples against real images of its training source (no pretrained nets).
 
-    python scripts/evaluate_samples.py --checkpoint checkpoints/shapes-dcgan --n 500
+    python -m scripts.evaluate_samples --checkpoint checkpoints/shapes-dcgan --n 500
 
 Reports, for generated and for held-out real images (a different seed of the same procedural
 source), two-colour coverage, distance to the nearest training image and mean pairwise distance
@@ -12,10 +12,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def main(argv=None) -> dict:
@@ -29,13 +25,13 @@ def main(argv=None) -> dict:
 
     import torch
 
-    from gan_core import checkpoint as ckpt
     from gan_core import metrics
     from gan_core.data import load_dataset
-    from gan_core.latent import sample
+    from gan_core.inference.loading import load_model
 
-    cfg, g, _, meta = ckpt.load_models(args.checkpoint, ema=not args.no_ema)
-    gen = ((sample(g, args.n, args.seed, cfg.model).clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    model = load_model(args.checkpoint, ema=not args.no_ema)
+    cfg, meta = model.cfg, model.meta
+    gen = ((model.sampler.sample(args.n, args.seed).clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
     all_train = load_dataset(cfg.data).images
     train_images = all_train[: args.reference]
     result = {"checkpoint": meta["folder"], "step": meta["step"], "n": args.n}

@@ -2,7 +2,7 @@
 """Draw a cluster model's exemplar sheet: one row per cluster, its most confident training images on
 the left and images its generator draws for that cluster's code on the right.
 
-    python scripts/exemplars.py --checkpoint checkpoints/fashion-mnist-clusters --out exemplars.png
+    python -m scripts.exemplars --checkpoint checkpoints/fashion-mnist-clusters --out exemplars.png
 
 The training images are read from the path saved in the checkpoint's config (or --data-path).
 Last stdout line: one JSON object with the output path and, per cluster, its name, how many training
@@ -12,10 +12,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from scripts._cli import fail
 
 
 def main(argv=None) -> dict:
@@ -31,11 +30,15 @@ def main(argv=None) -> dict:
     import torch
     from PIL import Image
 
-    from gan_core.cluster import ClusterModel, predict_tensor
     from gan_core.data import to_float
+    from gan_core.inference.cluster import ClusterModel
+    from gan_core.inference.loading import load_model
+    from gan_core.models.cluster import predict_tensor
     from gan_core.viz import image_grid
 
-    model = ClusterModel.load(args.checkpoint)
+    model = load_model(args.checkpoint)
+    if not isinstance(model, ClusterModel):
+        fail(f"a {model.cfg.model.kind!r} model is not a cluster classifier")
     if args.data_path:
         model.cfg.data.path = args.data_path
     pool = model.training_images(args.limit)

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Export a training checkpoint for shipping: fp16 safetensors, no optimizer state, a model card.
 
-    python scripts/export_checkpoint.py --run runs/shapes-dcgan --out checkpoints/shapes-dcgan --card card.md
+    python -m scripts.export_checkpoint --run runs/shapes-dcgan --out checkpoints/shapes-dcgan --card card.md
 
 Last stdout line: one JSON object with the files and their sizes.
 """
@@ -9,10 +9,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from scripts._cli import fail
 
 
 def main(argv=None) -> dict:
@@ -25,15 +24,14 @@ def main(argv=None) -> dict:
 
     import torch
 
-    from gan_core.checkpoint import CheckpointError, export
+    from gan_core.checkpoint import CheckpointError
+    from gan_core.inference.loading import export
 
     card = Path(args.card).read_text() if args.card else None
     try:
         folder = export(args.run, args.out, dtype=getattr(torch, args.dtype), model_card=card)
     except CheckpointError as e:
-        print(f"error: {e}", file=sys.stderr)
-        print(json.dumps({"error": str(e)}))
-        sys.exit(2)
+        fail(str(e))
     files = {f.name: f.stat().st_size for f in sorted(folder.iterdir())}
     result = {"out": str(folder), "files": files, "max_bytes": max(files.values())}
     print(json.dumps(result))

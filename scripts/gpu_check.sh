@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# GPU checks in one go, about 8.5 minutes on one H100/H200:  scripts/gpu_check.sh OUT_DIR
+# GPU checks in one go, about 8.5 minutes on one H100/H200:  bash scripts/gpu_check.sh OUT_DIR
+# (from any folder: it runs the scripts as modules, `python -m scripts.NAME`, from the repository root)
 #  1. GPU to itself: the CUDA benchmark at batch 128 (reference vs fast), then fast + torch.compile.
-#  2. Side by side until one deadline: clustering runs (scripts/cluster_run.py, batch 256, 2 IIC views
+#  2. Side by side until one deadline: clustering runs (scripts.cluster_run, batch 256, 2 IIC views
 #     per image: Fashion-MNIST seed 1, and three seeds of built-in shapes at 64 px with the mask input), a BlobGAN on scenes
-#     (then its inversion encoder and scripts/evaluate_blobs.py), the CUDA tests, and a short CUDA
+#     (then its inversion encoder and scripts.evaluate_blobs), the CUDA tests, and a short CUDA
 #     training of the default DCGAN.
 #  3. Each clustering run scores its checkpoints on the test split and exports its last one (fp16 .tar).
 # OUT_DIR gets at most 8 files (the device tool's limit): results.jsonl (one JSON object per part),
@@ -25,6 +26,7 @@ OUT_DIR=$(mkdir -p "$OUT_DIR" && cd "$OUT_DIR" && pwd)
 cd "$(dirname "$0")/.."
 LOG="$OUT_DIR/logs"
 mkdir -p "$LOG"
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"  # gan_core and scripts import from the repository root
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 GANLAB_CACHE="$LOG/.cache"
 RESULTS="$OUT_DIR/results.jsonl"
 : > "$RESULTS"
@@ -45,9 +47,9 @@ echo "{\"part\": \"machine\", \"result\": $(python3 -c "import json,sys; print(j
 
 # 1. Benchmarks, alone on the GPU.
 if [ "$SMOKE" = 1 ]; then BSTEPS=3; CSTEPS=3; BATCH=16; else BSTEPS=300; CSTEPS=1000; BATCH=128; fi
-timeout 100 $PY scripts/benchmark.py --device "$DEV" --steps $BSTEPS --batch $BATCH --images 5000 > "$LOG/benchmark.log" 2>&1
+timeout 100 $PY -m scripts.benchmark --device "$DEV" --steps $BSTEPS --batch $BATCH --images 5000 > "$LOG/benchmark.log" 2>&1
 record benchmark_b128 "$LOG/benchmark.log"
-timeout 120 $PY scripts/benchmark.py --device "$DEV" --steps $CSTEPS --batch $BATCH --images 5000 --compile --skip-reference \
+timeout 120 $PY -m scripts.benchmark --device "$DEV" --steps $CSTEPS --batch $BATCH --images 5000 --compile --skip-reference \
   > "$LOG/benchmark_compile.log" 2>&1
 record benchmark_b128_compile "$LOG/benchmark_compile.log"
 echo "benchmarks done at $(elapsed) s"
@@ -66,7 +68,7 @@ elif [ -e "$FMNIST/t10k-images-idx3-ubyte.gz" ]; then
   CK=5000; [ "$SMOKE" = 1 ] && CK=20
   run_fmnist() {  # NAME ARGS...
     local name=$1; shift
-    OMP_NUM_THREADS=2 GANLAB_CACHE="$LOG/.cache-$name" timeout $(( TRAIN_S + MARGIN_S )) $PY scripts/cluster_run.py \
+    OMP_NUM_THREADS=2 GANLAB_CACHE="$LOG/.cache-$name" timeout $(( TRAIN_S + MARGIN_S )) $PY -m scripts.cluster_run \
       --data-path "$FMNIST" --device "$DEV" --minutes "$MINUTES" --checkpoint-every $CK \
       --out "$LOG/runs/$name" --export "$OUT_DIR/$name.tar" "$@" > "$LOG/$name.log" 2>&1
   }
@@ -88,9 +90,8 @@ BSTEPS_BLOB=1000000; [ "$SMOKE" = 1 ] && BSTEPS_BLOB=4
 ( OMP_NUM_THREADS=2 GANLAB_CACHE="$LOG/.cache-blob" timeout $(( TRAIN_S + MARGIN_S )) $PY - "$LOG" "$DEV" "$BLOB_GAN_MIN" "$BSTEPS_BLOB" <<'PYEOF'
 import json, sys, time
 from pathlib import Path
-sys.path.insert(0, ".")
-from gan_core.config import BlobGANConfig, DataConfig, RunConfig, TrainConfig
-from gan_core.train import train
+from gan_core import BlobGANConfig, DataConfig, RunConfig, TrainConfig
+from gan_core.training import train
 out, minutes, steps = Path(sys.argv[1]) / "runs" / "scenes-blobgan", float(sys.argv[3]), int(sys.argv[4])
 cfg = RunConfig(model=BlobGANConfig(recon_weight=30.0, encoder_latent_weight=0.1),
                 data=DataConfig(source="scenes", num_images=20000),
@@ -107,10 +108,9 @@ DSTEPS=3000; [ "$SMOKE" = 1 ] && DSTEPS=4
 timeout 200 $PY - "$LOG" "$DEV" "$DSTEPS" > "$LOG/dcgan.log" 2>&1 <<'PYEOF'
 import json, sys
 from pathlib import Path
-sys.path.insert(0, ".")
-from gan_core.checkpoint import export
-from gan_core.config import DataConfig, DCGANConfig, RunConfig, TrainConfig
-from gan_core.train import train
+from gan_core import DataConfig, DCGANConfig, RunConfig, TrainConfig
+from gan_core.inference.loading import export
+from gan_core.training import train
 from gan_core.viz import image_grid
 out = Path(sys.argv[1]) / "runs" / "shapes-dcgan"
 steps = int(sys.argv[3])
@@ -126,14 +126,14 @@ record dcgan_short "$LOG/dcgan.log"
 wait "$BLOB_PID"
 record blobgan_train "$LOG/blobgan_train.log"
 ESTEPS=1000000; [ "$SMOKE" = 1 ] && ESTEPS=3
-timeout $(( MARGIN_S + 60 )) $PY scripts/train_encoder.py --checkpoint "$LOG/runs/scenes-blobgan" --out "$LOG/scenes-blobgan" \
+timeout $(( MARGIN_S + 60 )) $PY -m scripts.train_encoder --checkpoint "$LOG/runs/scenes-blobgan" --out "$LOG/scenes-blobgan" \
   --from-checkpoint-encoder --latent-weight 0.1 --device "$DEV" --batch 64 --steps $ESTEPS --minutes "$BLOB_ENC_MIN" > "$LOG/blobgan_encoder.log" 2>&1
 record blobgan_encoder "$LOG/blobgan_encoder.log"
 NEVAL=500; [ "$SMOKE" = 1 ] && NEVAL=10
-timeout 120 $PY scripts/evaluate_blobs.py --checkpoint "$LOG/scenes-blobgan" --device "$DEV" --num-images $NEVAL \
+timeout 120 $PY -m scripts.evaluate_blobs --checkpoint "$LOG/scenes-blobgan" --device "$DEV" --num-images $NEVAL \
   > "$LOG/blobgan_eval.log" 2>&1
 record blobgan_eval "$LOG/blobgan_eval.log"
-timeout 60 $PY -c "import sys; sys.path.insert(0, '.'); from gan_core.checkpoint import export; export(sys.argv[1], sys.argv[2])" \
+timeout 60 $PY -c "import sys; from gan_core.inference.loading import export; export(sys.argv[1], sys.argv[2])" \
   "$LOG/scenes-blobgan" "$LOG/scenes-blobgan-fp16" && tar -cf "$OUT_DIR/scenes_blobgan.tar" -C "$LOG" scenes-blobgan-fp16
 for p in "${pids[@]}"; do wait "$p"; done
 for f in "$LOG"/fmnist_*.log "$LOG"/shapes_*.log; do [ -e "$f" ] && record "$(basename "$f" .log)" "$f"; done

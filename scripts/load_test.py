@@ -2,8 +2,8 @@
 """Load test: concurrent gradio_client clients mixing /sample, /classify and /blobs against the app
 while a training job runs; every request must succeed.
 
-    python scripts/load_test.py --clients 20 --seconds 60          # serves app.py in-process
-    python scripts/load_test.py --url http://127.0.0.1:7860        # an app already running
+    python -m scripts.load_test --clients 20 --seconds 60          # serves app.py in-process
+    python -m scripts.load_test --url http://127.0.0.1:7860        # an app already running
 
 Last line: {"clients", "seconds", "count", "errors", "p50_ms", "p95_ms", "per_endpoint", "training"}.
 """
@@ -13,14 +13,10 @@ import argparse
 import json
 import random
 import statistics
-import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
-
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -44,6 +40,8 @@ def main(argv=None) -> dict:
     from PIL import Image
 
     import app
+    from gan_core.inference.blobs import BlobModel
+    from gan_core.inference.cluster import ClusterModel
 
     served = None
     if args.url is None:
@@ -55,8 +53,8 @@ def main(argv=None) -> dict:
     photo = Path(tempfile.mkdtemp(prefix="ganlab-load-")) / "photo.png"
     Image.new("RGB", (48, 48), (30, 120, 200)).save(photo)
     sample_model = app._default("sample", app.model_choices())
-    cluster_model = app._default("classify", app.model_choices("cluster"))
-    blob_model = app._default("blobs", app.model_choices("blobgan"))
+    cluster_model = app._default("classify", app.model_choices(ClusterModel))
+    blob_model = app._default("blobs", app.model_choices(BlobModel))
     zeros = (0,) * app.N_SLIDERS
 
     training = None

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Turn an image folder, zip, Hub dataset (or any gan_core source) into a 64x64 parquet file.
 
-    python scripts/prepare_dataset.py --source folder --path photos/ --out data/photos-64.parquet
+    python -m scripts.prepare_dataset --source folder --path photos/ --out data/photos-64.parquet
 
 The parquet has an HF `Image` column "image" (PNG bytes, resized + centre-cropped like the seed's
 dataset-resized-64.parquet) and, when the source has labels, a `ClassLabel` column "label".
@@ -15,7 +15,7 @@ import json
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from scripts._cli import fail
 
 
 def main(argv=None) -> dict:
@@ -48,9 +48,7 @@ def main(argv=None) -> dict:
     try:
         ds = load_dataset(cfg, progress=progress, use_cache=False)
     except (DataError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        print(json.dumps({"error": str(e)}))
-        sys.exit(2)
+        fail(str(e))
     finally:
         bar.close()
 

@@ -1,11 +1,12 @@
 #!/usr/bin/env python
 """Train a GAN Lab model from the command line (Hydra over gan_core's dataclass configs).
 
-    python scripts/train.py model=dcgan data.source=folder data.path=imgs train.steps=2000
-    python scripts/train.py train.out_dir=runs/a train.resume=true train.steps=4000   # continue
-    torchrun --nproc_per_node=2 scripts/train.py train.device=cpu ...                 # DDP
-    python scripts/train.py logger=wandb                                              # W&B (WANDB_MODE=offline works)
+    python -m scripts.train model=dcgan data.source=folder data.path=imgs train.steps=2000
+    python -m scripts.train train.out_dir=runs/a train.resume=true train.steps=4000   # continue
+    torchrun --nproc_per_node=2 -m scripts.train train.device=cpu ...                 # DDP
+    python -m scripts.train logger=wandb                                              # W&B (WANDB_MODE=offline works)
 
+Run it from the repository root. `model=<kind>` picks any kind in `gan_core.kinds.KINDS`.
 Prints tqdm progress on stderr, writes sample grids to OUT/samples/ and checkpoints to
 OUT/checkpoints/; the LAST stdout line is one JSON object with the checkpoint path and final metrics.
 """
@@ -18,13 +19,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import hydra
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, OmegaConf
 
-import hydra  # noqa: E402
-from hydra.core.config_store import ConfigStore  # noqa: E402
-from omegaconf import MISSING, OmegaConf  # noqa: E402
+from gan_core import config as config_mod
+from gan_core import kinds
+from scripts._cli import fail
 
-from gan_core import config as config_mod  # noqa: E402
 
 @dataclass
 class CliConfig:
@@ -37,9 +39,9 @@ class CliConfig:
 
 cs = ConfigStore.instance()
 cs.store(name="ganlab", node=CliConfig)
-for _kind, _cls in config_mod.MODEL_CONFIGS.items():
-    cs.store(group="model", name=_kind, node=_cls)
-cs.store(name="config", node={"defaults": ["ganlab", {"model": "dcgan"}, "_self_"]})
+for _name, _kind in kinds.KINDS.items():
+    cs.store(group="model", name=_name, node=_kind.config)
+cs.store(name="config", node={"defaults": ["ganlab", {"model": kinds.DEFAULT_KIND}, "_self_"]})
 
 # Hydra's own output folder and logging are not wanted: the run folder is train.out_dir.
 HYDRA_DEFAULTS = ["hydra.run.dir=.", "hydra.output_subdir=null", "hydra/job_logging=none",
@@ -67,16 +69,14 @@ def main(raw) -> None:
     import torch
     from tqdm import tqdm
 
-    from gan_core.train import train as run_training
+    from gan_core.training import train as run_training
     from gan_core.viz import image_grid
 
     cfg_dict = OmegaConf.to_container(raw, resolve=True)
     try:
-        cfg = config_mod.validate(config_mod.sync_model_to_data(config_mod.from_dict(cfg_dict)))
+        cfg = kinds.validate(config_mod.sync_model_to_data(kinds.config_from_dict(cfg_dict)))
     except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        print(json.dumps({"error": str(e)}))
-        sys.exit(2)
+        fail(str(e))
     dist_device = _init_distributed(cfg.train.device)
     if dist_device is not None and cfg.train.device == "auto":
         cfg.train.device = dist_device
@@ -128,9 +128,9 @@ def main(raw) -> None:
     except (ValueError, OSError) as e:  # bad data, config or output folder: one line, no traceback
         for b in bars.values():
             b.close()
-        print(f"error: {e}", file=sys.stderr)
         if rank == 0:
-            print(json.dumps({"error": str(e)}))
+            fail(str(e))
+        print(f"error: {e}", file=sys.stderr)  # the other ranks: the line only, rank 0 reports the JSON
         sys.exit(2)
     finally:
         for b in bars.values():

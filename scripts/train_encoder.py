@@ -4,7 +4,7 @@
     L = LPIPS(x_r, G(E(x_r))) + LPIPS(x_f, G(E(x_f))) + MSE(x_r, G(E(x_r))) + MSE(x_f, G(E(x_f)))
         + 10 * MSE(beta_f, E(x_f))
 
-    python scripts/train_encoder.py --checkpoint runs/scenes-blobgan --out checkpoints/scenes-blobgan-enc
+    python -m scripts.train_encoder --checkpoint runs/scenes-blobgan --out checkpoints/scenes-blobgan-enc
 
 LPIPS uses VGG16 ImageNet weights from the torch hub cache (or --lpips-weights / $GANLAB_VGG16).
 Without them the run says so in one line, trains on the MSE terms only, and records that as
@@ -19,8 +19,7 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from _cli import fail  # noqa: E402  (scripts/ is on sys.path when a script runs)
+from scripts._cli import fail
 
 
 def main(argv=None) -> dict:
@@ -49,22 +48,28 @@ def main(argv=None) -> dict:
     import torch
     from tqdm import tqdm
 
-    from gan_core import blobgan
-    from gan_core.checkpoint import CheckpointError, load_models, load_weights, resolve, write_folder
+    from gan_core import checkpoint as ckpt
+    from gan_core.checkpoint import CheckpointError
     from gan_core.data import load_dataset, to_float
+    from gan_core.inference.blobs import BlobModel
+    from gan_core.inference.loading import load_model
     from gan_core.losses import load_lpips
-    from gan_core.train import _autocast, resolve_device, resolve_precision
+    from gan_core.models.blobgan import build_encoder, encoder_losses
+    from gan_core.runtime import autocast, resolve_device, resolve_precision
 
     device = resolve_device(args.device)
     amp_dtype = resolve_precision(args.precision, device)
     try:
-        cfg, g, _, meta = load_models(args.checkpoint, device)
-        raw_cfg, raw_g, raw_d, _ = load_models(args.checkpoint, "cpu", ema=False)
+        model = load_model(args.checkpoint, device)
+        raw = load_model(args.checkpoint, "cpu", ema=False)
     except CheckpointError as e:
         fail(str(e))
-    if cfg.model.kind != "blobgan":
-        fail(f"{args.checkpoint} is a {cfg.model.kind} model, not blobgan")
-    source, out_dir = resolve(args.checkpoint).resolve(), Path(args.out).resolve()
+    if not isinstance(model, BlobModel):
+        fail(f"{args.checkpoint} is a {model.cfg.model.kind} model, not blobgan")
+    cfg, g, meta = model.cfg, model.g, model.meta
+    raw_cfg, raw_g, raw_d = raw.cfg, raw.g, raw.d
+    folder = Path(model.folder)  # the checkpoint folder --checkpoint names (a run's latest, a Hub download)
+    source, out_dir = folder.resolve(), Path(args.out).resolve()
     if out_dir == source or out_dir in source.parents:
         fail(f"--out {args.out} would replace the checkpoint it reads (or the run holding it); pick a new folder")
     lpips, line = (None, "LPIPS off: --no-lpips") if args.no_lpips else load_lpips(args.lpips_weights)
@@ -73,15 +78,15 @@ def main(argv=None) -> dict:
         lpips = lpips.to(device)
     g.requires_grad_(False)
     torch.manual_seed(args.seed)
-    encoder = blobgan.build_encoder(cfg.model, g)
+    encoder = build_encoder(cfg.model, g)
     if args.resume_encoder and args.from_checkpoint_encoder:
         fail("--resume-encoder and --from-checkpoint-encoder each choose where the encoder starts; give one")
     if args.from_checkpoint_encoder:
-        if not (source / "encoder.safetensors").exists():
+        if not ckpt.weights_file(source, "encoder").exists():
             fail(f"{args.checkpoint} has no encoder to start from")
-        load_weights(encoder, source / "encoder.safetensors")
-    if args.resume_encoder and (Path(args.out) / "encoder.safetensors").exists():
-        load_weights(encoder, Path(args.out) / "encoder.safetensors")
+        ckpt.load_weights(encoder, ckpt.weights_file(source, "encoder"))
+    if args.resume_encoder and ckpt.weights_file(args.out, "encoder").exists():
+        ckpt.load_weights(encoder, ckpt.weights_file(args.out, "encoder"))
     encoder = encoder.to(device).train()
     opt = torch.optim.Adam(encoder.parameters(), lr=args.lr, betas=(0.9, 0.999))
     images = load_dataset(cfg.data).images
@@ -98,8 +103,8 @@ def main(argv=None) -> dict:
         idx = torch.randint(0, len(images), (args.batch,), generator=gen)
         real = to_float(images[idx]).to(device)
         z = torch.randn(args.batch, cfg.model.nz, generator=gen).to(device)
-        with _autocast(device, amp_dtype):
-            losses = blobgan.encoder_losses(encoder, g, real, z, lpips, args.latent_weight, args.geometry_weight)
+        with autocast(device, amp_dtype):
+            losses = encoder_losses(encoder, g, real, z, lpips, args.latent_weight, args.geometry_weight)
         opt.zero_grad(set_to_none=True)
         losses["loss"].backward()
         opt.step()
@@ -119,14 +124,13 @@ def main(argv=None) -> dict:
         used += "; started from the encoder trained alongside the GAN (model.recon_weight)"
     raw_cfg.model.inversion_loss = used
     modules = {"generator": raw_g, "discriminator": raw_d}
-    folder = resolve(args.checkpoint)
-    if (folder / "generator_ema.safetensors").exists():
+    if "generator_ema" in ckpt.weight_roles(folder):
         modules["generator_ema"] = g.cpu()
     modules["encoder"] = encoder.cpu()
     metrics = dict(meta.get("metrics") or {})
     metrics.update({f"encoder_{k}": v for k, v in last.items()})
     metrics["encoder_steps"] = done
-    out = write_folder(Path(args.out), raw_cfg, meta["step"], modules, metrics=metrics)
+    out = ckpt.write_folder(Path(args.out), raw_cfg, meta["step"], modules, metrics=metrics)
     result = {"out": str(out), "steps": done, "inversion_loss": used, "seconds": round(time.time() - t0, 1),
               "losses": {k: round(v, 5) for k, v in metrics.items() if k.startswith("encoder_")}}
     print(json.dumps(result))

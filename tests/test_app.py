@@ -16,11 +16,17 @@ from safetensors.torch import save_file
 
 import app
 import gradio as gr
-from gan_core import blobgan
-from gan_core import checkpoint as ckpt
-from gan_core.config import BlobGANConfig, ClusterConfig, DataConfig, DCGANConfig, RunConfig, TrainConfig
+from gan_core import kinds
+from gan_core.config import DataConfig, RunConfig, TrainConfig
+from gan_core.inference.blobs import BlobModel
+from gan_core.inference.cluster import ClusterModel
+from gan_core.inference.loading import export, load_model
 from gan_core.jobs import TrainingJob
-from gan_core.train import train
+from gan_core.models.blob_layout import Layout
+from gan_core.models.blobgan import BlobGANConfig
+from gan_core.models.cluster import ClusterConfig
+from gan_core.models.dcgan import DCGANConfig
+from gan_core.training import train
 
 from conftest import ROOT
 
@@ -31,7 +37,7 @@ TINY_BLOBGAN = dict(nz=8, ngf=4, ndf=4, blobs=3, feature_dim=8, style_dim=8, lay
 def _make(tmp, name, model, data):
     run = tmp / "runs" / name
     train(RunConfig(model=model, data=data, train=TrainConfig(steps=1, batch_size=4, out_dir=str(run), device="cpu")))
-    return ckpt.export(run, tmp / "checkpoints" / name)
+    return export(run, tmp / "checkpoints" / name)
 
 
 @pytest.fixture(scope="module")
@@ -42,8 +48,8 @@ def model_dir(tmp_path_factory):
           DataConfig(num_images=32, image_size=32, channels=3))
     folder = _make(tmp, "tiny-blobgan", BlobGANConfig(**TINY_BLOBGAN),
                    DataConfig(source="scenes", num_images=8, image_size=64, channels=3))
-    cfg, g, _, _ = ckpt.load_models(folder)
-    save_file(blobgan.build_encoder(cfg.model, g).state_dict(), str(folder / "encoder.safetensors"))
+    cfg, _ = kinds.read_config(folder)
+    save_file(kinds.build_role(cfg, "encoder").state_dict(), str(folder / "encoder.safetensors"))
     return tmp
 
 
@@ -53,10 +59,8 @@ def models(model_dir, tmp_path, monkeypatch):
     monkeypatch.setattr(app, "JOB", TrainingJob(tmp_path / "work"))
     monkeypatch.setenv("GANLAB_HUB_MODELS", "someone/model-a")
     app._load.cache_clear()
-    app._directions.cache_clear()
     yield
     app._load.cache_clear()
-    app._directions.cache_clear()
 
 
 def _sample(model="tiny-dcgan", seed=3, count=10, truncation=1.0, code="random", raw_z=False, gallery=False,
@@ -72,8 +76,10 @@ def _png(colour=(200, 30, 30), size=(40, 50)) -> bytes:
 
 def test_model_pickers_filter_by_kind(models):
     assert app.model_choices() == ["tiny-blobgan", "tiny-cluster", "tiny-dcgan", "someone/model-a"]
-    assert app.model_choices("cluster") == ["tiny-cluster", "someone/model-a"]  # a Hub id's kind is unknown yet
-    assert app.model_choices("blobgan")[0] == "tiny-blobgan"
+    assert app.model_choices(ClusterModel) == ["tiny-cluster", "someone/model-a"]  # a Hub id's kind is unknown yet
+    assert app.model_choices(BlobModel)[0] == "tiny-blobgan"
+    with pytest.raises(gr.Error, match="needs a cluster model"):
+        app.load("tiny-dcgan", ClusterModel)
 
 
 def test_sample_is_deterministic_and_sliders_move_it(models):
@@ -97,7 +103,7 @@ def test_truncation_zero_gives_one_image_for_every_seed(models):
 
 
 def test_principal_directions_are_unit_and_ordered(models):
-    dirs, stds = app._directions("tiny-dcgan", 0.0)
+    dirs, stds = app.load("tiny-dcgan").sampler.directions()
     assert dirs.shape == (app.N_SLIDERS, 8)
     assert torch.allclose(dirs.norm(dim=1), torch.ones(app.N_SLIDERS), atol=1e-5)
     assert (stds > 0).all()
@@ -135,18 +141,18 @@ def test_blobs_sample_edit_and_invert(models):
     image, bmap, ellipses, layout, picker = app.sample_blobs("tiny-blobgan", 0)
     assert image.size == bmap.size == ellipses.size == (256, 256)
     assert len(picker["choices"]) == 3 and layout["xy"][0][0] == pytest.approx(layout["xy"][0][0])
-    before = blobgan.Layout.from_dict(layout)
+    before = Layout.from_dict(layout)
     *_, moved, _ = app.edit_blob("tiny-blobgan", layout, 1, "move", 0.1, -0.05, 0, 0, 1)
-    after = blobgan.Layout.from_dict(moved)
+    after = Layout.from_dict(moved)
     expected = (before.xy[0, 1] + torch.tensor([0.1, -0.05])).clamp(0, 1)
     assert torch.allclose(after.xy[0, 1], expected, atol=1e-4)
     assert torch.equal(after.xy[0, 0], before.xy[0, 0])
     *_, hidden, picker = app.edit_blob("tiny-blobgan", layout, 2, "hide", 0, 0, 0, 0, 1)
-    assert not blobgan.Layout.from_dict(hidden).visible()[0, 2] and "hidden" in picker["choices"][2][0]
+    assert not Layout.from_dict(hidden).visible()[0, 2] and "hidden" in picker["choices"][2][0]
     *_, shown, _ = app.edit_blob("tiny-blobgan", hidden, 2, "show", 0, 0, 0, 0, 1)
-    assert torch.equal(blobgan.Layout.from_dict(shown).size, before.size)
+    assert torch.equal(Layout.from_dict(shown).size, before.size)
     *_, deep, picker = app.edit_blob("tiny-blobgan", layout, 0, "depth", 0, 0, 0, 2, 1)
-    assert torch.allclose(blobgan.Layout.from_dict(deep).xy[0, 2], before.xy[0, 0], atol=1e-4)
+    assert torch.allclose(Layout.from_dict(deep).xy[0, 2], before.xy[0, 0], atol=1e-4)
     assert picker["value"] == 2
     out = app.invert_image("tiny-blobgan", Image.new("RGB", (80, 60), (10, 200, 30)))
     assert out[0].size == (256, 256) and len(out[3]["xy"][0]) == 3
@@ -208,12 +214,13 @@ def test_cluster_names_exemplars_and_rename(models, model_dir):
     app.save_cluster_names("tiny-cluster", pd.DataFrame({"cluster": [0, 1, 2], "name": ["cluster 0", "cluster 1", "cluster 2"]}))
 
 
+@pytest.mark.slow
 def test_training_job_end_to_end(models):
     outputs = list(app.start_training("shapes", None, "", "dcgan", 6, 4, 2e-4, 32, 3, 10, "my-run"))
     summary, losses, _, zip_path = outputs[-1]
     assert "done" in summary and zip_path.endswith("my-run.zip")
     assert set(losses["loss"]) <= {"loss_d", "loss_g"}
-    assert "my-run" in app.model_choices("dcgan")
+    assert "my-run" in app.model_choices() and "my-run" not in app.model_choices(ClusterModel)
     with zipfile.ZipFile(zip_path) as z:
         assert "my-run/config.json" in z.namelist()
     grid, _ = _sample("my-run", count=2)
@@ -222,6 +229,7 @@ def test_training_job_end_to_end(models):
     assert "my-run" in updates[0]["choices"] and updates[0]["value"] == "my-run"
 
 
+@pytest.mark.slow
 def test_one_job_at_a_time_and_stop(models):
     gen = app.start_training("shapes", None, "", "dcgan", 100000, 4, 2e-4, 32, 3, 10, "long-run")
     next(gen)
@@ -272,8 +280,9 @@ def test_bundled_default_checkpoint_is_shipped_and_loads():
     for f in folder.glob("*.safetensors"):
         assert f.stat().st_size < 10 * 2**20, f
     assert (folder / "README.md").exists()
-    cfg, g, d, meta = ckpt.load_models(folder)
-    x = g(torch.randn(2, cfg.model.nz))
+    model = load_model(folder)
+    cfg = model.cfg
+    x = model.g(torch.randn(2, cfg.model.nz))
     assert x.shape == (2, 3, cfg.data.image_size, cfg.data.image_size) and torch.isfinite(x).all()
 
 
@@ -291,6 +300,7 @@ def test_public_mode_refuses_server_paths_and_long_jobs(models, monkeypatch):
         app.save_cluster_names("tiny-cluster", pd.DataFrame({"cluster": [0, 1, 2], "name": ["a", "b", "c"]}))
 
 
+@pytest.mark.slow
 def test_public_mode_caps_upload_size_and_job_time(models, tmp_path, monkeypatch):
     big = tmp_path / "big.png"
     Image.new("RGB", (64, 64)).save(big)
@@ -313,6 +323,7 @@ def test_public_mode_caps_upload_size_and_job_time(models, tmp_path, monkeypatch
     assert out.stdout.split() == ["None", "120.0", "False"], out.stderr[-2000:]
 
 
+@pytest.mark.slow
 def test_a_hub_token_is_never_echoed_logged_or_stored(models, tmp_path, monkeypatch, caplog):
     import huggingface_hub
 

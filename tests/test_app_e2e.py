@@ -6,9 +6,11 @@ import pytest
 from PIL import Image
 
 import app
-from gan_core import checkpoint as ckpt
+from gan_core.inference.loading import load_model
 
 from test_app import N_SLIDERS_ZERO, model_dir, models  # noqa: F401  (fixtures)
+
+pytestmark = pytest.mark.slow  # the app served over HTTP
 
 gradio_client = pytest.importorskip("gradio_client")
 
@@ -64,8 +66,7 @@ def test_every_public_endpoint(client, tmp_path):
     assert "done" in summary
     with zipfile.ZipFile(checkpoint_zip) as z:
         z.extractall(tmp_path / "unzipped")
-    cfg, g, _, _ = ckpt.load_models(tmp_path / "unzipped" / "from-api")
-    assert cfg.model.kind == "dcgan"
+    assert load_model(tmp_path / "unzipped" / "from-api").cfg.model.kind == "dcgan"
     assert client.predict(api_name="/stop") == "No training job is running."
     # A model trained after the page was built is callable at once.
     grid, _ = client.predict("from-api", 1, 2, 1.0, "random", False, False, *N_SLIDERS_ZERO, api_name="/sample")

@@ -141,8 +141,8 @@ def _files_under(*roots) -> set:
 
 
 def _outside_roots():
-    """Where a stray write would land: the system temp folder and the repository (minus build and
-    run folders that other processes may be writing to)."""
+    """Where a stray write would land: the temp folder (the test gives the app a private one, so other
+    processes writing to the system's do not count) and the repository (minus build and run folders)."""
     skip = {".venv", ".git", "runs", ".pytest_cache", "__pycache__"}
     return [tempfile.gettempdir()] + [str(p) for p in ROOT.iterdir() if p.is_dir() and p.name not in skip]
 
@@ -153,9 +153,16 @@ def _one_line_app_error(e) -> str:
     return message
 
 
-def test_every_bad_input_through_the_client(client, tmp_path):
+@pytest.mark.slow
+def test_every_bad_input_through_the_client(client, tmp_path, monkeypatch):
     from gradio_client import handle_file
     from gradio_client.exceptions import AppError
+
+    # The app runs in this process: a temp folder of its own (this test's folder, which also holds the
+    # app's work folder) catches its stray writes, and nothing another program writes under the
+    # system's temp folder meanwhile can fail this test.
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
 
     uploads = tmp_path / "uploads"
     uploads.mkdir()
@@ -223,7 +230,9 @@ def test_every_bad_input_through_the_client(client, tmp_path):
     label, _ = client.predict("tiny-cluster", handle_file(str(uploads / "1x1.png")), api_name="/classify")
     assert label["label"]  # the app still serves after all of that
     created = _files_under(*_outside_roots()) - before
+    # the test's own files, what its client downloaded, and the caches conftest points into this folder
+    mine = (uploads, tmp_path / "downloads", tmp_path / "hf-datasets", tmp_path / "ganlab-cache")
     stray = [p for p in created if not any(w in Path(p).resolve().parents for w in work)
-             and tmp_path not in Path(p).parents and "pytest-of-" not in p]
+             and not any(m in Path(p).parents for m in mine)]
     assert stray == []
     assert list((app.WORK_DIR / "gradio-cache").rglob("palette.png"))  # the uploads landed in the work folder

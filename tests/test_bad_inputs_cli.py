@@ -12,6 +12,8 @@ from conftest import run_script
 from test_app import model_dir  # noqa: F401  (fixture: tiny exported models)
 from test_bad_inputs import BAD, GOOD
 
+pytestmark = pytest.mark.slow  # the scripts run as subprocesses
+
 TINY = ["model.nz=8", "model.ngf=4", "model.ndf=4", "data.image_size=32", "train.batch_size=4", "train.steps=2",
         "train.device=cpu", "train.precision=fp32"]
 

@@ -5,9 +5,24 @@ import math
 import pytest
 import torch
 
-from gan_core import blobgan
-from gan_core.blobgan import Layout
-from gan_core.config import BlobGANConfig, DataConfig, RunConfig, TrainConfig, validate
+from safetensors.torch import load_file
+
+from gan_core import kinds, metrics
+from gan_core.config import DataConfig, RunConfig, TrainConfig
+from gan_core.inference.blobs import BlobModel
+from gan_core.inference.loading import export, load_model
+from gan_core.kinds import validate
+from gan_core.models import blob_layout, blobgan
+from gan_core.models.base import Batch
+from gan_core.models.blob_layout import Layout
+from gan_core.models.blobgan import BlobGANConfig
+from gan_core.training import build_models, train
+
+
+def load_blob_model(path) -> BlobModel:
+    model = load_model(path)
+    assert isinstance(model, BlobModel)
+    return model
 
 
 def layout(xy, ab=None, angle=None, size=None, d=3):
@@ -24,7 +39,7 @@ def layout(xy, ab=None, angle=None, size=None, d=3):
 def test_opacity_at_the_centre_is_sigmoid_s_and_weights_sum_to_one():
     # One blob centred on a pixel centre of a 4x4 grid: pixel (row 1, col 2) has centre (2.5/4, 1.5/4).
     lay = layout([[2.5 / 4, 1.5 / 4]], size=[1.3])
-    w = blobgan.splat(lay, 4)  # (1, 2, 4, 4): background, blob
+    w = blob_layout.splat(lay, 4)  # (1, 2, 4, 4): background, blob
     assert w.shape == (1, 2, 4, 4)
     assert w[0, 1, 1, 2].item() == pytest.approx(1 / (1 + math.exp(-1.3)), abs=1e-6)
     assert torch.allclose(w.sum(1), torch.ones(1, 4, 4), atol=1e-6)
@@ -36,26 +51,26 @@ def test_opacity_at_the_centre_is_sigmoid_s_and_weights_sum_to_one():
 def test_a_blob_with_s_below_zero_draws_nothing_but_can_learn_to_show():
     lay = layout([[0.5, 0.5], [0.3, 0.3]], size=[-0.3, 2.0])
     lay.size.requires_grad_(True)
-    w = blobgan.splat(lay, 8)
+    w = blob_layout.splat(lay, 8)
     assert torch.equal(w[0, 1], torch.zeros(8, 8))  # sigmoid(-0.3) = 0.43 at its centre without the gate
     assert w[0, 2].max() > 0.5 and torch.allclose(w.sum(1), torch.ones(1, 8, 8), atol=1e-6)
     w[0, 1].sum().backward()  # a loss that wants blob 0 shown raises its s (straight-through gradient)
     assert lay.size.grad[0, 0] > 0
-    assert blobgan.visibility_gate(torch.tensor([-1e4, -0.1, 0.0, 0.1])).tolist() == [0.0, 0.0, 0.0, 1.0]
+    assert blob_layout.visibility_gate(torch.tensor([-1e4, -0.1, 0.0, 0.1])).tolist() == [0.0, 0.0, 0.0, 1.0]
 
 
 def test_the_last_slot_is_in_front():
     # Two identical blobs at the same place: the front one takes o, the one behind o * (1 - o).
     lay = layout([[0.5, 0.5], [0.5, 0.5]], size=[2.0, 2.0])
-    w = blobgan.splat(lay, 8)
-    o = torch.sigmoid(torch.tensor(2.0) - blobgan.distance2(lay, 8)[0, 0])
+    w = blob_layout.splat(lay, 8)
+    o = torch.sigmoid(torch.tensor(2.0) - blob_layout.distance2(lay, 8)[0, 0])
     assert torch.allclose(w[0, 2], o, atol=1e-6)
     assert torch.allclose(w[0, 1], o * (1 - o), atol=1e-6)
     assert torch.allclose(w[0, 0], (1 - o) ** 2, atol=1e-6)
     # Reordering moves every per-blob field with the blob, and leaves the background alone.
-    lay = blobgan.hide(layout([[0.3, 0.5], [0.5, 0.5], [0.7, 0.2]], ab=[[0.5, 0.5], [0.9, 0.1], [0.3, 0.3]],
+    lay = blob_layout.hide(layout([[0.3, 0.5], [0.5, 0.5], [0.7, 0.2]], ab=[[0.5, 0.5], [0.9, 0.1], [0.3, 0.3]],
                               size=[4.0, 2.0, 1.0]), 2)
-    moved = blobgan.reorder(lay, 2, 0)  # blob 2 to the back
+    moved = blob_layout.reorder(lay, 2, 0)  # blob 2 to the back
     for name in ("xy", "ab", "angle", "size", "phi", "psi", "hidden"):
         assert torch.equal(getattr(moved, name)[0], getattr(lay, name)[0, [2, 0, 1]]), name
     assert torch.equal(moved.bg_phi, lay.bg_phi) and torch.equal(moved.bg_psi, lay.bg_psi)
@@ -66,38 +81,38 @@ def test_ellipse_axes_and_angle():
     # contour d^2 = s = 1: semi-axes 0.2 and 0.1, the long one along the angle (45 degrees here).
     c = math.sqrt(0.5)
     lay = layout([[0.5, 0.5]], ab=[[0.8, 0.2]], angle=[[c, c]], size=[1.0])
-    assert torch.allclose(blobgan.covariance_axes(lay)[0, 0], torch.tensor([0.04, 0.01]), atol=1e-7)
-    pts = blobgan.ellipse_contour(lay, points=5)[0, 0]  # t = 0, 90, 180, 270, 360 degrees
+    assert torch.allclose(blob_layout.covariance_axes(lay)[0, 0], torch.tensor([0.04, 0.01]), atol=1e-7)
+    pts = blob_layout.ellipse_contour(lay, points=5)[0, 0]  # t = 0, 90, 180, 270, 360 degrees
     assert torch.allclose(pts[0], torch.tensor([0.5 + 0.2 * c, 0.5 + 0.2 * c]), atol=1e-6)
     assert torch.allclose(pts[1], torch.tensor([0.5 - 0.1 * c, 0.5 + 0.1 * c]), atol=1e-6)
     # On that contour the opacity is one half: put the blob so that the single pixel centre of a
     # 1x1 grid, (0.5, 0.5), lies 0.2 along its long axis.
     shifted = layout([[0.5 - 0.2 * c, 0.5 - 0.2 * c]], ab=[[0.8, 0.2]], angle=[[c, c]], size=[1.0])
-    assert blobgan.distance2(shifted, 1).item() == pytest.approx(1.0, abs=1e-5)
-    assert blobgan.splat(shifted, 1)[0, 1].item() == pytest.approx(0.5, abs=1e-6)
+    assert blob_layout.distance2(shifted, 1).item() == pytest.approx(1.0, abs=1e-5)
+    assert blob_layout.splat(shifted, 1)[0, 1].item() == pytest.approx(0.5, abs=1e-6)
     # Hidden blobs have no contour.
-    assert torch.isnan(blobgan.ellipse_contour(blobgan.hide(lay, 0))).all()
+    assert torch.isnan(blob_layout.ellipse_contour(blob_layout.hide(lay, 0))).all()
 
 
 def test_edits_are_pure_and_reversible():
     lay = layout([[0.2, 0.2], [0.7, 0.6]], size=[3.0, 1.5])
     before = {k: v.clone() for k, v in vars(lay).items() if v is not None}
-    moved = blobgan.move(lay, 0, dx=0.1, dy=-0.5)
+    moved = blob_layout.move(lay, 0, dx=0.1, dy=-0.5)
     assert torch.allclose(moved.xy[0, 0], torch.tensor([0.3, 0.0])) and torch.equal(moved.xy[0, 1], lay.xy[0, 1])
-    hidden = blobgan.hide(lay, 1)
+    hidden = blob_layout.hide(lay, 1)
     assert hidden.drawn_size()[0, 1] < 0 and not hidden.visible()[0, 1] and hidden.visible()[0, 0]
-    assert blobgan.splat(hidden, 8)[0, 2].max() < 1e-6  # invisible
-    shown = blobgan.show(hidden, 1)
+    assert blob_layout.splat(hidden, 8)[0, 2].max() < 1e-6  # invisible
+    shown = blob_layout.show(hidden, 1)
     assert torch.equal(shown.size, lay.size) and torch.equal(shown.visible(), lay.visible())  # exactly undone
     odd = layout([[0.2, 0.2]], size=[0.1])
-    assert torch.equal(blobgan.show(blobgan.hide(odd, 0), 0).drawn_size(), odd.size)  # no float drift
-    twice = blobgan.hide(hidden, 1)
+    assert torch.equal(blob_layout.show(blob_layout.hide(odd, 0), 0).drawn_size(), odd.size)  # no float drift
+    twice = blob_layout.hide(hidden, 1)
     assert torch.equal(twice.drawn_size(), hidden.drawn_size())  # hiding twice changes nothing
     assert not layout([[0.5, 0.5]], size=[-1.0]).visible()[0, 0]  # s < 0 hides too
-    assert blobgan.resize(lay, 0, 1.0).size[0, 0].item() == 4.0
+    assert blob_layout.resize(lay, 0, 1.0).size[0, 0].item() == 4.0
     other = layout([[0.5, 0.5], [0.5, 0.5]])
     other.psi += 100
-    restyled = blobgan.restyle(lay, 1, other, 0)
+    restyled = blob_layout.restyle(lay, 1, other, 0)
     assert torch.equal(restyled.psi[0, 1], other.psi[0, 0]) and torch.equal(restyled.phi, lay.phi)
     for k, v in before.items():  # the input layout was not touched
         assert torch.equal(getattr(lay, k), v)
@@ -123,10 +138,10 @@ def test_moving_a_blob_changes_pixels_only_near_it():
     cfg = BlobGANConfig(ngf=4, ndf=4, blobs=2, feature_dim=8, style_dim=8, layout_hidden=16)
     g, _ = blobgan.build(cfg)
     lay = layout([[0.25, 0.25], [0.75, 0.75]], size=[4.0, 4.0], d=8)
-    moved = blobgan.move(lay, 0, dx=0.0, dy=0.3)
+    moved = blob_layout.move(lay, 0, dx=0.0, dy=0.3)
     with torch.no_grad():
         change = (g.render(moved) - g.render(lay)).abs().sum(1)[0]  # (64, 64)
-    region = (blobgan.splat(lay, 64)[0, 1] > 1e-3) | (blobgan.splat(moved, 64)[0, 1] > 1e-3)
+    region = (blob_layout.splat(lay, 64)[0, 1] > 1e-3) | (blob_layout.splat(moved, 64)[0, 1] > 1e-3)
     near = torch.nn.functional.max_pool2d(region[None, None].float(), 17, 1, 8)[0, 0] > 0  # +-8 px
     assert change.sum() > 0 and change[~near].sum() < 1e-3 * change.sum()
     assert change[region].sum() > 0.5 * change.sum()
@@ -137,18 +152,15 @@ def test_match_objects_by_hand():
     objs[0] = torch.tensor([3, 0.2, 0.2, 0.1, 0.1, 0.3, 0.3])
     objs[1] = torch.tensor([5, 0.8, 0.8, 0.7, 0.7, 0.9, 0.9])
     # Blob 0 sits in object 1's box, blob 1 just outside object 0's box, blob 2 (hidden) on object 0.
-    lay = blobgan.hide(layout([[0.81, 0.79], [0.32, 0.2], [0.2, 0.2]]), 2)
-    hits, pairs = blobgan.match_objects(objs, lay)
+    lay = blob_layout.hide(layout([[0.81, 0.79], [0.32, 0.2], [0.2, 0.2]]), 2)
+    hits, pairs = metrics.match_objects(objs, lay)
     assert hits == 1 and sorted(pairs) == [(0, 1), (1, 0)]
-    hits, pairs = blobgan.match_objects(objs, blobgan.show(lay, 2))  # now blob 2 takes object 0
+    hits, pairs = metrics.match_objects(objs, blob_layout.show(lay, 2))  # now blob 2 takes object 0
     assert hits == 2 and sorted(pairs) == [(0, 2), (1, 0)]
-    assert blobgan.match_objects(torch.full((4, 7), -1.0), lay) == (0, [])
+    assert metrics.match_objects(torch.full((4, 7), -1.0), lay) == (0, [])
 
 
 def test_blobgan_trains_saves_and_loads(tmp_path):
-    from gan_core.checkpoint import load_models
-    from gan_core.train import train
-
     cfg = RunConfig(model=BlobGANConfig(ngf=4, ndf=4, blobs=2, feature_dim=8, style_dim=8, layout_hidden=16,
                                         r1_every=2),
                     data=DataConfig(source="scenes", num_images=16, image_size=32),
@@ -157,13 +169,13 @@ def test_blobgan_trains_saves_and_loads(tmp_path):
     result = train(cfg)
     assert result["step"] == 4 and result["stopped"] is None
     assert result["metrics"]["r1"] > 0  # R1 ran on the even steps
-    loaded_cfg, g, d, _ = load_models(tmp_path / "run")
+    model = load_blob_model(tmp_path / "run")
+    loaded_cfg, g = model.cfg, model.g
     assert loaded_cfg.model.kind == "blobgan" and g(torch.randn(1, 64, 1, 1)).shape == (1, 3, 32, 32)
 
 
 def test_joint_reconstruction_trains_an_encoder_and_the_painter_and_resumes(tmp_path):
     from gan_core import checkpoint
-    from gan_core.train import build_models, train
 
     model = BlobGANConfig(ngf=4, ndf=4, blobs=2, feature_dim=8, style_dim=8, layout_hidden=16, encoder_ndf=4,
                           recon_weight=5.0, r1_every=2)
@@ -174,7 +186,7 @@ def test_joint_reconstruction_trains_an_encoder_and_the_painter_and_resumes(tmp_
     assert result["step"] == 3 and {"enc_mse_real", "enc_mse_fake", "enc_latent"} <= set(result["metrics"])
     folder = checkpoint.latest_checkpoint(tmp_path / "run")
     assert (folder / "encoder.safetensors").exists()
-    assert blobgan.BlobModel.load(folder).encoder is not None  # the app and evaluate_blobs can invert with it
+    assert load_blob_model(folder).encoder is not None  # the app and evaluate_blobs can invert with it
 
     # The painter's update includes recon_weight x the reconstruction of real images: with the D that
     # G's step sees made flat (zero logits, zero gradient), G still moves, and E moves too.
@@ -182,19 +194,20 @@ def test_joint_reconstruction_trains_an_encoder_and_the_painter_and_resumes(tmp_
     cfg.model.recon_weight = 1.0
     m = build_models(cfg, torch.device("cpu"))
     m.d_for_g = lambda x, logits=True: x.sum((1, 2, 3)) * 0.0
-    g0, e0 = copy.deepcopy(m.g_core.blocks.state_dict()), copy.deepcopy(m.encoder.state_dict())
-    metrics = blobgan.train_step(m, torch.rand(4, 3, 32, 32) * 2 - 1, torch.randn(4, 64))
-    assert metrics["enc_mse_real"] > 0
+    encoder = m.extras["encoder"].module
+    g0, e0 = copy.deepcopy(m.g_core.blocks.state_dict()), copy.deepcopy(encoder.state_dict())
+    out = kinds.KINDS["blobgan"].train_step(m, Batch(torch.rand(4, 3, 32, 32) * 2 - 1, torch.randn(4, 64)))
+    assert out["enc_mse_real"] > 0
     assert any(not torch.equal(v, m.g_core.blocks.state_dict()[k]) for k, v in g0.items())
-    assert any(not torch.equal(v, m.encoder.state_dict()[k]) for k, v in e0.items())
+    assert any(not torch.equal(v, encoder.state_dict()[k]) for k, v in e0.items())
 
     # resume: the encoder and its optimizer come back from the checkpoint
     cfg.model.recon_weight, cfg.model.r1_gamma = 5.0, 0.1
     cfg.train.resume, cfg.train.steps = True, 4
-    saved_e = checkpoint.load_file(str(folder / "encoder.safetensors"))
+    saved_e = load_file(str(folder / "encoder.safetensors"))
     resumed = train(cfg)
     assert resumed["steps_run"] == 1
-    assert not torch.equal(saved_e["trunk.0.weight"], checkpoint.load_file(
+    assert not torch.equal(saved_e["trunk.0.weight"], load_file(
         str(checkpoint.latest_checkpoint(tmp_path / "run") / "encoder.safetensors"))["trunk.0.weight"])
 
 
@@ -227,11 +240,12 @@ def test_blob_map_and_ellipse_drawing():
     assert drawn.size == (64, 64)
     colours = {drawn.getpixel((x, y)) for x in range(64) for y in range(64)}
     assert viz.blob_colour(0) in colours and viz.blob_colour(1) in colours
-    hidden = viz.draw_blobs(img, blobgan.hide(lay, 1), scale=4, labels=False)
+    hidden = viz.draw_blobs(img, blob_layout.hide(lay, 1), scale=4, labels=False)
     colours = {hidden.getpixel((x, y)) for x in range(64) for y in range(64)}
     assert viz.blob_colour(1) not in colours and viz.blob_colour(0) in colours
 
 
+@pytest.mark.slow
 def test_lpips_code_path_with_a_random_backbone_and_a_backbone_file(tmp_path, monkeypatch):
     import torchvision
 
@@ -277,9 +291,9 @@ def test_encoder_loss_terms_and_gradients_reach_only_the_encoder():
     assert no_lpips["lpips_real"] == 0 and no_lpips["lpips_fake"] == 0
 
 
+@pytest.mark.slow
 def test_encoder_script_then_evaluation_and_the_blob_model_api(tmp_path, monkeypatch):
     from conftest import run_script
-    from gan_core.checkpoint import export
 
     tiny = ["model=blobgan", "model.ngf=4", "model.ndf=4", "model.blobs=3", "model.feature_dim=8",
             "model.style_dim=8", "model.layout_hidden=16", "model.encoder_ndf=4", "data.source=scenes",
@@ -298,7 +312,7 @@ def test_encoder_script_then_evaluation_and_the_blob_model_api(tmp_path, monkeyp
     assert {"encoder.safetensors", "generator_ema.safetensors", "config.json"} <= files
     assert "optimizer.safetensors" not in files
 
-    model = blobgan.BlobModel.load(tmp_path / "model")
+    model = load_blob_model(tmp_path / "model")
     assert model.cfg.model.inversion_loss == result["inversion_loss"]
     lay = model.sample_layout(seed=5)
     assert torch.equal(lay.xy, model.sample_layout(seed=5).xy) and lay.k == 3
@@ -308,7 +322,7 @@ def test_encoder_script_then_evaluation_and_the_blob_model_api(tmp_path, monkeyp
     assert inv.xy.shape == (1, 3, 2)
     shipped = export(tmp_path / "model", tmp_path / "shipped")
     assert (shipped / "encoder.safetensors").exists()
-    assert torch.allclose(blobgan.BlobModel.load(shipped).invert(img).xy, model.invert(img).xy, atol=1e-2)
+    assert torch.allclose(load_blob_model(shipped).invert(img).xy, model.invert(img).xy, atol=1e-2)
 
     proc, scores = run_script(["scripts/evaluate_blobs.py", "--checkpoint", str(tmp_path / "model"),
                                "--num-images", "12", "--batch", "5"],
@@ -353,7 +367,7 @@ def test_layouts_start_spread_out_and_d_sees_batch_diversity():
 def test_layout_geometry_loss_weighs_shown_blobs_and_their_visibility():
     def lay(xy, s):
         n, k = len(xy), len(xy[0])
-        return blobgan.Layout(xy=torch.tensor(xy), ab=torch.full((n, k, 2), 0.5), angle=torch.tensor([[[1.0, 0.0]] * k] * n),
+        return Layout(xy=torch.tensor(xy), ab=torch.full((n, k, 2), 0.5), angle=torch.tensor([[[1.0, 0.0]] * k] * n),
                               size=torch.tensor(s), phi=torch.zeros(n, k, 2), psi=torch.zeros(n, k, 2),
                               bg_phi=torch.zeros(n, 2), bg_psi=torch.zeros(n, 2))
     target = lay([[[0.2, 0.2], [0.8, 0.8]]], [[10.0, -10.0]])  # blob 0 shown, blob 1 hidden
@@ -379,9 +393,9 @@ def test_encoder_geometry_term_is_added_with_its_weight():
     assert blobgan.encoder_losses(e, g, real, z, None)["geometry"] == 0
 
 
+@pytest.mark.slow
 def test_encoder_script_can_start_from_the_encoder_trained_alongside_the_gan(tmp_path):
     from conftest import run_script
-    from gan_core.checkpoint import load_file
 
     tiny = ["model=blobgan", "model.ngf=4", "model.ndf=4", "model.blobs=2", "model.feature_dim=8",
             "model.style_dim=8", "model.layout_hidden=16", "model.encoder_ndf=4", "data.source=scenes",
@@ -414,7 +428,6 @@ def test_a_run_saved_before_recon_weight_existed_resumes_with_a_fresh_encoder(tm
     import json
 
     from gan_core import checkpoint
-    from gan_core.train import train
 
     model = BlobGANConfig(ngf=4, ndf=4, blobs=2, feature_dim=8, style_dim=8, layout_hidden=16, encoder_ndf=4,
                           recon_weight=0.0)

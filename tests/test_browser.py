@@ -17,7 +17,7 @@ from test_app import model_dir  # noqa: F401  (fixture)
 
 sync_api = pytest.importorskip("playwright.sync_api")
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="no chromium (apt-get install chromium)")
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(CHROMIUM is None, reason="no chromium (apt-get install chromium)")]
 
 
 @pytest.fixture
@@ -28,7 +28,7 @@ def served(model_dir, tmp_path, monkeypatch):  # noqa: F811
     for p in bundled.iterdir():
         if (p / "config.json").exists():
             (folder / p.name).symlink_to(p)
-    if not any(app.model_kind(str(p)) == "blobgan" for p in folder.iterdir()):
+    if not any(issubclass(app.model_facade(str(p)) or object, app.BlobModel) for p in folder.iterdir()):
         (folder / "scenes-blobgan").symlink_to(model_dir / "checkpoints" / "tiny-blobgan")
     monkeypatch.setattr(app, "CHECKPOINTS", folder)
     monkeypatch.setattr(app, "JOB", app.jobs.TrainingJob(tmp_path / "work"))
@@ -79,7 +79,7 @@ def test_each_tab_in_chromium(served, tmp_path):
         page.locator("#classify-button").click()
         label = page.locator("#classify-label")
         label.get_by_text("%").first.wait_for(timeout=60_000)  # the confidence bars
-        names = app.load(app._default("classify", app.model_choices("cluster")), "cluster")[3].names
+        names = app.load(app._default("classify", app.model_choices(app.ClusterModel)), app.ClusterModel).names
         assert any(name in label.inner_text() for name in names)
         page.screenshot(path=str(shots / "classify.png"), full_page=True)
 

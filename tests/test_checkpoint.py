@@ -1,3 +1,4 @@
+import dataclasses
 import json
 import os
 
@@ -6,8 +7,12 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from gan_core import checkpoint as ckpt
-from gan_core.config import DataConfig, DCGANConfig, RunConfig, TrainConfig
-from gan_core.train import train
+from gan_core import kinds
+from gan_core.config import DataConfig, RunConfig, TrainConfig
+from gan_core.hub import resolve
+from gan_core.inference.loading import export, load_model
+from gan_core.models.dcgan import DCGANConfig
+from gan_core.training import train
 
 
 def _run(tmp_path, steps=2, **kw):
@@ -24,12 +29,12 @@ def test_keeps_the_newest_checkpoints_and_latest_points_at_a_complete_one(tmp_pa
     assert (tmp_path / "run" / "latest").read_text().strip() == "step_00000004"
     meta = json.loads((tmp_path / "run" / "checkpoints" / "step_00000004" / "config.json").read_text())
     assert meta["format"] == ckpt.FORMAT and meta["step"] == 4 and meta["config"]["model"]["nz"] == 8
-    assert ckpt.resolve(tmp_path / "run") == tmp_path / "run" / "checkpoints" / "step_00000004"
+    assert resolve(tmp_path / "run") == tmp_path / "run" / "checkpoints" / "step_00000004"
 
 
 def test_interrupted_write_leaves_the_previous_checkpoint(tmp_path, monkeypatch):
     cfg, _ = _run(tmp_path, steps=2)
-    g, d = ckpt.MODELS["dcgan"](cfg.model)
+    g, d = kinds.KINDS["dcgan"].build(cfg.model)
     calls = {"n": 0}
     real_save = ckpt.save_file
 
@@ -48,7 +53,7 @@ def test_interrupted_write_leaves_the_previous_checkpoint(tmp_path, monkeypatch)
 
 def test_export_fp16_loads_and_matches(tmp_path):
     cfg, result = _run(tmp_path, steps=2, ema_decay=0.5)
-    out = ckpt.export(tmp_path / "run", tmp_path / "bundled", model_card="# card\n")
+    out = export(tmp_path / "run", tmp_path / "bundled", model_card="# card\n")
     names = {p.name for p in out.iterdir()}
     assert names == {"config.json", "README.md", "generator.safetensors", "discriminator.safetensors",
                      "generator_ema.safetensors"}
@@ -57,8 +62,9 @@ def test_export_fp16_loads_and_matches(tmp_path):
     os.umask(umask)
     assert (out.stat().st_mode & 0o777) == 0o777 & ~umask  # a shared folder, not a private temp dir
     assert ((out / "config.json").stat().st_mode & 0o777) == 0o666 & ~umask
-    _, g32, _, _ = ckpt.load_models(tmp_path / "run")
-    _, g16, d16, meta = ckpt.load_models(out)
+    g32 = load_model(tmp_path / "run").g
+    m16 = load_model(out)
+    g16, meta = m16.g, m16.meta
     z = torch.randn(3, 8)
     assert meta["step"] == 2 and torch.allclose(g32(z), g16(z), atol=2e-2)
     assert next(g16.parameters()).dtype == torch.float32  # cast back for CPU inference
@@ -66,42 +72,42 @@ def test_export_fp16_loads_and_matches(tmp_path):
 
 def test_mismatched_shapes_and_foreign_files_are_refused(tmp_path):
     cfg, _ = _run(tmp_path)
-    folder = ckpt.resolve(tmp_path / "run")
+    folder = resolve(tmp_path / "run")
     t = load_file(str(folder / "generator.safetensors"))
     t["main.0.weight"] = torch.zeros(3, 3)
     save_file(t, str(folder / "generator.safetensors"))
     with pytest.raises(ckpt.CheckpointError, match="shape"):
-        ckpt.load_models(folder, ema=False)
+        load_model(folder, ema=False)
     (folder / "config.json").write_text(json.dumps({"format": "something else"}))
     with pytest.raises(ckpt.CheckpointError, match="not a GAN Lab checkpoint"):
-        ckpt.load_models(folder)
+        load_model(folder)
     with pytest.raises(ckpt.CheckpointError):
-        ckpt.resolve(tmp_path / "does-not-exist")
+        resolve(tmp_path / "does-not-exist")
 
 
 def test_pickles_are_never_loaded(tmp_path):
     cfg, _ = _run(tmp_path)
-    folder = ckpt.resolve(tmp_path / "run")
+    folder = resolve(tmp_path / "run")
     (folder / "generator.safetensors").unlink()
     torch.save({"evil": 1}, folder / "generator.pt")
     with pytest.raises(ckpt.CheckpointError, match="generator.pt .a pickle. but no generator.safetensors"):
-        ckpt.load_models(folder, ema=False)
+        load_model(folder, ema=False)
     # A pickle renamed to .safetensors is recognised and refused before anything reads it.
     (folder / "generator.pt").rename(folder / "generator.safetensors")
     with pytest.raises(ckpt.CheckpointError, match="is a pickle"):
-        ckpt.load_models(folder, ema=False)
+        load_model(folder, ema=False)
     import pickle
 
     (folder / "generator.safetensors").write_bytes(pickle.dumps({"evil": 1}))
     with pytest.raises(ckpt.CheckpointError, match="is a pickle"):
-        ckpt.load_models(folder, ema=False)
+        load_model(folder, ema=False)
 
 
 def test_load_from_hub_repo_id_offline(tmp_path, monkeypatch):
     """A Hub repo id resolves through huggingface_hub's cache with HF_HUB_OFFLINE=1: the same code path
     a Space uses online, fed from a cache laid out as huggingface_hub lays it out."""
     cfg, _ = _run(tmp_path)
-    exported = ckpt.export(tmp_path / "run", tmp_path / "exp")
+    exported = export(tmp_path / "run", tmp_path / "exp")
     cache = tmp_path / "hub"
     commit = "0123456789abcdef0123456789abcdef01234567"
     snap = cache / "models--someone--tiny-dcgan" / "snapshots" / commit
@@ -116,10 +122,10 @@ def test_load_from_hub_repo_id_offline(tmp_path, monkeypatch):
 
     monkeypatch.setattr(c, "HF_HUB_OFFLINE", True)
     monkeypatch.setattr(c, "HF_HUB_CACHE", str(cache))
-    _, g, d, meta = ckpt.load_models("someone/tiny-dcgan")
-    assert meta["folder"] == str(snap) and g(torch.randn(1, 8)).shape == (1, 3, 32, 32)
+    model = load_model("someone/tiny-dcgan")
+    assert model.meta["folder"] == str(snap) and model.g(torch.randn(1, 8)).shape == (1, 3, 32, 32)
     with pytest.raises(ckpt.CheckpointError, match="could not get"):
-        ckpt.load_models("someone/not-cached")
+        load_model("someone/not-cached")
 
 
 @pytest.mark.parametrize("field,value,says", [("ngf", 10**9, "model.ngf"), ("ngf", "32", "model.ngf"),
@@ -127,7 +133,7 @@ def test_load_from_hub_repo_id_offline(tmp_path, monkeypatch):
                                               ("image_size", 4096, "image_size"), ("unknown_field", 1, "unknown")])
 def test_config_values_are_checked_before_any_tensor_is_allocated(tmp_path, monkeypatch, field, value, says):
     _run(tmp_path)
-    folder = ckpt.resolve(tmp_path / "run")
+    folder = resolve(tmp_path / "run")
     meta = json.loads((folder / "config.json").read_text())
     section = "data" if field == "image_size" else "model"
     meta["config"][section][field] = value
@@ -136,6 +142,7 @@ def test_config_values_are_checked_before_any_tensor_is_allocated(tmp_path, monk
     def no_models(*_a, **_k):
         raise AssertionError("a model was built from an invalid config")
 
-    monkeypatch.setattr(ckpt, "MODELS", {kind: no_models for kind in ckpt.MODELS})
+    for name, kind in list(kinds.KINDS.items()):
+        monkeypatch.setitem(kinds.KINDS, name, dataclasses.replace(kind, build=no_models))
     with pytest.raises(ckpt.CheckpointError, match=says):
-        ckpt.load_models(folder)
+        load_model(folder)

@@ -3,11 +3,15 @@ import pytest
 import torch
 
 from gan_core import checkpoint as ckpt
-from gan_core import cluster, metrics
-from gan_core.config import ClusterConfig, DataConfig, RunConfig, TrainConfig, validate
+from gan_core import kinds, metrics
+from gan_core.config import DataConfig, RunConfig, TrainConfig
 from gan_core.data import ImageDataset
-from gan_core.latent import latent_dim, make_latent
-from gan_core.train import train
+from gan_core.inference.cluster import ClusterModel
+from gan_core.inference.loading import load_model
+from gan_core.kinds import validate
+from gan_core.models import cluster
+from gan_core.models.cluster import ClusterConfig
+from gan_core.training import train
 
 from conftest import run_script
 
@@ -19,11 +23,25 @@ def tiny(out_dir, objective="iic", steps=4, **kw):
                                        precision="fp32", **kw))
 
 
+KIND = kinds.KINDS["cluster"]
+
+
+def make_latent(model_cfg, n, gen, codes=None):
+    """Latents of the cluster kind: noise, then the one-hot code."""
+    return KIND.latent(model_cfg, n, gen, "cpu", codes)
+
+
+def load_cluster_model(path, ema=True) -> ClusterModel:
+    model = load_model(path, ema=ema)
+    assert isinstance(model, ClusterModel)
+    return model
+
+
 def test_shapes_of_generator_and_heads():
     cfg = ClusterConfig(nz=8, ngf=8, ndf=8, k=4, overcluster=20, subheads=3)
     g, d = cluster.build(cfg)
     z = make_latent(cfg, 5, torch.Generator().manual_seed(0), codes=torch.tensor([0, 1, 2, 3, 0]))
-    assert z.shape == (5, latent_dim(cfg), 1, 1) == (5, 12, 1, 1)
+    assert z.shape == (5, cfg.nz + KIND.num_codes(cfg), 1, 1) == (5, 12, 1, 1)
     assert torch.equal(cluster.codes_of(z, cfg), torch.tensor([0, 1, 2, 3, 0]))
     x = g(z)
     assert x.shape == (5, 1, 32, 32)
@@ -58,13 +76,15 @@ def test_each_objective_trains_and_checkpoints(tmp_path, objective):
     result = train(tiny(tmp_path / objective, objective))
     assert result["step"] == 4 and result["stopped"] is None
     assert all(v == v for v in result["metrics"].values())
-    cfg, g, d, meta = ckpt.load_models(tmp_path / objective)
+    model = load_cluster_model(tmp_path / objective)
+    cfg, g, d = model.cfg, model.g, model.d
     assert cfg.model.kind == "cluster" and cfg.model.objective == objective
     if objective != "none":
         assert d.head_loss.abs().sum() > 0  # sub-head losses are tracked for selection
     assert g(make_latent(cfg.model, 2, None)).shape == (2, 1, 32, 32)
 
 
+@pytest.mark.slow
 def test_iic_separates_two_obvious_groups(tmp_path):
     """Dark vs bright images with random small squares: the cluster head must split them (ACC 1)."""
     gen = torch.Generator().manual_seed(0)
@@ -80,14 +100,12 @@ def test_iic_separates_two_obvious_groups(tmp_path):
     cfg.train.batch_size = 32
     cfg.train.lr = 1e-3
     train(cfg, dataset=ds)
-    _, _, d, _ = ckpt.load_models(tmp_path / "sep")
+    d = load_cluster_model(tmp_path / "sep").d
     ids, _ = cluster.predict_tensor(d, ds.images)
     assert metrics.cluster_accuracy(labels, ids) == 1.0
 
 
 def test_cluster_config_validation():
-    from gan_core.config import validate
-
     bad = tiny("x")
     bad.model.objective = "kmeans"
     with pytest.raises(ValueError, match="objective"):
@@ -98,6 +116,7 @@ def test_cluster_config_validation():
         validate(bad)
 
 
+@pytest.mark.slow
 def test_cli_trains_a_cluster_model_and_evaluates_it(tmp_path):
     out = tmp_path / "run"
     proc, result = run_script(["scripts/train.py", "model=cluster", "model.nz=8", "model.ngf=4", "model.ndf=4",
@@ -117,7 +136,6 @@ def test_iic_repeats_and_augmentation_settings_train(tmp_path):
     cfg.model.iic_repeats, cfg.model.aug_rotate_deg, cfg.model.aug_colour = 3, 180.0, "remap"
     result = train(cfg)
     assert result["step"] == 4 and all(v == v for v in result["metrics"].values())
-    from gan_core.config import validate
 
     for field, value in (("iic_repeats", 0), ("aug_colour", "sepia"), ("aug_rotate_deg", 400.0),
                          ("code_weight_d", float("nan")), ("iic_weight", -1.0)):
@@ -151,8 +169,8 @@ def test_cluster_model_keeps_an_ema_discriminator_for_inference(tmp_path):
     train(cfg)
     folder = ckpt.latest_checkpoint(tmp_path / "ema")
     assert (folder / "discriminator_ema.safetensors").exists()
-    _, _, d_ema, _ = ckpt.load_models(folder)
-    _, _, d_raw, _ = ckpt.load_models(folder, ema=False)
+    d_ema = load_cluster_model(folder).d
+    d_raw = load_cluster_model(folder, ema=False).d
     from safetensors.torch import load_file
 
     ema_w = load_file(str(folder / "discriminator_ema.safetensors"))
@@ -180,7 +198,7 @@ def test_predict_accepts_any_image_kind_and_size(trained, tmp_path):
     import numpy as np
     from PIL import Image
 
-    model = cluster.ClusterModel.load(trained)
+    model = load_cluster_model(trained)
     rng = np.random.default_rng(0)
     arr = rng.integers(0, 256, (32, 32), dtype=np.uint8)
     as_uint8 = torch.from_numpy(arr)[None, None]
@@ -238,7 +256,7 @@ def test_cluster_names_rename_and_save(trained, tmp_path):
 
     folder = tmp_path / "copy"
     shutil.copytree(trained, folder)
-    model = cluster.ClusterModel.load(folder)
+    model = load_cluster_model(folder)
     assert model.names == ["cluster 0", "cluster 1", "cluster 2"]
     assert model.rename({1: "  round   things "}) == ["cluster 0", "round things", "cluster 2"]
     with pytest.raises(ValueError, match="differ"):
@@ -250,13 +268,13 @@ def test_cluster_names_rename_and_save(trained, tmp_path):
     model.save_names()
     assert (folder / "config.json").stat().st_mode & 0o777 == 0o644
     assert not list(folder.glob(".config.json.*"))  # no temporary file left behind
-    again = cluster.ClusterModel.load(folder)
+    again = load_cluster_model(folder)
     assert again.names == ["cluster 0", "round things", "cluster 2"]
     assert again.predict(torch.zeros(1, 1, 32, 32)).names == again.names
 
 
 def test_exemplars_are_the_most_confident_members(trained):
-    model = cluster.ClusterModel.load(trained)
+    model = load_cluster_model(trained)
     pool = model.training_images()
     assert pool.shape == (32, 1, 32, 32)  # the training data named in the config (built-in shapes)
     probs = model.predict(pool).probs
@@ -272,6 +290,40 @@ def test_exemplars_are_the_most_confident_members(trained):
         model.exemplars(5)
 
 
+def test_assign_gives_a_row_per_file_and_marks_the_unreadable(trained, tmp_path):
+    """ClusterModel.assign: what Classify and scripts/classify.py write, one row per named file."""
+    import io
+
+    from PIL import Image
+
+    from gan_core.inference.cluster import UNREADABLE
+
+    model = load_cluster_model(trained)
+    rng = np.random.default_rng(1)
+    arrays = [rng.integers(0, 256, (32, 32), dtype=np.uint8) for _ in range(3)]
+    pngs = []
+    for arr in arrays:
+        buf = io.BytesIO()
+        Image.fromarray(arr).save(buf, "PNG")
+        pngs.append(buf.getvalue())
+    items = [("a.png", pngs[0]), ("broken.png", b"not an image"), ("b.png", pngs[1]), ("c.png", lambda: pngs[2])]
+    result = model.assign(items)
+    assert result.images == 3 and result.unreadable == 1
+    assert [row["file"] for row in result.rows] == ["a.png", "broken.png", "b.png", "c.png"]
+    assert result.rows[1] == {"file": "broken.png", "cluster": UNREADABLE, "confidence": 0.0, "top 3": ""}
+    pred = model.predict(np.stack(arrays))
+    for row, i in zip([result.rows[0], result.rows[2], result.rows[3]], range(3)):
+        top = pred.top(i, 3)
+        assert row["cluster"] == top[0][0] and row["confidence"] == round(top[0][1], 4)
+    assert set(result.counts) == set(model.names) and sum(result.counts.values()) == 3
+    out = io.StringIO()
+    result.write_csv(out)
+    lines = out.getvalue().splitlines()
+    assert lines[0] == "file,cluster,confidence,top 3" and len(lines) == 5
+    empty = model.assign([("x.png", b"")])
+    assert empty.images == 0 and empty.unreadable == 1 and sum(empty.counts.values()) == 0
+
+
 def test_code_weight_d_zero_leaves_the_heads_to_iic(tmp_path):
     """Without IIC and with code_weight_d = 0 nothing trains D's cluster heads; with 1 the code term does."""
     heads = {}
@@ -279,7 +331,7 @@ def test_code_weight_d_zero_leaves_the_heads_to_iic(tmp_path):
         cfg = tiny(tmp_path / f"w{w}", "none", steps=3)
         cfg.model.code_weight_d = w
         train(cfg)
-        _, _, d, _ = ckpt.load_models(tmp_path / f"w{w}")
+        d = load_cluster_model(tmp_path / f"w{w}").d
         heads[w] = d.cluster.weight.detach().clone()
     torch.manual_seed(0)
     _, d0 = cluster.build(tiny("x").model)
@@ -296,6 +348,7 @@ def test_heads_can_read_a_hidden_layer():
     assert isinstance(cluster.build(ClusterConfig(nz=8, ngf=8, ndf=8))[1].hidden, torch.nn.Identity)
 
 
+@pytest.mark.slow
 def test_evaluate_clustering_on_a_class_folder_and_idx_files(tmp_path):
     """Any labelled source: a folder with class subfolders and IDX files (test split), for the cluster
     head and for D features + k-means; the last line has the documented keys."""

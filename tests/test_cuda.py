@@ -2,8 +2,11 @@
 import pytest
 import torch
 
-from gan_core import train as train_mod
-from gan_core.config import DataConfig, DCGANConfig, RunConfig, TrainConfig
+from gan_core import kinds
+from gan_core import training as train_mod
+from gan_core.config import DataConfig, RunConfig, TrainConfig
+from gan_core.models.base import Batch
+from gan_core.models.dcgan import DCGANConfig
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
@@ -35,7 +38,7 @@ def test_cuda_bf16_step_close_to_fp32(tmp_path):
     for precision in ("fp32", "bf16"):
         torch.manual_seed(0)
         m = train_mod.build_models(_cfg(tmp_path, precision=precision), torch.device("cuda"))
-        out[precision] = train_mod.train_step(m, real, noise)
+        out[precision] = kinds.KINDS["dcgan"].train_step(m, Batch(real, noise))
     for k in ("loss_d", "loss_g"):
         assert abs(out["fp32"][k].item() - out["bf16"][k].item()) < 0.05 * max(1.0, out["fp32"][k].item())
 

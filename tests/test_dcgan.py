@@ -3,8 +3,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from gan_core import dcgan
-from gan_core.config import DCGANConfig
+from gan_core.models import dcgan
+from gan_core.models.dcgan import DCGANConfig
 
 SEED_FILE = Path(__file__).resolve().parents[2] / "shared" / "seed_dcgan_modules.txt"
 SEED_TEXT = """\

@@ -12,9 +12,12 @@ import torch
 
 from gan_core import checkpoint as ckpt
 from gan_core import jobs
-from gan_core.config import ClusterConfig, DataConfig, DCGANConfig, RunConfig, TrainConfig
+from gan_core.config import DataConfig, RunConfig, TrainConfig
 from gan_core.data import ImageDataset
-from gan_core.train import train
+from gan_core.inference.loading import load_model
+from gan_core.models.cluster import ClusterConfig
+from gan_core.models.dcgan import DCGANConfig
+from gan_core.training import train
 
 from conftest import ROOT, run_script
 
@@ -27,10 +30,10 @@ def _cfg(out_dir, steps=6, **kw):
 
 KILLED_WRITER = textwrap.dedent("""
     import os, sys, time
-    sys.path.insert(0, {root!r})
     from gan_core import checkpoint as ckpt
-    from gan_core.config import DataConfig, DCGANConfig, RunConfig, TrainConfig
-    from gan_core.train import train
+    from gan_core.config import DataConfig, RunConfig, TrainConfig
+    from gan_core.models.dcgan import DCGANConfig
+    from gan_core.training import train
 
     real_save = ckpt.save_file
 
@@ -52,11 +55,14 @@ KILLED_WRITER = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_sigkill_while_writing_a_checkpoint_keeps_the_previous_one_and_resume_continues(tmp_path):
     script = tmp_path / "writer.py"
-    script.write_text(KILLED_WRITER.format(root=str(ROOT)))
+    script.write_text(KILLED_WRITER)
     run = tmp_path / "run"
-    env = {**os.environ, "GANLAB_CACHE": str(tmp_path / "cache")}
+    # The writer imports gan_core from the repository root on PYTHONPATH, as `python -m scripts.X` does.
+    env = {**os.environ, "GANLAB_CACHE": str(tmp_path / "cache"),
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     proc = subprocess.Popen([sys.executable, str(script), str(run)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, env=env)
     try:
@@ -74,13 +80,13 @@ def test_sigkill_while_writing_a_checkpoint_keeps_the_previous_one_and_resume_co
     assert leftovers and all(".step_00000004.tmp-" in name for name in leftovers)  # the half-written one
     assert ckpt.latest_checkpoint(run).name == "step_00000002"
     assert (run / "latest").read_text().strip() == "step_00000002"
-    before = {k: v.clone() for k, v in ckpt.load_models(run)[1].state_dict().items()}  # loads cleanly
+    before = {k: v.clone() for k, v in load_model(run).g.state_dict().items()}  # loads cleanly
 
     result = train(_cfg(run, resume=True))
     assert result["step"] == 6 and result["steps_run"] == 4 and result["stopped"] is None
     names = sorted(p.name for p in (run / "checkpoints").iterdir())
     assert names == ["step_00000004", "step_00000006"]  # the half-written temp folder was tidied away
-    after = ckpt.load_models(run)[1].state_dict()
+    after = load_model(run).g.state_dict()
     assert any(not torch.equal(before[k], after[k]) for k in before)  # it trained on from step 2
 
 
@@ -105,7 +111,7 @@ def _no_data(*_a, **_k):
 def test_an_output_folder_that_cannot_be_created_fails_before_the_data_is_read(tmp_path, monkeypatch):
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")
-    monkeypatch.setattr("gan_core.train.load_dataset", _no_data)
+    monkeypatch.setattr("gan_core.training.load_dataset", _no_data)
     with pytest.raises(OSError, match="cannot write checkpoints to"):
         train(_cfg(blocker / "run"))
 
@@ -115,7 +121,7 @@ def test_a_read_only_output_folder_fails_before_the_data_is_read(tmp_path, monke
     ro = tmp_path / "ro"
     ro.mkdir()
     ro.chmod(0o555)
-    monkeypatch.setattr("gan_core.train.load_dataset", _no_data)
+    monkeypatch.setattr("gan_core.training.load_dataset", _no_data)
     try:
         with pytest.raises(OSError, match="cannot write checkpoints to"):
             train(_cfg(ro / "run"))
@@ -127,7 +133,7 @@ def test_a_read_only_file_system_fails_before_the_data_is_read(monkeypatch):
     target = "/sys/ganlab-test-run"  # sysfs refuses new entries, even to root
     if not os.path.isdir("/sys") or os.path.exists(target):
         pytest.skip("no sysfs here")
-    monkeypatch.setattr("gan_core.train.load_dataset", _no_data)
+    monkeypatch.setattr("gan_core.training.load_dataset", _no_data)
     with pytest.raises(OSError, match="cannot write checkpoints to /sys/ganlab-test-run"):
         train(_cfg(target))
 
@@ -141,6 +147,7 @@ def test_a_full_disk_fails_before_the_first_step(tmp_path, monkeypatch):
     assert steps == [] and not (tmp_path / "run" / "checkpoints").exists()
 
 
+@pytest.mark.slow
 def test_the_cli_says_one_line_for_an_unwritable_output_folder(tmp_path):
     blocker = tmp_path / "a-file"
     blocker.write_text("x")

@@ -1,11 +1,10 @@
 """The load test's short version: concurrent clients mixing /sample, /classify and /blobs while a
 training job runs (tiny models; the 60-second, 20-client run is `scripts/load_test.py`)."""
-import sys
-
+import pytest
+from scripts import load_test
 from test_app import model_dir, models  # noqa: F401  (fixtures)
 
-sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parents[1] / "scripts"))
-import load_test  # noqa: E402
+pytestmark = pytest.mark.slow  # concurrent clients while a job trains
 
 
 def test_every_request_succeeds_while_training(models):

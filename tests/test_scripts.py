@@ -10,6 +10,9 @@ import torch
 
 from conftest import ROOT, run_script
 from gan_core import checkpoint as ckpt
+from gan_core.inference.loading import load_model
+
+pytestmark = pytest.mark.slow  # the scripts run as subprocesses
 
 TINY = ["model.nz=8", "model.ngf=4", "model.ndf=4", "data.num_images=32", "data.image_size=32",
         "train.batch_size=4", "train.log_every=1", "train.sample_every=2", "train.device=cpu", "train.precision=fp32"]
@@ -49,9 +52,12 @@ def test_train_cli_wandb_offline(tmp_path):
 
 def test_torchrun_ddp_two_cpu_processes(tmp_path):
     out = tmp_path / "ddp"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29533",
-           "scripts/train.py", *TINY, "train.steps=3", f"train.out_dir={out}", "train.checkpoint_every=2"]
-    env = dict(os.environ, OMP_NUM_THREADS="1")
+    # torchrun runs the script as a module (-m), from the repository root, like `python -m scripts.train`.
+    # --standalone: a free local port for the rendezvous, so concurrent test runs do not collide.
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           "-m", "scripts.train", *TINY, "train.steps=3", f"train.out_dir={out}", "train.checkpoint_every=2"]
+    env = dict(os.environ, OMP_NUM_THREADS="1",
+               PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     lines = [l for l in proc.stdout.splitlines() if l.startswith("{")]
@@ -59,7 +65,7 @@ def test_torchrun_ddp_two_cpu_processes(tmp_path):
     result = json.loads(lines[0])
     assert result["world_size"] == 2 and result["step"] == 3
     assert ckpt.latest_checkpoint(out).name == "step_00000003"
-    _, g, _, _ = ckpt.load_models(out)
+    g = load_model(out).g
     assert g(torch.randn(2, 8)).shape == (2, 3, 32, 32)
 
 
@@ -109,8 +115,7 @@ def test_push_to_hub_dry_run_and_upload_calls(tmp_path, monkeypatch):
     import huggingface_hub
 
     monkeypatch.setattr(huggingface_hub, "HfApi", FakeApi)
-    sys.path.insert(0, str(ROOT / "scripts"))
-    import push_to_hub
+    from scripts import push_to_hub
 
     res = push_to_hub.main(["--checkpoint", str(tmp_path / "run"), "--repo", "me/tiny", "--token", "hf_secret"])
     assert calls[0] == ("init", "hf_secret") and ("create", "me/tiny") in calls and ("file", "README.md") in calls

@@ -1,4 +1,5 @@
 import copy
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -8,10 +9,14 @@ import torch
 from torch import nn
 
 from gan_core import checkpoint as ckpt
-from gan_core import losses
-from gan_core import train as train_mod
-from gan_core.config import DataConfig, DCGANConfig, RunConfig, TrainConfig, validate
+from gan_core import kinds, losses, runtime
+from gan_core import training as train_mod
+from gan_core.config import DataConfig, RunConfig, TrainConfig
 from gan_core.data import load_dataset
+from gan_core.inference.loading import load_model
+from gan_core.kinds import validate
+from gan_core.models.base import Batch, ema_decay_at, step_generator
+from gan_core.models.dcgan import DCGANConfig
 from safetensors.torch import load_file
 
 
@@ -21,6 +26,11 @@ def tiny_cfg(out_dir, **train_kw) -> RunConfig:
     kw.update(train_kw)
     return RunConfig(model=DCGANConfig(nz=16, ngf=8, ndf=8),
                      data=DataConfig(source="shapes", num_images=64, image_size=32), train=TrainConfig(**kw))
+
+
+def dcgan_step(m, real, noise, real_label=1.0, input_noise_std=0.0, gen=None):
+    """One update of the dcgan kind, through the registry."""
+    return kinds.KINDS["dcgan"].train_step(m, Batch(real, noise, gen, 0, real_label, input_noise_std))
 
 
 def test_losses_match_sigmoid_plus_bce():
@@ -48,7 +58,7 @@ def test_train_step_equals_the_tutorial_update():
     real = torch.rand(8, 3, 32, 32) * 2 - 1
     noise = torch.randn(8, 16, 1, 1)
     for _ in range(3):
-        train_mod.train_step(m, real, noise)
+        dcgan_step(m, real, noise)
         criterion = nn.BCELoss()
         d_ref.zero_grad()
         err_real = criterion(d_ref(real), torch.ones(8))
@@ -79,7 +89,8 @@ def test_tiny_run_trains_reports_and_saves(tmp_path):
     assert folder.name == "step_00000006" and result["checkpoint"] == str(folder)
     assert {p.name for p in folder.iterdir()} == {"config.json", "generator.safetensors", "discriminator.safetensors",
                                                   "generator_ema.safetensors", "optimizer.safetensors"}
-    cfg, g, d, meta = ckpt.load_models(folder)
+    model = load_model(folder)
+    cfg, g, meta = model.cfg, model.g, model.meta
     assert meta["step"] == 6 and cfg.model.image_size == 32 and g(torch.randn(2, 16)).shape == (2, 3, 32, 32)
 
 
@@ -115,17 +126,17 @@ def test_resume_refuses_a_different_model(tmp_path):
 
 def test_nonfinite_loss_stops_and_keeps_last_checkpoint(tmp_path, monkeypatch):
     cfg = tiny_cfg(tmp_path / "nan", steps=8, checkpoint_every=2)
-    real_step = train_mod.train_step
+    kind = kinds.KINDS["dcgan"]
     count = {"n": 0}
 
-    def poisoned(m, real, noise, *args):
+    def poisoned(m, batch):
         count["n"] += 1
-        out = real_step(m, real, noise, *args)
+        out = kind.train_step(m, batch)
         if count["n"] >= 5:
             out["loss_d"] = out["loss_d"] * float("nan")
         return out
 
-    monkeypatch.setitem(train_mod.STEPS, "dcgan", poisoned)
+    monkeypatch.setitem(kinds.KINDS, "dcgan", dataclasses.replace(kind, train_step=poisoned))
     result = train_mod.train(cfg)
     assert result["stopped"].startswith("non-finite loss at step 6")
     assert ckpt.latest_checkpoint(tmp_path / "nan").name == "step_00000004"
@@ -144,19 +155,19 @@ def test_seeded_runs_are_reproducible(tmp_path):
 
 def test_batches_are_index_gathers_in_range():
     images = load_dataset(DataConfig(source="shapes", num_images=10, image_size=32), use_cache=False).images
-    gen = train_mod.step_generator(0, 0, 5, torch.device("cpu"))
+    gen = step_generator(0, 0, 5, torch.device("cpu"))
     batch = train_mod.get_batch(images, 7, gen, torch.channels_last)
     assert batch.shape == (7, 3, 32, 32) and batch.is_contiguous(memory_format=torch.channels_last)
     assert batch.min() >= -1 and batch.max() <= 1
-    gen2 = train_mod.step_generator(0, 0, 5, torch.device("cpu"))
+    gen2 = step_generator(0, 0, 5, torch.device("cpu"))
     assert torch.equal(batch, train_mod.get_batch(images, 7, gen2, torch.channels_last))
 
 
 def test_precision_choice():
     cpu = torch.device("cpu")
-    assert train_mod.resolve_precision("fp32", cpu) is None
-    assert train_mod.resolve_precision("bf16", cpu) is torch.bfloat16
-    assert train_mod.resolve_precision("auto", cpu) == (torch.bfloat16 if train_mod.cpu_bf16_is_fast() else None)
+    assert runtime.resolve_precision("fp32", cpu) is None
+    assert runtime.resolve_precision("bf16", cpu) is torch.bfloat16
+    assert runtime.resolve_precision("auto", cpu) == (torch.bfloat16 if runtime.cpu_bf16_is_fast() else None)
 
 
 def test_d_learning_rate_defaults_to_g_and_can_differ():
@@ -176,7 +187,7 @@ def test_bf16_autocast_step_runs_and_is_close_to_fp32():
     cfg = RunConfig(model=DCGANConfig(nz=16, ngf=8, ndf=8, image_size=32), data=DataConfig(image_size=32),
                     train=TrainConfig(precision="bf16"))
     m = train_mod.build_models(cfg, torch.device("cpu"))
-    out = train_mod.train_step(m, torch.rand(4, 3, 32, 32) * 2 - 1, torch.randn(4, 16, 1, 1))
+    out = dcgan_step(m, torch.rand(4, 3, 32, 32) * 2 - 1, torch.randn(4, 16, 1, 1))
     assert all(torch.isfinite(v) for v in out.values())
     assert 0 < out["d_real"] < 1 and abs(out["loss_d"].item() - 2 * math.log(2)) < 0.3
 
@@ -191,8 +202,8 @@ def test_label_smoothing_and_instance_noise_options():
     assert train_mod.instance_noise_std(t, 50) == pytest.approx(0.1)
     assert train_mod.instance_noise_std(t, 200) == 0.0
     assert train_mod.instance_noise_std(TrainConfig(), 5) == 0.0
-    assert train_mod.ema_decay_at(0.999, 0) == pytest.approx(0.1)
-    assert train_mod.ema_decay_at(0.999, 10**6) == 0.999
+    assert ema_decay_at(0.999, 0) == pytest.approx(0.1)
+    assert ema_decay_at(0.999, 10**6) == 0.999
 
     cfg = RunConfig(model=DCGANConfig(nz=16, ngf=8, ndf=8, image_size=32), data=DataConfig(image_size=32),
                     train=TrainConfig(precision="fp32"))
@@ -201,7 +212,7 @@ def test_label_smoothing_and_instance_noise_options():
     for std in (0.0, 0.5, 0.5):
         torch.manual_seed(0)
         m = train_mod.build_models(cfg, torch.device("cpu"))
-        outs.append(train_mod.train_step(m, real_images, noise, 0.9, std, torch.Generator().manual_seed(1)))
+        outs.append(dcgan_step(m, real_images, noise, 0.9, std, torch.Generator().manual_seed(1)))
     assert outs[1]["loss_d"] != outs[0]["loss_d"]  # noise changes what D sees
     assert outs[1]["loss_d"] == outs[2]["loss_d"]  # and is reproducible from the generator
 
@@ -261,8 +272,6 @@ def test_resume_edge_cases(tmp_path):
 
 
 def test_bad_loop_settings_and_devices_are_clear_errors(tmp_path):
-    from gan_core.config import validate
-
     for field, value in (("log_every", 0), ("checkpoint_every", 0), ("sample_every", -1)):
         cfg = tiny_cfg(tmp_path)
         setattr(cfg.train, field, value)
@@ -274,14 +283,14 @@ def test_bad_loop_settings_and_devices_are_clear_errors(tmp_path):
         validate(cfg)
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="no CUDA GPU"):
-            train_mod.resolve_device("cuda")
+            runtime.resolve_device("cuda")
     with pytest.raises(ValueError, match="train.device"):
-        train_mod.resolve_device("tpu9")
+        runtime.resolve_device("tpu9")
 
 
 def test_step_streams_do_not_collide():
     cpu = torch.device("cpu")
-    draws = {tuple(torch.randint(0, 2**30, (4,), generator=train_mod.step_generator(s, r, k, cpu)).tolist())
+    draws = {tuple(torch.randint(0, 2**30, (4,), generator=step_generator(s, r, k, cpu)).tolist())
              for s, r, k in ((0, 1, 0), (0, 0, 7919), (1, 0, 0), (0, 0, 1_000_003), (0, 0, 0))}
     assert len(draws) == 5
 
@@ -290,8 +299,8 @@ def test_channels_last_default_skips_compiled_cuda():
     # Measured on an H200 (torch 2.11): inductor's ConvTranspose backward failed a stride check with
     # channels_last weights, so compile on CUDA defaults to contiguous; an explicit setting always wins.
     cuda, cpu = torch.device("cuda"), torch.device("cpu")
-    assert train_mod.use_channels_last(TrainConfig(), cuda)
-    assert not train_mod.use_channels_last(TrainConfig(compile=True), cuda)
-    assert train_mod.use_channels_last(TrainConfig(compile=True), cpu)
-    assert train_mod.use_channels_last(TrainConfig(compile=True, channels_last=True), cuda)
-    assert not train_mod.use_channels_last(TrainConfig(channels_last=False), cpu)
+    assert runtime.use_channels_last(TrainConfig(), cuda)
+    assert not runtime.use_channels_last(TrainConfig(compile=True), cuda)
+    assert runtime.use_channels_last(TrainConfig(compile=True), cpu)
+    assert runtime.use_channels_last(TrainConfig(compile=True, channels_last=True), cuda)
+    assert not runtime.use_channels_last(TrainConfig(channels_last=False), cpu)

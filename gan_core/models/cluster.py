@@ -8,22 +8,111 @@ heads and over-clustering heads (several sub-heads each). Objective (`ClusterCon
   code (which also trains G to make its code recoverable);
 - "none": the same without IIC ("ours without IIC");
 - "catgan": CatGAN's entropy terms instead of IIC and the code cross-entropy.
+
+The classifier built on a trained model (names, exemplars, predictions for any image) is
+`gan_core.inference.cluster.ClusterModel`; `predict_tensor` here is the network-level prediction.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Optional
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..augment import AugmentConfig, augment, instance_noise
+from ..config import IMAGE_SIZES, RunConfig, check_ints, check_numbers
+from ..data import to_float
+from ..losses import catgan_d_loss, catgan_g_loss, code_ce, d_loss_bce, g_loss_bce, iic_loss
+from ..runtime import autocast
 from . import dcgan
-from .augment import AugmentConfig, augment, instance_noise
-from .config import ClusterConfig, DCGANConfig
-from .losses import catgan_d_loss, catgan_g_loss, code_ce, d_loss_bce, g_loss_bce, iic_loss
+from .base import Batch, Models, check_widths, g_update_and_metrics
+from .dcgan import DCGANConfig
+
+
+@dataclass
+class ClusterConfig:
+    """A DCGAN whose generator also takes a categorical code and whose discriminator trunk also
+    feeds K-way cluster heads (plus over-clustering heads), each with a few sub-heads."""
+    kind: str = "cluster"
+    image_size: int = 32
+    channels: int = 1
+    nz: int = 64  # noise dimensions; the one-hot code (k) is appended
+    ngf: int = 64
+    ndf: int = 64
+    k: int = 10
+    overcluster: int = 50  # ~5K ways: more clusters than classes help IIC find finer structure
+    subheads: int = 5  # the one with the lowest IIC loss is used for prediction
+    head_hidden: int = 0  # >0: the heads read a shared hidden layer of this width (ReLU) instead of the trunk
+    objective: str = "iic"  # iic | catgan | none (code cross-entropy only: "ours without IIC")
+    iic_weight: float = 1.0
+    iic_repeats: int = 1  # augmented views per real image for IIC (pairs: the image with each view)
+    aug_rotate_deg: float = 15.0  # IIC views: rotation range (180 where orientation is a nuisance)
+    aug_scale_min: float = 0.6  # IIC views: area of the random crop relative to the image ...
+    aug_scale_max: float = 1.0  # ... (above 1 zooms out, so object size becomes a nuisance)
+    aug_translate: float = 0.1  # IIC views: extra shift, as a fraction of the side (large: position is a nuisance)
+    aug_aspect: float = 0.0  # IIC views: log of the largest width/height stretch (0: none)
+    aug_photometric: float = 0.25  # IIC views: brightness and contrast jitter range (jitter mode)
+    aug_colour: str = "jitter"  # IIC views: "jitter" (brightness/contrast/saturation) or "remap" (any colours)
+    code_weight: float = 1.0  # cross-entropy of the cluster head on generated images vs their code (G's loss)
+    code_weight_d: Optional[float] = None  # the same term in D's loss (None: code_weight); small: IIC leads
+    cluster_names: Optional[list] = None  # editable, saved with the checkpoint
+    # "mask": D first turns each image into its object's mask (distance from the background colour),
+    # centred and scaled to a fixed spread, so colour, polarity, position and size cannot decide a
+    # cluster (for one object on a flat background, like the built-in shapes). "polar": that mask read
+    # along rays from its centre (rows: angle, columns: radius), so a rotation is a roll of the rows and
+    # D's convs wrap around the full turn. "none": the pixels.
+    input_transform: str = "none"
+    mask_size: int = 32  # with "mask"/"polar": the side of the mask D's trunk reads (taken from the full-size image)
+    head_pool: str = "none"  # "angle" (with "polar"): the cluster heads see D's features averaged over angle
+    predict_views: int = 3  # prediction averages the image and centred crops spanning the training crop range
+
+
+def validate(cfg: RunConfig) -> None:
+    m = cfg.model
+    check_widths(cfg)
+    check_ints(("model.k", m.k, 2, 1000), ("model.overcluster", m.overcluster, 2, 10000),
+               ("model.subheads", m.subheads, 1, 64), ("model.iic_repeats", m.iic_repeats, 1, 64),
+               ("model.head_hidden", m.head_hidden, 0, 8192),
+               ("model.predict_views", m.predict_views, 1, 16))
+    check_numbers(("model.iic_weight", m.iic_weight, 0.0, 100.0), ("model.code_weight", m.code_weight, 0.0, 100.0),
+                  ("model.code_weight_d", 0.0 if m.code_weight_d is None else m.code_weight_d, 0.0, 100.0),
+                  ("model.aug_rotate_deg", m.aug_rotate_deg, 0.0, 180.0),
+                  ("model.aug_scale_min", m.aug_scale_min, 0.05, 4.0),
+                  ("model.aug_scale_max", m.aug_scale_max, 0.05, 4.0),
+                  ("model.aug_translate", m.aug_translate, 0.0, 0.5),
+                  ("model.aug_aspect", m.aug_aspect, 0.0, 1.0),
+                  ("model.aug_photometric", m.aug_photometric, 0.0, 0.9))
+    if m.aug_scale_min > m.aug_scale_max:
+        raise ValueError(f"model.aug_scale_min ({m.aug_scale_min}) is above model.aug_scale_max ({m.aug_scale_max})")
+    if m.aug_colour not in ("jitter", "remap"):
+        raise ValueError(f"model.aug_colour must be jitter or remap, not {m.aug_colour!r}")
+    if m.input_transform not in ("none", "mask", "polar"):
+        raise ValueError(f"model.input_transform must be none, mask or polar, not {m.input_transform!r}")
+    if m.head_pool not in ("none", "angle") or (m.head_pool == "angle" and m.input_transform != "polar"):
+        raise ValueError(f"model.head_pool must be none, or angle with input_transform=polar, not {m.head_pool!r}")
+    if m.input_transform != "none" and m.mask_size not in IMAGE_SIZES:
+        raise ValueError(f"model.mask_size must be one of {IMAGE_SIZES}, not {m.mask_size!r}")
+    if m.objective not in ("iic", "catgan", "none"):
+        raise ValueError(f"model.objective must be iic, catgan or none, not {m.objective!r}")
+    if m.cluster_names is not None and len(m.cluster_names) != m.k:
+        raise ValueError(f"model.cluster_names needs {m.k} names, got {len(m.cluster_names)}")
+
+
+def check_run(cfg: RunConfig, images: int, world: int) -> None:
+    if images < cfg.model.k:
+        raise ValueError(f"K = {cfg.model.k} clusters need at least {cfg.model.k} images; the dataset has {images}")
+
+
+def num_codes(model_cfg: ClusterConfig) -> int:
+    return model_cfg.k
+
+
+def unused_parameters(model_cfg: ClusterConfig) -> bool:
+    """Without IIC the over-clustering heads get no gradient; DDP must be told to expect that."""
+    return model_cfg.objective != "iic"
 
 
 def _border_median(x: torch.Tensor) -> torch.Tensor:
@@ -201,23 +290,21 @@ def augment_config(cfg: ClusterConfig) -> AugmentConfig:
                          colour_remap=cfg.aug_colour == "remap")
 
 
-def train_step(m, real: torch.Tensor, noise: torch.Tensor, real_label: float = 1.0, input_noise_std: float = 0.0,
-               gen: Optional[torch.Generator] = None) -> dict[str, torch.Tensor]:
-    """One update of D (GAN + clustering objective) then G. `m` is gan_core.train.Models."""
-    from .train import _autocast, g_update_and_metrics
-
+def train_step(m: Models, b: Batch) -> dict[str, torch.Tensor]:
+    """One update of D (GAN + clustering objective) then G."""
     cfg: ClusterConfig = m.model_cfg
+    real, noise, gen, real_label = b.real, b.noise, b.gen, b.real_label
     device = real.device
     codes = codes_of(noise, cfg)
 
     def noisy(x: torch.Tensor) -> torch.Tensor:
-        return instance_noise(x, input_noise_std, gen)
+        return instance_noise(x, b.input_noise_std, gen)
 
     # The augmented view is only needed by IIC; the other objectives skip the work.
     r = cfg.iic_repeats
     view = (augment(real.repeat(r, 1, 1, 1), gen, augment_config(cfg)).contiguous(memory_format=m.memory_format)
             if cfg.objective == "iic" else None)
-    with _autocast(device, m.autocast_dtype):
+    with autocast(device, m.autocast_dtype):
         real_logits, real_clusters, real_over = m.D(noisy(real), logits=True, heads=True)
         fake = m.G(noise)
         fake_logits, fake_clusters, _ = m.D(noisy(fake.detach()), logits=True, heads=True)
@@ -244,7 +331,7 @@ def train_step(m, real: torch.Tensor, noise: torch.Tensor, real_label: float = 1
         m.d_core.head_loss.lerp_(per_head.detach().float(), 0.05)
 
     m.d_core.requires_grad_(False)
-    with _autocast(device, m.autocast_dtype):
+    with autocast(device, m.autocast_dtype):
         gen_logits, gen_clusters, _ = m.d_for_g(noisy(fake), logits=True, heads=True)
         loss_g = g_loss_bce(gen_logits)
         if cfg.objective in ("iic", "none"):
@@ -263,8 +350,6 @@ def predict_tensor(d: ClusterDiscriminator, images: torch.Tensor, batch: int = 5
     """uint8 or [-1, 1] float images (N, C, H, W) at the model's size -> (cluster ids, probabilities).
     The probabilities are the mean over centred crops of these `sides` (default: `d.view_sides`,
     from the config's `predict_views`; `[1.0]` is the plain single-view prediction)."""
-    from .data import to_float
-
     was_training = d.training
     d.eval()
     probs = []
@@ -277,249 +362,3 @@ def predict_tensor(d: ClusterDiscriminator, images: torch.Tensor, batch: int = 5
     d.train(was_training)
     p = torch.cat(probs)
     return p.argmax(1), p
-
-
-# ---------------------------------------------------------------- classifier API
-
-def default_names(k: int) -> list[str]:
-    return [f"cluster {i}" for i in range(k)]
-
-
-def _to_uint8(arr, float_range: tuple[float, float]):
-    """A numpy array of any numeric dtype -> uint8: uint8 as is, uint16 scaled, other integers
-    checked to lie in 0..255, floats mapped from `float_range` to 0..255."""
-    import numpy as np
-
-    if arr.dtype == np.uint8:
-        return arr
-    if arr.dtype == np.uint16:
-        return (arr // 257).astype(np.uint8)
-    if arr.dtype == np.bool_:
-        return arr.astype(np.uint8) * 255
-    if np.issubdtype(arr.dtype, np.integer):
-        if arr.size and (arr.min() < 0 or arr.max() > 255):
-            raise ValueError(f"integer image values must lie in 0..255, not {arr.min()}..{arr.max()}")
-        return arr.astype(np.uint8)
-    if np.issubdtype(arr.dtype, np.floating):
-        lo, hi = float_range
-        return (np.clip((arr.astype(np.float32) - lo) / (hi - lo), 0, 1) * 255).round().astype(np.uint8)
-    raise ValueError(f"cannot read an image array of dtype {arr.dtype}")
-
-
-def _split_array(arr) -> list:
-    """A numpy array -> a list of single images, each (H, W) or (H, W, C)."""
-    if arr.ndim == 2:
-        return [arr]
-    if arr.ndim == 3:
-        # (H, W, C) when the last axis can be channels, else a batch (N, H, W); channels-first
-        # numpy images come as (N, C, H, W) (or as torch tensors).
-        return [arr] if arr.shape[-1] in (1, 3, 4) else list(arr)
-    if arr.ndim == 4:
-        if arr.shape[-1] not in (1, 3, 4) and arr.shape[1] in (1, 3, 4):
-            arr = arr.transpose(0, 2, 3, 1)  # (N, C, H, W)
-        return list(arr)
-    raise ValueError(f"cannot read an image array of shape {arr.shape}")
-
-
-def to_model_images(images, size: int, channels: int, float_range: Optional[tuple[float, float]] = None) -> torch.Tensor:
-    """Images of any size and kind -> uint8 (N, channels, size, size), resized like training data
-    (shorter side to `size`, centre crop; colour converted like the loaders do).
-
-    Accepts one image or a list of them: PIL images, file paths, raw bytes, numpy arrays (H, W),
-    (H, W, C) (C = 1, 3 or 4), (N, H, W), (N, H, W, C) or (N, C, H, W), and torch tensors (H, W),
-    (C, H, W) or (N, C, H, W). Integer arrays are 0..255 (uint16: 0..65535); float values are read
-    in `float_range`, by default [0, 1] for numpy arrays and [-1, 1] (the generator's range) for
-    torch tensors."""
-    import numpy as np
-    from PIL import Image
-
-    from .data import decode_image
-
-    if isinstance(images, torch.Tensor):
-        x = images.detach().cpu()
-        if x.dim() == 2:
-            x = x[None, None]
-        elif x.dim() == 3:
-            x = x[None]
-        if x.dim() != 4:
-            raise ValueError(f"cannot read an image tensor of shape {tuple(images.shape)}")
-        if x.dtype == torch.bfloat16 or x.dtype == torch.float16:
-            x = x.float()
-        arr = _to_uint8(x.numpy(), float_range or (-1.0, 1.0))
-        if arr.shape[1] == channels and arr.shape[-2:] == (size, size):
-            return torch.from_numpy(np.ascontiguousarray(arr))
-        images = list(arr.transpose(0, 2, 3, 1))
-    elif isinstance(images, np.ndarray):
-        images = _split_array(images)
-    elif not isinstance(images, (list, tuple)):
-        images = [images]
-    out = []
-    for im in images:
-        if isinstance(im, (torch.Tensor, list, tuple)) or (isinstance(im, np.ndarray) and im.ndim == 4):
-            out.append(to_model_images(im, size, channels, float_range))
-            continue
-        if isinstance(im, np.ndarray):
-            parts = _split_array(im)
-            if len(parts) != 1:
-                out.append(to_model_images(im, size, channels, float_range))
-                continue
-            arr = _to_uint8(parts[0], float_range or (0.0, 1.0))
-            im = Image.fromarray(arr.squeeze(-1) if arr.ndim == 3 and arr.shape[-1] == 1 else arr)
-        out.append(torch.from_numpy(np.array(decode_image(im, size, channels))).unsqueeze(0))
-    if not out:
-        return torch.empty(0, channels, size, size, dtype=torch.uint8)
-    return torch.cat(out)
-
-
-@dataclass
-class Prediction:
-    ids: torch.Tensor  # int64 (N,): the cluster of each image
-    probs: torch.Tensor  # float (N, K): the cluster probabilities
-    names: list  # the K cluster names
-
-    def labels(self, i: int) -> dict[str, float]:
-        """{cluster name: probability} for image i (what a label widget shows)."""
-        return {name: float(p) for name, p in zip(self.names, self.probs[i])}
-
-    def top(self, i: int, n: int = 3) -> list[tuple[str, float]]:
-        p, idx = self.probs[i].topk(min(n, len(self.names)))
-        return [(self.names[j], float(q)) for j, q in zip(idx.tolist(), p)]
-
-
-UNREADABLE = "(unreadable)"
-
-
-def assignment_rows(names: list[str], ok, pred: Prediction) -> list[dict]:
-    """One row per input file (what Classify and scripts/classify.py write): file, cluster, confidence
-    and the top 3. `ok` marks the files that were read; `pred` covers those only, in order. A file that
-    could not be read gets the cluster "(unreadable)"."""
-    rows, j = [], 0
-    for name, good in zip(names, ok):
-        if not good:
-            rows.append({"file": name, "cluster": UNREADABLE, "confidence": 0.0, "top 3": ""})
-            continue
-        top = pred.top(j, 3)
-        rows.append({"file": name, "cluster": top[0][0], "confidence": round(top[0][1], 4),
-                     "top 3": ", ".join(f"{n} {p:.0%}" for n, p in top)})
-        j += 1
-    return rows
-
-
-@dataclass
-class Exemplars:
-    real: torch.Tensor  # uint8 (n, C, H, W): the training images the cluster is surest of, most confident first
-    confidence: torch.Tensor  # (n,): their probability of the cluster
-    fake: torch.Tensor  # float [-1, 1] (n, C, H, W): generated with the cluster's code
-
-
-class ClusterModel:
-    """A trained `cluster` checkpoint as an image classifier with editable cluster names.
-
-        model = ClusterModel.load("checkpoints/fashion-mnist-clusters")
-        pred = model.predict([Image.open("a.png"), "b.jpg"])
-        pred.ids, pred.probs, pred.labels(0)
-        model.rename({3: "bags"}); model.save_names()
-        ex = model.exemplars(3)  # ex.real (most confident training images), ex.fake (generated)
-    """
-
-    def __init__(self, cfg, g: nn.Module, d: ClusterDiscriminator, folder: Optional[str] = None):
-        if cfg.model.kind != "cluster":
-            raise ValueError(f"a {cfg.model.kind!r} model is not a cluster classifier")
-        if d is None:
-            raise ValueError("this checkpoint has no discriminator, so it cannot classify")
-        self.cfg, self.g, self.d, self.folder = cfg, g.eval(), d.eval(), folder
-        self._train_images: Optional[torch.Tensor] = None
-        self._train_probs: Optional[torch.Tensor] = None
-
-    @classmethod
-    def load(cls, path_or_repo, device: str | torch.device = "cpu") -> "ClusterModel":
-        from .checkpoint import load_models
-
-        cfg, g, d, meta = load_models(path_or_repo, device)
-        return cls(cfg, g, d, meta["folder"])
-
-    @property
-    def k(self) -> int:
-        return self.cfg.model.k
-
-    @property
-    def names(self) -> list[str]:
-        return list(self.cfg.model.cluster_names or default_names(self.k))
-
-    def rename(self, names) -> list[str]:
-        """A full list of K names, or {cluster index: name} for some; blank names fall back to the default."""
-        current = self.names
-        items = names.items() if isinstance(names, dict) else enumerate(names)
-        if not isinstance(names, dict) and len(names) != self.k:
-            raise ValueError(f"{self.k} names needed, got {len(names)}")
-        for i, name in items:
-            i = int(i)
-            if not 0 <= i < self.k:
-                raise ValueError(f"no cluster {i}: clusters are 0..{self.k - 1}")
-            name = " ".join(str(name if name is not None else "").split())[:64]
-            current[i] = name or default_names(self.k)[i]
-        if len(set(current)) != len(current):
-            raise ValueError("cluster names must differ from each other")
-        self.cfg.model.cluster_names = current
-        return current
-
-    def save_names(self, folder=None) -> Path:
-        """Write the names into the checkpoint's config.json (atomically), in `folder` or where it was loaded from."""
-        from . import config as config_mod
-        from .checkpoint import read_config, write_json
-
-        target = Path(folder or self.folder or "")
-        if not (target / "config.json").exists():
-            raise ValueError(f"no checkpoint at {target} to save the names into")
-        saved, meta = read_config(target)
-        if saved.model.kind != "cluster" or saved.model.k != self.k:
-            raise ValueError(f"{target} holds a model with other clusters; its names were not changed")
-        meta.pop("folder", None)
-        meta["config"]["model"]["cluster_names"] = self.names
-        config_mod.validate(config_mod.from_dict(meta["config"]))
-        write_json(target / "config.json", meta)
-        return target
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.d.parameters()).device
-
-    def predict(self, images, batch: int = 256, float_range: Optional[tuple[float, float]] = None) -> Prediction:
-        """Images of any kind and size (see `to_model_images`) -> cluster ids, probabilities and names."""
-        x = to_model_images(images, self.cfg.data.image_size, self.cfg.data.channels, float_range)
-        if len(x) == 0:
-            return Prediction(torch.empty(0, dtype=torch.long), torch.empty(0, self.k), self.names)
-        ids, probs = predict_tensor(self.d, x, batch)
-        return Prediction(ids, probs, self.names)
-
-    def training_images(self, limit: int = 20000) -> torch.Tensor:
-        """Up to `limit` images of the training data named in the config (read once, then kept)."""
-        if self._train_images is None:
-            from dataclasses import replace
-
-            from .data import load_dataset
-
-            self._train_images = load_dataset(replace(self.cfg.data, limit=limit)).images
-        return self._train_images
-
-    def exemplars(self, k: int, n: int = 8, images: Optional[torch.Tensor] = None, seed: int = 0) -> Exemplars:
-        """For cluster k: the n images (of `images`, or of the training data) it is most confident of,
-        and n generated images with code k. Raises DataError when the training data cannot be read."""
-        from .latent import sample
-
-        if not 0 <= int(k) < self.k:
-            raise ValueError(f"no cluster {k}: clusters are 0..{self.k - 1}")
-        if images is None:
-            pool = self.training_images()
-            if self._train_probs is None:
-                self._train_probs = predict_tensor(self.d, pool)[1]
-            probs = self._train_probs
-        else:
-            pool = to_model_images(images, self.cfg.data.image_size, self.cfg.data.channels)
-            probs = predict_tensor(self.d, pool)[1]
-        mine = (probs.argmax(1) == k).nonzero().flatten()
-        conf = probs[mine, k]
-        order = conf.argsort(descending=True)[:n]
-        codes = torch.full((n,), int(k), dtype=torch.long)
-        fake = sample(self.g, n, seed, self.cfg.model, codes).cpu()
-        return Exemplars(pool[mine[order]], conf[order], fake)

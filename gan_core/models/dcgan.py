@@ -1,17 +1,37 @@
-"""The seed's DCGAN (Radford et al. 2015, as in the PyTorch DCGAN tutorial).
+"""The `dcgan` kind: the seed's DCGAN (Radford et al. 2015, as in the PyTorch DCGAN tutorial).
 
 At 64x64, 3 channels, nz=100, ngf=ndf=64 the printed modules are exactly the tutorial's.
 Other sizes add or drop one stride-2 stage per factor of two; 1 channel changes only the
 image-facing layers.
+
+The training step is the tutorial's update (Adam 2e-4, betas (0.5, 0.999); D on real, D on
+detached fake, D step; G through the updated D, G step), with the sigmoid folded into
+BCE-with-logits (the same mathematics, stable under bf16) and D's own weight gradients skipped
+during the G step (the tutorial computes and then discards them).
 """
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from .config import DCGANConfig
+from ..augment import instance_noise
+from ..config import RunConfig
+from ..losses import d_loss_bce, g_loss_bce
+from ..runtime import autocast
+from .base import Batch, Models, check_widths, g_update_and_metrics
+
+
+@dataclass
+class DCGANConfig:
+    kind: str = "dcgan"
+    image_size: int = 64
+    channels: int = 3
+    nz: int = 100
+    ngf: int = 64
+    ndf: int = 64
 
 
 class BatchNorm2d(nn.BatchNorm2d):
@@ -111,3 +131,33 @@ def build(cfg: DCGANConfig) -> tuple[Generator, Discriminator]:
     g.apply(weights_init)
     d.apply(weights_init)
     return g, d
+
+
+def validate(cfg: RunConfig) -> None:
+    check_widths(cfg)
+
+
+def train_step(m: Models, b: Batch) -> dict[str, torch.Tensor]:
+    """One DCGAN update of D then G. Returns detached metric tensors (no host sync).
+
+    With the defaults this is the tutorial's update. `b.real_label` < 1 smooths the real target;
+    `b.input_noise_std` > 0 adds Gaussian instance noise (drawn from `b.gen`) to every image D sees."""
+    real, device = b.real, b.real.device
+
+    def noisy(x: torch.Tensor) -> torch.Tensor:
+        return instance_noise(x, b.input_noise_std, b.gen)
+
+    with autocast(device, m.autocast_dtype):
+        real_logits = m.D(noisy(real), logits=True)
+        fake = m.G(b.noise)
+        fake_logits = m.D(noisy(fake.detach()), logits=True)
+        loss_d = d_loss_bce(real_logits, fake_logits, b.real_label)
+    m.opt_d.zero_grad(set_to_none=True)
+    loss_d.backward()
+    m.opt_d.step()
+
+    m.d_core.requires_grad_(False)  # G's gradient flows through D; D's own weight grads are not needed
+    with autocast(device, m.autocast_dtype):
+        gen_logits = m.d_for_g(noisy(fake), logits=True)
+        loss_g = g_loss_bce(gen_logits)
+    return g_update_and_metrics(m, loss_d, loss_g, real_logits, fake_logits, gen_logits)

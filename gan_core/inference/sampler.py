@@ -1,0 +1,127 @@
+"""Sampling maths for any generator: seeded latents with truncation and a categorical code,
+GANSpace directions (Härkönen et al. 2020) as slider offsets, and spherical interpolation."""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from sklearn.decomposition import PCA
+from torch import nn
+
+from ..models.base import Kind, generate
+
+
+def first_layer(g: nn.Module) -> nn.Module:
+    """The generator's first layer with weights: its activations are where the directions are found.
+    A generator with a `layout_net` (BlobGAN) is read at the layout MLP's first linear layer."""
+    if hasattr(g, "layout_net"):
+        return next(m for m in g.layout_net.modules() if isinstance(m, nn.Linear))
+    return next(m for m in g.modules() if isinstance(m, (nn.ConvTranspose2d, nn.Conv2d, nn.Linear)))
+
+
+@torch.no_grad()
+def principal_directions(g: nn.Module, z: torch.Tensor, nz: int, n_dirs: int = 8,
+                         seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """GANSpace for any of our generators: PCA of the first layer's activations over the latents `z`,
+    carried back to the noise space by least squares (the noise that best explains each sample's PCA
+    coordinates). Returns (directions (n_dirs, nz), unit length, and the standard deviation of each
+    component's coordinate, in units of the noise), ordered by the variance they explain. Only the
+    first `nz` entries of a latent (the noise, not a categorical code) move."""
+    acts = []
+    hook = first_layer(g).register_forward_hook(lambda _m, _i, out: acts.append(out.detach().float().flatten(1)))
+    try:
+        was_training = g.training
+        g.eval()
+        g.layout_net(z) if hasattr(g, "layout_net") else g(z)  # a BlobGAN needs no painting here
+        g.train(was_training)
+    finally:
+        hook.remove()
+    n_dirs = min(n_dirs, nz, len(z))
+    coords = PCA(n_components=n_dirs, random_state=seed).fit_transform(acts[0].cpu().numpy())  # (N, n_dirs)
+    coords = torch.from_numpy(coords).float()
+    z_noise = z.flatten(1)[:, :nz].float().cpu()
+    basis = torch.linalg.lstsq(coords, z_noise).solution  # (n_dirs, nz): noise ~ coords @ basis
+    stds = coords.std(0) * basis.norm(dim=1)
+    return basis / basis.norm(dim=1, keepdim=True).clamp_min(1e-8), stds
+
+
+def slerp(a: torch.Tensor, b: torch.Tensor, t: float) -> torch.Tensor:
+    """Spherical interpolation between two latent vectors (Gaussian noise keeps its norm)."""
+    a_n, b_n = a / a.norm(), b / b.norm()
+    omega = torch.arccos((a_n * b_n).sum().clamp(-1 + 1e-7, 1 - 1e-7))
+    so = torch.sin(omega)
+    if so.abs() < 1e-6:
+        return (1 - t) * a + t * b
+    return torch.sin((1 - t) * omega) / so * a + torch.sin(t * omega) / so * b
+
+
+class Sampler:
+    """Latents and images of one generator. Latents are drawn on the CPU from a seed, so a seed gives
+    the same images on any device; `generate` runs G on its own device (the caller picks the
+    precision context)."""
+
+    def __init__(self, kind: Kind, model_cfg, g: nn.Module, n_directions: int = 8, pca_samples: int = 2048):
+        self.kind, self.model_cfg, self.g = kind, model_cfg, g
+        self.n_directions, self.pca_samples = n_directions, pca_samples
+        self._directions: Optional[tuple[torch.Tensor, torch.Tensor]] = None
+
+    @property
+    def nz(self) -> int:
+        return self.model_cfg.nz
+
+    @property
+    def num_codes(self) -> int:
+        return self.kind.num_codes(self.model_cfg)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.g.parameters()).device
+
+    def latents(self, n: int, seed: int, truncation: float = 1.0, code: Optional[int] = None) -> torch.Tensor:
+        """(n, latent, 1, 1) on the CPU: seeded noise scaled by `truncation`, then the categorical code
+        (`code` for all n, or random per image when None) for kinds that have one."""
+        if code is not None and not 0 <= int(code) < max(self.num_codes, 1):
+            raise ValueError(f"no code {code}: this model has {self.num_codes} codes")
+        codes = torch.full((n,), int(code), dtype=torch.long) if code is not None and self.num_codes else None
+        z = self.kind.seeded_latent(self.model_cfg, n, seed, "cpu", codes)
+        z[:, : self.nz] *= truncation
+        return z
+
+    def directions(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """GANSpace directions and their spreads (computed once per sampler)."""
+        if self._directions is None:
+            z = self.kind.seeded_latent(self.model_cfg, self.pca_samples, 0, self.device)
+            self._directions = principal_directions(self.g, z, self.nz, self.n_directions, seed=0)
+        return self._directions
+
+    def move(self, z: torch.Tensor, alphas, raw: bool = False) -> torch.Tensor:
+        """Slider offsets: `alphas[i]` standard deviations along GANSpace direction i, or with `raw`
+        added to the noise entry z[i] itself. Returns a new tensor; all-zero sliders change nothing."""
+        alphas = torch.as_tensor(alphas, dtype=torch.float32).flatten()
+        z = z.clone()
+        if alphas.abs().sum() == 0:
+            return z
+        if raw:
+            z[:, : min(len(alphas), self.nz), 0, 0] += alphas[: self.nz]
+        else:
+            dirs, stds = self.directions()
+            z[:, : self.nz, 0, 0] += ((alphas[: len(dirs)] * stds)[:, None] * dirs).sum(0)
+        return z
+
+    def interpolation(self, seed_a: int, seed_b: int, frames: int, truncation: float = 1.0,
+                      code: Optional[int] = None) -> torch.Tensor:
+        """(frames, latent, 1, 1): slerp of the noise from seed A's latent to seed B's (the code, if
+        any, is seed A's)."""
+        a = self.latents(1, seed_a, truncation, code)
+        b = self.latents(1, seed_b, truncation, code)
+        z = torch.cat([a] * frames)
+        for i in range(frames):
+            z[i, : self.nz, 0, 0] = slerp(a[0, : self.nz, 0, 0], b[0, : self.nz, 0, 0], i / (frames - 1))
+        return z
+
+    def generate(self, z: torch.Tensor) -> torch.Tensor:
+        """Images in [-1, 1] (float32, on G's device) from latents."""
+        return generate(self.g, z.to(self.device))
+
+    def sample(self, n: int, seed: int, truncation: float = 1.0, code: Optional[int] = None) -> torch.Tensor:
+        return self.generate(self.latents(n, seed, truncation, code))

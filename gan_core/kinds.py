@@ -1,0 +1,98 @@
+"""The one registry of model kinds: name -> `Kind` (config class, build, train_step, hooks, inference facade).
+
+The training loop, the checkpoints, the CLI and the app look a kind up here and never compare its
+name. Adding a kind is one module in `gan_core/models/` (its config dataclass, `build`,
+`train_step` and whatever hooks it needs; see `models/base.Kind`) plus one line in `KINDS`.
+`register` adds one at run time (a plug-in, or a test's toy kind).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from torch import nn
+
+from . import checkpoint as ckpt
+from . import config as config_mod
+from .checkpoint import CheckpointError
+from .config import RunConfig
+from .inference.blobs import BlobModel
+from .inference.cluster import ClusterModel
+from .inference.model import Model
+from .models import blobgan, cluster, dcgan
+from .models.base import Kind
+
+DEFAULT_KIND = "dcgan"
+
+KINDS: dict[str, Kind] = {k.name: k for k in (
+    Kind("dcgan", dcgan.DCGANConfig, dcgan.build, dcgan.train_step, validate=dcgan.validate, facade=Model),
+    Kind("cluster", cluster.ClusterConfig, cluster.build, cluster.train_step, validate=cluster.validate,
+         check_run=cluster.check_run, num_codes=cluster.num_codes, ema_roles=("generator", "discriminator"),
+         unused_parameters=cluster.unused_parameters, facade=ClusterModel),
+    Kind("blobgan", blobgan.BlobGANConfig, blobgan.build, blobgan.train_step, validate=blobgan.validate,
+         check_run=blobgan.check_run, extra_modules=blobgan.extra_modules, trained_extras=blobgan.trained_extras,
+         facade=BlobModel),
+)}
+
+
+def register(kind: Kind) -> Kind:
+    """Add (or replace) a kind; every caller that goes through this registry then knows it."""
+    KINDS[kind.name] = kind
+    return kind
+
+
+def get(name: str) -> Kind:
+    if name not in KINDS:
+        raise ValueError(f"model kind must be one of {', '.join(KINDS)}, not {name!r}")
+    return KINDS[name]
+
+
+def of(cfg: RunConfig) -> Kind:
+    """The kind of a run config."""
+    return get(cfg.model.kind)
+
+
+def model_config(name: str, **values):
+    """A fresh config of kind `name` with `values` set (unknown fields refused)."""
+    return config_mod.build_dataclass(get(name).config, values)
+
+
+def validate(cfg: RunConfig) -> RunConfig:
+    """Check ranges and types before anything is allocated: the common checks, then the kind's own.
+    Raises ValueError with one clear line."""
+    config_mod.validate_common(cfg)
+    kind = get(cfg.model.kind)
+    if not isinstance(cfg.model, kind.config):
+        raise ValueError(f"model kind {kind.name!r} needs a {kind.config.__name__}, not a {type(cfg.model).__name__}")
+    kind.validate(cfg)
+    return cfg
+
+
+def config_from_dict(values: dict) -> RunConfig:
+    """A RunConfig from its JSON form (config.json, Hydra), refusing unknown fields and kinds."""
+    return config_mod.from_dict(values, {name: k.config for name, k in KINDS.items()}, DEFAULT_KIND)
+
+
+def read_config(folder: str | Path) -> tuple[RunConfig, dict]:
+    """-> (the checked RunConfig, the rest of config.json) of a checkpoint folder."""
+    meta = ckpt.read_meta(folder)
+    try:
+        cfg = validate(config_from_dict(meta["config"]))
+    except (KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(f"invalid config in {folder}: {e}") from None
+    return cfg, meta
+
+
+def build_role(cfg: RunConfig, role: str) -> nn.Module:
+    """A fresh module for a checkpoint role: generator, discriminator, their `_ema` copies, or one of
+    the kind's extra modules (BlobGAN's encoder)."""
+    kind = of(cfg)
+    g, d = kind.build(cfg.model)
+    base = role[: -len("_ema")] if role.endswith("_ema") else role
+    if base == "generator":
+        return g
+    if base == "discriminator":
+        return d
+    extras = kind.extra_modules(cfg.model, g)
+    if base not in extras:
+        raise CheckpointError(f"a {kind.name} checkpoint has no module {role!r}")
+    return extras[base]

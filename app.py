@@ -146,7 +146,7 @@ def model_facade(source: str) -> type | None:
     """The class a local checkpoint loads as (Model, ClusterModel, BlobModel, ...), from its
     config.json; None for a Hub id not downloaded yet or an unreadable folder."""
     try:
-        return kinds.of(kinds.read_config(source)[0]).facade or Model if Path(source).is_dir() else None
+        return (kinds.of(kinds.read_config(source)[0]).facade or Model) if Path(source).is_dir() else None
     except (CheckpointError, ValueError):
         return None
 
@@ -162,7 +162,7 @@ def model_choices(*facades: type) -> list[str]:
     return out
 
 
-def _default(tab: str, choices: list[str]) -> str | None:
+def default_model(tab: str, choices: list[str]) -> str | None:
     return DEFAULTS[tab] if DEFAULTS[tab] in choices else (choices[0] if choices else None)
 
 
@@ -189,7 +189,6 @@ def _load(source: str, stamp: float) -> Model:
 
 # What each tab can show: any model, or a facade with what that tab needs.
 TAB_NEEDS = {"sample": (), "blobs": (BlobModel,), "classify": (ClusterModel,)}
-NEEDS_SAY = {BlobModel: "a BlobGAN", ClusterModel: "a cluster"}
 
 
 def load(name: str | None, *facades: type) -> Model:
@@ -205,8 +204,8 @@ def load(name: str | None, *facades: type) -> Model:
     except (CheckpointError, OSError, ValueError) as e:
         raise gr.Error(f"Could not load {name}: {e}") from None
     if facades and not isinstance(model, facades):
-        need = " or ".join(NEEDS_SAY.get(f, f.__name__) for f in facades)
-        raise gr.Error(f"{name} is a {model.cfg.model.kind} model; this tab needs {need} model.")
+        fitting = [k.name for k in kinds.KINDS.values() if k.facade is not None and issubclass(k.facade, facades)]
+        raise gr.Error(f"{name} is a {model.cfg.model.kind} model; this tab needs a {' or '.join(fitting)} model.")
     return model
 
 
@@ -215,7 +214,7 @@ def refresh_pickers(sample_model, blob_model, classify_model):
     out = []
     for value, tab in ((sample_model, "sample"), (blob_model, "blobs"), (classify_model, "classify")):
         choices = model_choices(*TAB_NEEDS[tab])
-        out.append(gr.update(choices=choices, value=value if value in choices else _default(tab, choices)))
+        out.append(gr.update(choices=choices, value=value if value in choices else default_model(tab, choices)))
     return out
 
 
@@ -472,8 +471,7 @@ def _run_config(dataset, upload, text, kind, steps, batch, lr, size, channels, k
     if kind not in kinds.KINDS:
         raise gr.Error(f"Unknown model kind {kind!r}")
     model = kinds.KINDS[kind].config()
-    if hasattr(model, "k"):  # the K widget maps onto the field of the kinds that have one
-        model.k = _number(k, "K", 2, 100)
+    has_k = hasattr(model, "k")  # the K widget maps onto the field of the kinds that have one
     data, dataset_fn = config_mod.DataConfig(image_size=size, channels=channels), None
     if dataset in ("shapes", "scenes"):
         data.source, data.num_images = dataset, 4000 if PUBLIC else 20000
@@ -481,8 +479,9 @@ def _run_config(dataset, upload, text, kind, steps, batch, lr, size, channels, k
         data.source, data.path = "idx", str(FMNIST)
     elif dataset == "upload":
         items = _uploaded(upload)
-        if hasattr(model, "k") and len(items) < model.k:
-            raise gr.Error(f"K = {model.k} clusters need at least {model.k} images; {len(items)} were uploaded.")
+        if has_k and len(items) < _number(k, "K", 2, 100):
+            need = _number(k, "K", 2, 100)
+            raise gr.Error(f"K = {need} clusters need at least {need} images; {len(items)} were uploaded.")
 
         def dataset_fn():
             images, ok = decode_items(items, size, channels)
@@ -502,6 +501,8 @@ def _run_config(dataset, upload, text, kind, steps, batch, lr, size, channels, k
         data.source, data.path = "parquet", text.strip()
     else:
         raise gr.Error(f"Unknown dataset choice {dataset!r}")
+    if has_k:
+        model.k = _number(k, "K", 2, 100)
     train_cfg = config_mod.TrainConfig(steps=steps, batch_size=batch, lr=lr, device=DEVICE, log_every=10,
                                        sample_every=max(10, steps // 20), checkpoint_every=max(50, steps // 4))
     cfg = config_mod.sync_model_to_data(config_mod.RunConfig(model=model, data=data, train=train_cfg))
@@ -571,7 +572,8 @@ def push_to_hub(repo_id, token, private):
 # ---------------------------------------------------------------- the page
 
 def build() -> gr.Blocks:
-    sample_choices, blob_choices, classify_choices = (model_choices(*TAB_NEEDS[tab]) for tab in ("sample", "blobs", "classify"))
+    sample_choices, blob_choices, classify_choices = (model_choices(*TAB_NEEDS[tab])
+                                                      for tab in ("sample", "blobs", "classify"))
     with gr.Blocks(title="GAN Lab") as demo:
         gr.Markdown("# GAN Lab\nTrain GANs on your images, sample and edit them, and sort images into "
                     "clusters without labels." + (" *Public mode: limited training.*" if PUBLIC else ""))
@@ -611,7 +613,7 @@ def build() -> gr.Blocks:
 
         with gr.Tab("Sample", id="sample"):
             with gr.Row():
-                s_model = gr.Dropdown(sample_choices, value=_default("sample", sample_choices), label="Model",
+                s_model = gr.Dropdown(sample_choices, value=default_model("sample", sample_choices), label="Model",
                                       allow_custom_value=True)
                 seed = Number(value=0, precision=0, label="Seed")
                 dice = gr.Button("Random seed", scale=0)
@@ -638,7 +640,7 @@ def build() -> gr.Blocks:
 
         with gr.Tab("Blobs", id="blobs"):
             with gr.Row():
-                b_model = gr.Dropdown(blob_choices, value=_default("blobs", blob_choices), label="BlobGAN model",
+                b_model = gr.Dropdown(blob_choices, value=default_model("blobs", blob_choices), label="BlobGAN model",
                                       allow_custom_value=True)
                 b_seed = Number(value=0, precision=0, label="Seed")
                 b_go = gr.Button("Sample a layout", variant="primary", elem_id="blobs-button")
@@ -663,8 +665,8 @@ def build() -> gr.Blocks:
             layout = JSON(label="Layout", visible=False)
 
         with gr.Tab("Classify", id="classify"):
-            c_model = gr.Dropdown(classify_choices, value=_default("classify", classify_choices), label="Cluster model",
-                                  allow_custom_value=True)
+            c_model = gr.Dropdown(classify_choices, value=default_model("classify", classify_choices),
+                                  label="Cluster model", allow_custom_value=True)
             with gr.Row():
                 c_image = ImageInput(label="One image", type="pil", elem_id="classify-image")
                 with gr.Column():

@@ -3,6 +3,7 @@ at import time).
 
 Layers, lowest first (a module imports only from layers below it; docs/architecture.md):
     files, config                        atomic writes; data / train / run dataclasses (no torch)
+    models/blob_layout                   BlobGAN layouts as data (torch only)
     runtime, shapes, data, augment,      device and precision; datasets and image conversion;
     losses, metrics                      pure losses; measurements
     checkpoint, hub                      the checkpoint folder format; Hub pull and push

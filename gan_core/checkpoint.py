@@ -43,6 +43,22 @@ FILES = {
     "pictures": "*.png",
     "weights": "*" + WEIGHTS_SUFFIX,  # one file per module role: generator, discriminator, *_ema, encoder, ...
 }
+# Module roles: every module is stored as ROLE.safetensors. G and D are every kind's; a kind adds its
+# own extras (BlobGAN's "encoder"); an EMA copy of a module is stored under ema_role(its role).
+GENERATOR, DISCRIMINATOR = "generator", "discriminator"
+EMA_SUFFIX = "_ema"
+
+
+def ema_role(role: str) -> str:
+    """The role an EMA copy of `role` is stored under (generator -> generator_ema)."""
+    return role + EMA_SUFFIX
+
+
+def followed_role(role: str) -> str:
+    """The module an EMA copy follows (generator_ema -> generator); other roles map to themselves."""
+    return role[: -len(EMA_SUFFIX)] if role.endswith(EMA_SUFFIX) else role
+
+
 # What a shipped model is made of (export keeps it, push uploads it, pull downloads it): everything
 # but the optimizer state.
 SHIPPED_PATTERNS = [FILES["config"], FILES["card"], FILES["pictures"], FILES["weights"]]

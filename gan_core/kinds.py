@@ -13,7 +13,7 @@ from torch import nn
 
 from . import checkpoint as ckpt
 from . import config as config_mod
-from .checkpoint import CheckpointError
+from .checkpoint import DISCRIMINATOR, GENERATOR, CheckpointError, ema_role, followed_role
 from .config import RunConfig
 from .inference.blobs import BlobModel
 from .inference.cluster import ClusterModel
@@ -26,7 +26,7 @@ DEFAULT_KIND = "dcgan"
 KINDS: dict[str, Kind] = {k.name: k for k in (
     Kind("dcgan", dcgan.DCGANConfig, dcgan.build, dcgan.train_step, validate=dcgan.validate, facade=Model),
     Kind("cluster", cluster.ClusterConfig, cluster.build, cluster.train_step, validate=cluster.validate,
-         check_run=cluster.check_run, num_codes=cluster.num_codes, ema_roles=("generator", "discriminator"),
+         check_run=cluster.check_run, num_codes=cluster.num_codes, ema_roles=(GENERATOR, DISCRIMINATOR),
          unused_parameters=cluster.unused_parameters, facade=ClusterModel),
     Kind("blobgan", blobgan.BlobGANConfig, blobgan.build, blobgan.train_step, validate=blobgan.validate,
          check_run=blobgan.check_run, extra_modules=blobgan.extra_modules, trained_extras=blobgan.trained_extras,
@@ -82,15 +82,24 @@ def read_config(folder: str | Path) -> tuple[RunConfig, dict]:
     return cfg, meta
 
 
+def known_roles(cfg: RunConfig) -> list[str]:
+    """Every module role a checkpoint of this config may hold: G, D, the kind's extra modules, and
+    the EMA copy of each. Other safetensors files in a folder are not this model's and are left alone."""
+    kind = of(cfg)
+    g, _ = kind.build(cfg.model)
+    roles = [GENERATOR, DISCRIMINATOR, *kind.extra_modules(cfg.model, g)]
+    return roles + [ema_role(r) for r in roles]
+
+
 def build_role(cfg: RunConfig, role: str) -> nn.Module:
-    """A fresh module for a checkpoint role: generator, discriminator, their `_ema` copies, or one of
-    the kind's extra modules (BlobGAN's encoder)."""
+    """A fresh module for a checkpoint role: generator, discriminator, one of the kind's extra modules
+    (BlobGAN's encoder), or the EMA copy of one of those."""
     kind = of(cfg)
     g, d = kind.build(cfg.model)
-    base = role[: -len("_ema")] if role.endswith("_ema") else role
-    if base == "generator":
+    base = followed_role(role)
+    if base == GENERATOR:
         return g
-    if base == "discriminator":
+    if base == DISCRIMINATOR:
         return d
     extras = kind.extra_modules(cfg.model, g)
     if base not in extras:

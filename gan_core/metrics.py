@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from scipy.optimize import linear_sum_assignment
 
 from .models.blob_layout import Layout
 
@@ -62,6 +61,7 @@ def mean_pairwise_distance(images: torch.Tensor) -> float:
 def cluster_accuracy(labels, clusters) -> float:
     """Unsupervised classification accuracy: the best one-to-one mapping of clusters to classes
     (Hungarian matching, scipy's linear_sum_assignment), then plain accuracy."""
+    from scipy.optimize import linear_sum_assignment  # here, as scikit-learn below: a slow import
     y, c = np.asarray(labels).ravel(), np.asarray(clusters).ravel()
     if y.shape != c.shape or y.size == 0:
         raise ValueError("labels and clusters must be non-empty and the same length")
@@ -89,6 +89,7 @@ def match_objects(objects: torch.Tensor, layout: Layout) -> tuple[int, list]:
     empty slots, and its layout (batch 1). Objects and visible blobs are matched one-to-one by
     Hungarian matching on centre distance; a pair is a hit when the blob's centre lies inside the
     object's box. Returns (hits, [(object index, blob index), ...] for the matched pairs)."""
+    from scipy.optimize import linear_sum_assignment
     gt = objects[objects[:, 0] >= 0].float().cpu()
     blobs = layout.visible()[0].nonzero().flatten().cpu()
     if len(gt) == 0 or len(blobs) == 0:

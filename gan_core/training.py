@@ -60,7 +60,7 @@ def build_models(cfg: config_mod.RunConfig, device: torch.device) -> Models:
     opt_g = torch.optim.Adam(g.parameters(), lr=t.lr, betas=(t.beta1, t.beta2), fused=fused)
     lr_d = t.lr if t.lr_d is None else t.lr_d  # two time-scale updates (TTUR) when they differ
     opt_d = torch.optim.Adam(d.parameters(), lr=lr_d, betas=(t.beta1, t.beta2), fused=fused)
-    cores = {"generator": g, "discriminator": d}
+    cores = {ckpt.GENERATOR: g, ckpt.DISCRIMINATOR: d}
     ema = ({role: copy.deepcopy(cores[role]).eval().requires_grad_(False) for role in kind.ema_roles}
            if t.ema_decay > 0 else {})
     G, D = g, d
@@ -138,7 +138,7 @@ def resume(cfg: config_mod.RunConfig, m: Models, out_dir: Path) -> int:
         raise ValueError(f"cannot resume: {folder} was trained with a different model config")
     stored = set(ckpt.weight_roles(folder))
     for role, module in m.cores().items():  # an extra module switched on at resume starts fresh
-        if role in stored or role in ("generator", "discriminator"):  # (a missing G or D is an error)
+        if role in stored or role in (ckpt.GENERATOR, ckpt.DISCRIMINATOR):  # (a missing G or D is an error)
             ckpt.load_weights(module, ckpt.weights_file(folder, role))
     for role, ema, core in m.ema_pairs():
         if role in stored:

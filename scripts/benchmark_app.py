@@ -86,9 +86,9 @@ def main(argv=None) -> dict:
     if not args.skip_startup:
         result["startup_s"] = round(startup_seconds(), 2)
 
-    sample_model = app._default("sample", app.model_choices())
-    blob_model = app._default("blobs", app.model_choices(BlobModel))
-    cluster_model = app._default("classify", app.model_choices(ClusterModel))
+    sample_model = app.default_model("sample", app.model_choices())
+    blob_model = app.default_model("blobs", app.model_choices(BlobModel))
+    cluster_model = app.default_model("classify", app.model_choices(ClusterModel))
     zeros = (0,) * app.N_SLIDERS
     photo = Path(__import__("tempfile").mkdtemp()) / "photo.png"
     Image.new("RGB", (64, 64), (200, 200, 200)).save(photo)

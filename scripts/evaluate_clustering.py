@@ -84,7 +84,7 @@ def main(argv=None) -> dict:
         fail(str(e))
     if ds.labels is None:
         print("error: this source has no labels to evaluate against", file=sys.stderr)
-        print(json.dumps({"error": "no labels"}))
+        print(json.dumps({"error": "no labels"}))  # the JSON error callers match on
         sys.exit(2)
     labels = ds.labels.numpy()
     k = args.k or len(np.unique(labels))
@@ -98,8 +98,7 @@ def main(argv=None) -> dict:
     if model is not None:
         cfg, d, meta = model.cfg, model.d, model.meta
         if d is None:
-            print("error: the checkpoint has no discriminator", file=sys.stderr)
-            sys.exit(2)
+            fail("the checkpoint has no discriminator")
         if isinstance(model, ClusterModel) and not args.features:
             from gan_core.models.cluster import predict_tensor, view_sides
 

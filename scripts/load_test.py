@@ -52,9 +52,9 @@ def main(argv=None) -> dict:
         url = args.url
     photo = Path(tempfile.mkdtemp(prefix="ganlab-load-")) / "photo.png"
     Image.new("RGB", (48, 48), (30, 120, 200)).save(photo)
-    sample_model = app._default("sample", app.model_choices())
-    cluster_model = app._default("classify", app.model_choices(ClusterModel))
-    blob_model = app._default("blobs", app.model_choices(BlobModel))
+    sample_model = app.default_model("sample", app.model_choices())
+    cluster_model = app.default_model("classify", app.model_choices(ClusterModel))
+    blob_model = app.default_model("blobs", app.model_choices(BlobModel))
     zeros = (0,) * app.N_SLIDERS
 
     training = None

@@ -88,8 +88,7 @@ def main(raw) -> None:
         try:
             import wandb
         except ImportError:
-            print("error: logger=wandb needs the wandb package (pip install wandb)", file=sys.stderr)
-            sys.exit(2)
+            fail("logger=wandb needs the wandb package (pip install wandb)")
         run = wandb.init(project=os.environ.get("WANDB_PROJECT", "ganlab"), config=config_mod.to_dict(cfg),
                          dir=str(out_dir), resume="allow")
 

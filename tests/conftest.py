@@ -29,7 +29,7 @@ def run_script(args, cwd=None, env=None, timeout=300):
 
     full_env = dict(os.environ)
     full_env.update(env or {})
-    # `python -m scripts.NAME` finds the repository from any working folder, as an installed package would.
+    # `python -m scripts.NAME` finds the repository (gan_core and scripts) from any working folder.
     full_env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), full_env.get("PYTHONPATH")]))
     script = str(args[0])
     module = script[:-3].replace("/", ".") if script.endswith(".py") else script

@@ -79,7 +79,7 @@ def test_each_tab_in_chromium(served, tmp_path):
         page.locator("#classify-button").click()
         label = page.locator("#classify-label")
         label.get_by_text("%").first.wait_for(timeout=60_000)  # the confidence bars
-        names = app.load(app._default("classify", app.model_choices(app.ClusterModel)), app.ClusterModel).names
+        names = app.load(app.default_model("classify", app.model_choices(app.ClusterModel)), app.ClusterModel).names
         assert any(name in label.inner_text() for name in names)
         page.screenshot(path=str(shots / "classify.png"), full_page=True)
 

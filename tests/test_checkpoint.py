@@ -70,6 +70,19 @@ def test_export_fp16_loads_and_matches(tmp_path):
     assert next(g16.parameters()).dtype == torch.float32  # cast back for CPU inference
 
 
+def test_a_stray_safetensors_file_is_left_alone_by_load_and_export(tmp_path):
+    """Only the kind's module roles are read: a file that is no module of this model (notes, an
+    embedding someone saved beside it) neither stops loading nor travels with an export."""
+    _run(tmp_path, steps=1)
+    folder = ckpt.latest_checkpoint(tmp_path / "run")
+    save_file({"x": torch.zeros(3)}, str(folder / "notes.safetensors"))
+    assert "notes" in ckpt.weight_roles(folder) and "notes" not in kinds.known_roles(kinds.read_config(folder)[0])
+    model = load_model(folder)
+    assert set(model.modules) == {"generator", "discriminator"}
+    out = export(folder, tmp_path / "shipped")
+    assert not (out / "notes.safetensors").exists() and (out / "generator.safetensors").exists()
+
+
 def test_mismatched_shapes_and_foreign_files_are_refused(tmp_path):
     cfg, _ = _run(tmp_path)
     folder = resolve(tmp_path / "run")

@@ -7,6 +7,7 @@ from typing import Optional
 import torch
 from torch import nn
 
+from ..checkpoint import GENERATOR
 from ..config import RunConfig
 from ..data import to_float, to_model_images
 from ..models.base import Kind
@@ -25,7 +26,7 @@ class BlobModel(Model):
     """
 
     def __init__(self, kind: Kind, cfg: RunConfig, modules: dict[str, nn.Module], folder=None, meta=None):
-        if not hasattr(modules.get("generator"), "layout_net"):
+        if not hasattr(modules.get(GENERATOR), "layout_net"):
             raise ValueError(f"a {cfg.model.kind!r} model has no blob layouts")
         super().__init__(kind, cfg, modules, folder, meta)
 

@@ -75,9 +75,9 @@ class ClusterModel(Model):
     """
 
     def __init__(self, kind: Kind, cfg: RunConfig, modules: dict[str, nn.Module], folder=None, meta=None):
-        if modules.get("discriminator") is None:
+        if modules.get(ckpt.DISCRIMINATOR) is None:
             raise ValueError("this checkpoint has no discriminator, so it cannot classify")
-        if not hasattr(modules["discriminator"], "cluster_logits"):
+        if not hasattr(modules[ckpt.DISCRIMINATOR], "cluster_logits"):
             raise ValueError(f"a {cfg.model.kind!r} model is not a cluster classifier")
         super().__init__(kind, cfg, modules, folder, meta)
         self._train_images: Optional[torch.Tensor] = None

@@ -19,20 +19,19 @@ def load_modules(folder: str | Path, cfg: RunConfig, device: str | torch.device 
                  ema: bool = True) -> dict[str, nn.Module]:
     """role -> module (eval mode, on `device`) for every module of a checkpoint folder: the generator
     and the discriminator (their EMA copies instead where they exist and `ema`) and the kind's extra
-    modules (BlobGAN's encoder). A checkpoint without a discriminator loads without one."""
+    modules (BlobGAN's encoder). A checkpoint without a discriminator loads without one; files that
+    are no module of this kind are left alone."""
     folder = Path(folder)
-    roles = set(ckpt.weight_roles(folder))
+    stored = set(ckpt.weight_roles(folder)) & set(kinds.known_roles(cfg))
     out = {}
-    for role in ("generator", "discriminator"):
-        stored = f"{role}_ema" if ema and f"{role}_ema" in roles else role
-        if stored in roles or role == "generator":  # a missing generator is an error load_weights reports
-            module = kinds.build_role(cfg, role)
-            ckpt.load_weights(module, ckpt.weights_file(folder, stored))
-            out[role] = module
-    for role in sorted(roles - {"generator", "discriminator", "generator_ema", "discriminator_ema"}):
-        module = kinds.build_role(cfg, role)
-        ckpt.load_weights(module, ckpt.weights_file(folder, role))
-        out[role] = module
+    for role in (ckpt.GENERATOR, ckpt.DISCRIMINATOR):
+        source = ckpt.ema_role(role) if ema and ckpt.ema_role(role) in stored else role
+        if source in stored or role == ckpt.GENERATOR:  # a missing generator is an error load_weights reports
+            out[role] = kinds.build_role(cfg, role)
+            ckpt.load_weights(out[role], ckpt.weights_file(folder, source))
+    for role in sorted(r for r in stored if ckpt.followed_role(r) == r and r not in out):
+        out[role] = kinds.build_role(cfg, role)
+        ckpt.load_weights(out[role], ckpt.weights_file(folder, role))
     return {role: module.to(device).eval() for role, module in out.items()}
 
 
@@ -53,7 +52,7 @@ def export(src: str | Path, dst: str | Path, dtype: torch.dtype = torch.float16,
     folder = resolve(src)
     cfg, meta = kinds.read_config(folder)
     modules = {}
-    for role in ckpt.weight_roles(folder):
+    for role in sorted(set(ckpt.weight_roles(folder)) & set(kinds.known_roles(cfg))):
         module = kinds.build_role(cfg, role)
         ckpt.load_weights(module, ckpt.weights_file(folder, role))
         modules[role] = module

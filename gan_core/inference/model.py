@@ -7,6 +7,7 @@ from typing import Optional
 import torch
 from torch import nn
 
+from ..checkpoint import DISCRIMINATOR, GENERATOR
 from ..config import RunConfig
 from ..models.base import Kind
 from .sampler import Sampler
@@ -23,7 +24,7 @@ class Model:
 
     def __init__(self, kind: Kind, cfg: RunConfig, modules: dict[str, nn.Module], folder: Optional[str | Path] = None,
                  meta: Optional[dict] = None):
-        if "generator" not in modules:
+        if GENERATOR not in modules:
             raise ValueError("a model needs at least its generator")
         self.kind, self.cfg, self.modules = kind, cfg, modules
         self.folder = str(folder) if folder is not None else None
@@ -34,11 +35,11 @@ class Model:
 
     @property
     def g(self) -> nn.Module:
-        return self.modules["generator"]
+        return self.modules[GENERATOR]
 
     @property
     def d(self) -> Optional[nn.Module]:
-        return self.modules.get("discriminator")
+        return self.modules.get(DISCRIMINATOR)
 
     @property
     def device(self) -> torch.device:
@@ -58,8 +59,9 @@ class Model:
         return [f"code {i}" for i in range(self.sampler.num_codes)]
 
     def code_index(self, name: Optional[str]) -> Optional[int]:
-        """A code's index from its name; None (random codes) for None, "" or "random"."""
-        if name in (None, "", "random"):
+        """A code's index from its name; None (random codes) for None, "" or "random", and for any name
+        when the generator takes no code (a code picked for another model is ignored, not an error)."""
+        if name in (None, "", "random") or not self.code_names:
             return None
         if name not in self.code_names:
             raise ValueError(f"unknown code {name!r}")

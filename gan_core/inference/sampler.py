@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Optional
 
 import torch
-from sklearn.decomposition import PCA
 from torch import nn
 
 from ..models.base import Kind, generate
@@ -27,6 +26,8 @@ def principal_directions(g: nn.Module, z: torch.Tensor, nz: int, n_dirs: int = 8
     coordinates). Returns (directions (n_dirs, nz), unit length, and the standard deviation of each
     component's coordinate, in units of the noise), ordered by the variance they explain. Only the
     first `nz` entries of a latent (the noise, not a categorical code) move."""
+    from sklearn.decomposition import PCA  # here: importing scikit-learn costs seconds and sets env vars
+
     acts = []
     hook = first_layer(g).register_forward_hook(lambda _m, _i, out: acts.append(out.detach().float().flatten(1)))
     try:

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..checkpoint import DISCRIMINATOR, GENERATOR, ema_role
 from ..config import RunConfig, check_ints
 
 
@@ -51,13 +52,13 @@ class Models:
 
     def cores(self) -> dict[str, nn.Module]:
         """role -> plain module, for every module the run trains."""
-        return {"generator": self.g_core, "discriminator": self.d_core,
+        return {GENERATOR: self.g_core, DISCRIMINATOR: self.d_core,
                 **{role: extra.module for role, extra in self.extras.items()}}
 
     def ema_pairs(self) -> list[tuple[str, nn.Module, nn.Module]]:
         """(checkpoint role of the copy, EMA copy, the module it follows) for each EMA copy kept."""
         cores = self.cores()
-        return [(f"{role}_ema", ema, cores[role]) for role, ema in self.ema.items()]
+        return [(ema_role(role), ema, cores[role]) for role, ema in self.ema.items()]
 
     def modules(self) -> dict[str, nn.Module]:
         """role -> module, for everything a checkpoint of this run holds."""
@@ -73,7 +74,7 @@ class Models:
 
     def sampling_generator(self) -> nn.Module:
         """The generator that paints samples: the EMA copy where one is kept."""
-        return self.ema.get("generator", self.g_core)
+        return self.ema.get(GENERATOR, self.g_core)
 
 
 @dataclass
@@ -192,7 +193,7 @@ class Kind:
     validate: Callable[[RunConfig], None] = _no_checks  # the kind's own config checks (ValueError)
     check_run: Callable[[RunConfig, int, int], None] = _no_checks  # (cfg, dataset size, world size) before building
     num_codes: Callable[[Any], int] = _no_codes  # one-hot codes appended to G's noise (cluster: K)
-    ema_roles: tuple = ("generator",)  # the modules that get an EMA copy when train.ema_decay > 0
+    ema_roles: tuple = (GENERATOR,)  # G and/or D: the modules that get an EMA copy when train.ema_decay > 0
     extra_modules: Callable[[Any, nn.Module], dict] = _no_extra_modules  # (cfg, G) -> role -> module a checkpoint may hold
     trained_extras: Callable[[Any], dict] = _none_trained  # cfg -> role -> OptimizerSpec, for those trained with G and D
     unused_parameters: Callable[[Any], bool] = _nothing_unused  # DDP must expect parameters without gradients

@@ -43,6 +43,21 @@ for _name, _kind in kinds.KINDS.items():
     cs.store(group="model", name=_name, node=_kind.config)
 cs.store(name="config", node={"defaults": ["ganlab", {"model": kinds.DEFAULT_KIND}, "_self_"]})
 
+# The training bar shows the loop's own measured rates and ETA, not tqdm's: the loop reports every
+# log_every steps, so tqdm would see jumps of log_every steps and extrapolate nonsense from them.
+TRAIN_BAR = "{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} [{elapsed}{postfix}]"  # tqdm prefixes ", "
+
+
+def progress_text(metrics: dict, batch_size: int) -> str:
+    """The training bar's text: steps/s and images/s measured over the last logging window, the time
+    left at that rate, and the losses."""
+    from gan_core.jobs import format_duration
+
+    img_s = float(metrics["images_per_s"])
+    return (f"{img_s / batch_size:.2f} step/s, {img_s:.0f} img/s, {format_duration(metrics.get('eta_s'))} left, "
+            f"loss_d {metrics['loss_d']:.3f}, loss_g {metrics['loss_g']:.3f}")
+
+
 # Hydra's own output folder and logging are not wanted: the run folder is train.out_dir.
 HYDRA_DEFAULTS = ["hydra.run.dir=.", "hydra.output_subdir=null", "hydra/job_logging=none",
                   "hydra/hydra_logging=none"]
@@ -106,10 +121,9 @@ def main(raw) -> None:
         data_bar.refresh()
 
     def on_progress(step: int, metrics: dict) -> None:
-        bar = progress_bar("train", total=cfg.train.steps, unit="step")
+        bar = progress_bar("train", total=cfg.train.steps, unit="step", bar_format=TRAIN_BAR)
         bar.n = step
-        bar.set_postfix(loss_d=f"{metrics['loss_d']:.3f}", loss_g=f"{metrics['loss_g']:.3f}",
-                        img_s=f"{metrics['images_per_s']:.0f}")
+        bar.set_postfix_str(progress_text(metrics, cfg.train.batch_size))  # (redraws the bar)
         if run is not None:
             run.log(metrics, step=step)
 

@@ -25,6 +25,13 @@ def test_train_cli_runs_resumes_and_ends_with_json(tmp_path):
     assert result["step"] == 2 and Path(result["checkpoint"]).is_dir()
     assert "loss_d" in result["metrics"] and (out / "samples" / "step_00000002.png").exists()
     assert "train" in proc.stderr  # tqdm progress on stderr
+    # The bar shows the loop's measured rate (last window), not tqdm's extrapolation from jumps of log_every steps.
+    last = [part for part in proc.stderr.replace("\r", "\n").splitlines() if part.startswith("train:")][-1]
+    img_s = result["metrics"]["images_per_s"]
+    assert f"{img_s:.0f} img/s" in last and "step/s" in last and "left" in last, last
+    step_s = float(last.split(" step/s")[0].split()[-1])
+    batch = int(next(a for a in TINY if a.startswith("train.batch_size=")).split("=")[1])
+    assert abs(step_s - img_s / batch) <= 0.01 + 0.01 * step_s, last
     proc, result = run_script(["scripts/train.py", *TINY, "train.steps=3", "train.resume=true", f"train.out_dir={out}"])
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert result["step"] == 3 and result["steps_run"] == 1

@@ -304,3 +304,11 @@ def test_channels_last_default_skips_compiled_cuda():
     assert runtime.use_channels_last(TrainConfig(compile=True), cpu)
     assert runtime.use_channels_last(TrainConfig(compile=True, channels_last=True), cuda)
     assert not runtime.use_channels_last(TrainConfig(channels_last=False), cpu)
+
+
+def test_the_cli_bar_shows_the_measured_rate_and_time_left():
+    from scripts.train import TRAIN_BAR, progress_text
+
+    text = progress_text({"images_per_s": 640.0, "eta_s": 100.0, "loss_d": 0.6931, "loss_g": 0.7}, batch_size=64)
+    assert text == "10.00 step/s, 640 img/s, 1 min 40 s left, loss_d 0.693, loss_g 0.700"
+    assert "{rate" not in TRAIN_BAR and "{remaining" not in TRAIN_BAR  # tqdm's own guesses are not shown

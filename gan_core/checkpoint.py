@@ -62,7 +62,6 @@ def followed_role(role: str) -> str:
 # What a shipped model is made of (export keeps it, push uploads it, pull downloads it): everything
 # but the optimizer state.
 SHIPPED_PATTERNS = [FILES["config"], FILES["card"], FILES["pictures"], FILES["weights"]]
-HUB_PATTERNS = SHIPPED_PATTERNS  # what `hub.resolve` downloads
 
 
 def weights_file(folder: str | Path, role: str) -> Path:
@@ -81,8 +80,7 @@ def shipped_files(folder: str | Path, with_optimizer: bool = False) -> list[str]
     """The names of the files in `folder` that a shipped model is made of (and the optimizer state
     when asked), sorted."""
     folder = Path(folder)
-    patterns = SHIPPED_PATTERNS
-    names = {p.name for pattern in patterns for p in folder.glob(pattern) if p.is_file()}
+    names = {p.name for pattern in SHIPPED_PATTERNS for p in folder.glob(pattern) if p.is_file()}
     names.discard(FILES["optimizer"])
     if with_optimizer and (folder / FILES["optimizer"]).exists():
         names.add(FILES["optimizer"])
@@ -94,10 +92,9 @@ class CheckpointError(ValueError):
 
 
 def _write_json(path: Path, obj: dict) -> None:
+    """Write the JSON (both callers make it durable: `atomic_write` and `write_folder` fsync every file)."""
     with open(path, "w") as f:
         json.dump(obj, f, indent=2, sort_keys=True)
-        f.flush()
-        os.fsync(f.fileno())
 
 
 def write_json(path: str | Path, obj: dict) -> None:

@@ -29,7 +29,7 @@ def resolve(path_or_repo: str | Path, revision: Optional[str] = None) -> Path:
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 
     try:
-        return Path(snapshot_download(str(path_or_repo), revision=revision, allow_patterns=ckpt.HUB_PATTERNS))
+        return Path(snapshot_download(str(path_or_repo), revision=revision, allow_patterns=ckpt.SHIPPED_PATTERNS))
     except (LocalEntryNotFoundError, HfHubHTTPError, OSError, ValueError) as e:
         raise CheckpointError(f"could not get {path_or_repo} from the Hub: {str(e).splitlines()[0]}") from None
 

@@ -82,26 +82,24 @@ def read_config(folder: str | Path) -> tuple[RunConfig, dict]:
     return cfg, meta
 
 
-def known_roles(cfg: RunConfig) -> list[str]:
-    """Every module role a checkpoint of this config may hold: G, D, the kind's extra modules, and
-    the EMA copy of each. Other safetensors files in a folder are not this model's and are left alone."""
+def build_modules(cfg: RunConfig) -> dict[str, nn.Module]:
+    """Fresh modules, built once, for every role a checkpoint of this config may hold besides the EMA
+    copies: the generator, the discriminator and the kind's extra modules (BlobGAN's encoder)."""
     kind = of(cfg)
-    g, _ = kind.build(cfg.model)
-    roles = [GENERATOR, DISCRIMINATOR, *kind.extra_modules(cfg.model, g)]
+    g, d = kind.build(cfg.model)
+    return {GENERATOR: g, DISCRIMINATOR: d, **kind.extra_modules(cfg.model, g)}
+
+
+def known_roles(cfg: RunConfig) -> list[str]:
+    """Every module role a checkpoint of this config may hold: those of `build_modules` and the EMA
+    copy of each. Other safetensors files in a folder are not this model's and are left alone."""
+    roles = list(build_modules(cfg))
     return roles + [ema_role(r) for r in roles]
 
 
 def build_role(cfg: RunConfig, role: str) -> nn.Module:
-    """A fresh module for a checkpoint role: generator, discriminator, one of the kind's extra modules
-    (BlobGAN's encoder), or the EMA copy of one of those."""
-    kind = of(cfg)
-    g, d = kind.build(cfg.model)
-    base = followed_role(role)
-    if base == GENERATOR:
-        return g
-    if base == DISCRIMINATOR:
-        return d
-    extras = kind.extra_modules(cfg.model, g)
-    if base not in extras:
-        raise CheckpointError(f"a {kind.name} checkpoint has no module {role!r}")
-    return extras[base]
+    """A fresh module for one checkpoint role (an EMA copy is built like the module it follows)."""
+    modules = build_modules(cfg)
+    if followed_role(role) not in modules:
+        raise CheckpointError(f"a {cfg.model.kind} checkpoint has no module {role!r}")
+    return modules[followed_role(role)]

@@ -36,8 +36,7 @@ class BlobModel(Model):
 
     @torch.no_grad()
     def sample_layout(self, seed: int = 0, n: int = 1) -> Layout:
-        z = torch.randn(n, self.cfg.model.nz, generator=torch.Generator().manual_seed(int(seed)))
-        return self.g.layout_net(z.to(self.device))
+        return self.g.layout_net(self.kind.seeded_latent(self.cfg.model, n, seed, self.device))
 
     @torch.no_grad()
     def render(self, layout: Layout) -> torch.Tensor:

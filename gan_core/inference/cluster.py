@@ -167,13 +167,8 @@ class ClusterModel(Model):
         file (cluster, confidence, top 3; "(unreadable)" for a file that is no image) and counts per
         cluster. What the app's "Classify all" and `scripts/classify.py` do."""
         images, ok = decode_items(items, self.image_size, self.channels)
-        names = [name for name, _ in items]
+        rows = assignment_rows([name for name, _ in items], ok, self.predict(images))  # (predict takes none too)
         counts = {name: 0 for name in self.names}
-        if len(images) == 0:
-            return Assignments(assignment_rows(names, ok, Prediction(torch.empty(0, dtype=torch.long),
-                                                                      torch.empty(0, self.k), self.names)),
-                               counts, 0, int((~ok).sum()))
-        rows = assignment_rows(names, ok, self.predict(images))
         for row in rows:
             if row["cluster"] != UNREADABLE:
                 counts[row["cluster"]] += 1

@@ -17,22 +17,19 @@ from .model import Model
 
 def load_modules(folder: str | Path, cfg: RunConfig, device: str | torch.device = "cpu",
                  ema: bool = True) -> dict[str, nn.Module]:
-    """role -> module (eval mode, on `device`) for every module of a checkpoint folder: the generator
-    and the discriminator (their EMA copies instead where they exist and `ema`) and the kind's extra
-    modules (BlobGAN's encoder). A checkpoint without a discriminator loads without one; files that
-    are no module of this kind are left alone."""
+    """role -> module (eval mode, on `device`) for every module of a checkpoint folder: the generator,
+    the discriminator and the kind's extra modules (BlobGAN's encoder), each from its EMA copy instead
+    where one exists and `ema`. A checkpoint without a discriminator loads without one; files that are
+    no module of this kind are left alone."""
     folder = Path(folder)
-    stored = set(ckpt.weight_roles(folder)) & set(kinds.known_roles(cfg))
+    stored = set(ckpt.weight_roles(folder))
     out = {}
-    for role in (ckpt.GENERATOR, ckpt.DISCRIMINATOR):
+    for role, module in kinds.build_modules(cfg).items():
         source = ckpt.ema_role(role) if ema and ckpt.ema_role(role) in stored else role
         if source in stored or role == ckpt.GENERATOR:  # a missing generator is an error load_weights reports
-            out[role] = kinds.build_role(cfg, role)
-            ckpt.load_weights(out[role], ckpt.weights_file(folder, source))
-    for role in sorted(r for r in stored if ckpt.followed_role(r) == r and r not in out):
-        out[role] = kinds.build_role(cfg, role)
-        ckpt.load_weights(out[role], ckpt.weights_file(folder, role))
-    return {role: module.to(device).eval() for role, module in out.items()}
+            ckpt.load_weights(module, ckpt.weights_file(folder, source))
+            out[role] = module.to(device).eval()
+    return out
 
 
 def load_model(path_or_repo: str | Path, device: str | torch.device = "cpu", ema: bool = True) -> Model:
@@ -51,10 +48,13 @@ def export(src: str | Path, dst: str | Path, dtype: torch.dtype = torch.float16,
     """Copy a checkpoint for shipping: every module's weights (no optimizer state), cast to `dtype`."""
     folder = resolve(src)
     cfg, meta = kinds.read_config(folder)
+    stored = set(ckpt.weight_roles(folder))
     modules = {}
-    for role in sorted(set(ckpt.weight_roles(folder)) & set(kinds.known_roles(cfg))):
-        module = kinds.build_role(cfg, role)
-        ckpt.load_weights(module, ckpt.weights_file(folder, role))
-        modules[role] = module
+    plain, copies = kinds.build_modules(cfg), kinds.build_modules(cfg)  # the modules, and their EMA copies
+    for role in plain:
+        for stored_as, module in ((role, plain[role]), (ckpt.ema_role(role), copies[role])):
+            if stored_as in stored:
+                ckpt.load_weights(module, ckpt.weights_file(folder, stored_as))
+                modules[stored_as] = module
     return ckpt.write_folder(Path(dst), cfg, meta["step"], modules, metrics=meta.get("metrics"), dtype=dtype,
                              model_card=model_card)

@@ -11,7 +11,6 @@ uploads and Gradio's file cache; default runs/app), GANLAB_DEVICE, GANLAB_PUBLIC
 """
 from __future__ import annotations
 
-import contextlib
 import functools
 import os
 import re
@@ -41,7 +40,6 @@ from gan_core.inference.loading import load_model  # noqa: E402
 from gan_core.inference.model import Model  # noqa: E402
 from gan_core.models import blob_layout  # noqa: E402
 from gan_core.models.blob_layout import Layout  # noqa: E402
-from gan_core.runtime import resolve_precision  # noqa: E402
 
 # An image over PIL's pixel limit (89 M pixels) is refused rather than decoded: a decompression bomb.
 warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -65,9 +63,10 @@ VIEW_SCALE = 4  # blob views are drawn at 4x the model's resolution
 MAX_UPLOAD_MB = float(os.environ.get("GANLAB_MAX_UPLOAD_MB", "20" if PUBLIC else "0")) or None  # per request
 MAX_JOB_MINUTES = float(os.environ.get("GANLAB_MAX_JOB_MINUTES", "10" if PUBLIC else "0")) or None
 JOB = jobs.TrainingJob(WORK_DIR, max_seconds=MAX_JOB_MINUTES * 60 if MAX_JOB_MINUTES else None)
-# Generators run under bf16 autocast where the hardware is fast at it (about 2.5x on a CPU with
-# AVX512-BF16 for 16 samples); GANLAB_PRECISION=fp32 turns that off.
-AUTOCAST = resolve_precision(os.environ.get("GANLAB_PRECISION", "auto"), torch.device(DEVICE))
+# Each generator paints in the precision and memory format that timed fastest for it on this machine
+# (bf16 autocast was about 2.5x faster for 16 samples on a CPU with AVX512-BF16; emulated elsewhere);
+# GANLAB_PRECISION=fp32 (or bf16, fp16) sets it instead.
+PRECISION = os.environ.get("GANLAB_PRECISION", "auto")
 UNREADABLE = (ValueError, OSError, Image.DecompressionBombError, Image.DecompressionBombWarning)
 
 
@@ -171,19 +170,10 @@ def _stamp(source: str) -> float:
     return p.stat().st_mtime if p.exists() else 0.0
 
 
-def painting():
-    """The context generators run in: inference mode, plus bf16 autocast where it is fast."""
-    stack = contextlib.ExitStack()
-    stack.enter_context(torch.inference_mode())
-    if AUTOCAST is not None:
-        stack.enter_context(torch.autocast(device_type=torch.device(DEVICE).type, dtype=AUTOCAST))
-    return stack
-
-
 @functools.lru_cache(maxsize=8)
 def _load(source: str, stamp: float) -> Model:
     model = load_model(source, device=DEVICE)
-    model.g.to(memory_format=torch.channels_last)  # faster convolutions, same results
+    model.choose_runtime(PRECISION)  # timed once per model and machine, then cached
     return model
 
 
@@ -247,7 +237,7 @@ def sample_images(model, seed, count, truncation, code, raw_z, gallery, *sliders
     z = m.sampler.latents(n, seed, truncation, _code(m, code))
     alphas = [_number(a, "Slider", -10, 10, integer=False) for a in sliders]
     z = m.sampler.move(z, alphas, raw=bool(raw_z))
-    with painting():
+    with m.painting():
         images = m.sampler.generate(z)
     grid = viz.image_grid(images, nrow=min(n, 8))
     singles = [viz.image_grid(im[None], nrow=1, padding=0) for im in images] if gallery else None
@@ -262,7 +252,7 @@ def interpolate(model, seed_a, seed_b, frames, truncation, code):
     truncation = _number(truncation, "Truncation", 0.0, 2.0, integer=False)
     z = m.sampler.interpolation(_number(seed_a, "Seed A", 0, 2**31 - 1), _number(seed_b, "Seed B", 0, 2**31 - 1),
                                 n, truncation, _code(m, code))
-    with painting():
+    with m.painting():
         images = m.sampler.generate(z)
     strip = viz.image_grid(images, nrow=n)
     frames_pil = [viz.image_grid(im[None], nrow=1, padding=0).resize((128, 128), Image.NEAREST) for im in images]
@@ -284,7 +274,7 @@ def code_choices(model):
 # ---------------------------------------------------------------- Blobs
 
 def _blob_views(model: BlobModel, layout: Layout):
-    with painting():
+    with model.painting():
         image = model.render(layout)[0]
     size = model.cfg.data.image_size
     plain = viz.image_grid(image[None], nrow=1, padding=0).resize((size * VIEW_SCALE,) * 2, Image.NEAREST)

@@ -127,8 +127,11 @@ def _optimizer_tensors(optimizers: dict[str, torch.optim.Optimizer]) -> tuple[di
 
 def write_folder(folder: Path, cfg: config_mod.RunConfig, step: int, modules: dict[str, nn.Module],
                  optimizers: Optional[dict[str, torch.optim.Optimizer]] = None, metrics: Optional[dict] = None,
-                 dtype: Optional[torch.dtype] = None, model_card: Optional[str] = None) -> Path:
-    """Write a complete checkpoint folder at `folder`, atomically (build aside, then rename)."""
+                 dtype: Optional[torch.dtype] = None, model_card: Optional[str] = None,
+                 runtime: Optional[dict] = None, scaler: Optional[dict] = None) -> Path:
+    """Write a complete checkpoint folder at `folder`, atomically (build aside, then rename).
+    `runtime`: how the run executes (precision, memory format, how chosen), kept in config.json;
+    `scaler`: the fp16 gradient scaler's state, kept beside the optimizer state."""
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))
@@ -137,11 +140,13 @@ def write_folder(folder: Path, cfg: config_mod.RunConfig, step: int, modules: di
             save_file(_module_tensors(module, dtype), str(weights_file(tmp, role)))
         if optimizers:
             tensors, meta = _optimizer_tensors(optimizers)
+            if scaler:
+                meta["scaler"] = json.dumps(scaler)
             save_file(tensors, str(tmp / FILES["optimizer"]), metadata=meta)
         if model_card:
             (tmp / FILES["card"]).write_text(model_card)
         _write_json(tmp / FILES["config"], {"format": FORMAT, "step": step, "metrics": metrics or {},
-                                            "config": config_mod.to_dict(cfg)})
+                                            "config": config_mod.to_dict(cfg), **({"runtime": runtime} if runtime else {})})
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o777 & ~umask)  # mkdtemp (and the safetensors writer) create private files
@@ -165,10 +170,12 @@ def write_folder(folder: Path, cfg: config_mod.RunConfig, step: int, modules: di
 
 def save_training_checkpoint(out_dir: str | Path, cfg: config_mod.RunConfig, step: int,
                              modules: dict[str, nn.Module], optimizers: dict[str, torch.optim.Optimizer],
-                             metrics: Optional[dict] = None, keep: int = 2) -> Path:
+                             metrics: Optional[dict] = None, keep: int = 2, runtime: Optional[dict] = None,
+                             scaler: Optional[dict] = None) -> Path:
     """Write `OUT/checkpoints/step_N`, then point `OUT/latest` at it, then prune old ones."""
     out_dir = Path(out_dir)
-    folder = write_folder(out_dir / "checkpoints" / f"step_{step:08d}", cfg, step, modules, optimizers, metrics)
+    folder = write_folder(out_dir / "checkpoints" / f"step_{step:08d}", cfg, step, modules, optimizers, metrics,
+                          runtime=runtime, scaler=scaler)
     write_text(out_dir / "latest", folder.name + "\n")
     done = sorted(p for p in (out_dir / "checkpoints").glob("step_*") if p.is_dir())
     for old in done[: max(0, len(done) - max(1, keep))]:
@@ -302,6 +309,13 @@ def load_weights(module: nn.Module, file: Path) -> None:
 
 def has_optimizer_state(folder: str | Path) -> bool:
     return (Path(folder) / FILES["optimizer"]).exists()
+
+
+def read_scaler_state(folder: str | Path) -> Optional[dict]:
+    """The fp16 gradient scaler's saved state, or None (fp32 / bf16 runs have none)."""
+    with safe_open(str(Path(folder) / FILES["optimizer"]), framework="pt") as f:
+        text = (f.metadata() or {}).get("scaler")
+    return json.loads(text) if text else None
 
 
 def load_optimizers(folder: Path, optimizers: dict[str, torch.optim.Optimizer]) -> None:

@@ -41,9 +41,11 @@ class TrainConfig:
     beta2: float = 0.999
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    precision: str = "auto"  # auto (bf16 where it is fast) | bf16 | fp32
-    channels_last: Optional[bool] = None  # None: on (measured no slower in fp32 on CPU, faster with bf16)
+    precision: str = "auto"  # auto (the fastest, timed on this machine) | fp32 | bf16 | fp16 (with a gradient scaler)
+    channels_last: Optional[bool] = None  # None: whichever memory format times faster here
     compile: bool = False  # torch.compile G and D (CUDA mostly)
+    compile_mode: str = "default"  # default | reduce-overhead (CUDA graphs by inductor) | max-autotune
+    cuda_graph: Optional[bool] = None  # the whole step as one CUDA graph; None: on CUDA where it times faster
     ema_decay: float = 0.0  # 0 disables the EMA copy of G
     # Stabilisers, off by default (off = the tutorial's algorithm exactly):
     real_label: float = 1.0  # one-sided label smoothing when < 1 (Salimans et al. 2016 use 0.9)
@@ -119,8 +121,10 @@ def validate_common(cfg: RunConfig) -> RunConfig:
     )
     if d.limit is not None and (not isinstance(d.limit, int) or d.limit < 1):
         raise ValueError(f"data.limit must be a positive integer or null, not {d.limit!r}")
-    if t.precision not in ("auto", "bf16", "fp32"):
-        raise ValueError(f"train.precision must be auto, bf16 or fp32, not {t.precision!r}")
+    if t.precision not in ("auto", "fp32", "bf16", "fp16"):
+        raise ValueError(f"train.precision must be auto, fp32, bf16 or fp16, not {t.precision!r}")
+    if t.compile_mode not in ("default", "reduce-overhead", "max-autotune"):
+        raise ValueError(f"train.compile_mode must be default, reduce-overhead or max-autotune, not {t.compile_mode!r}")
     if cfg.logger not in ("none", "wandb"):
         raise ValueError(f"logger must be none or wandb, not {cfg.logger!r}")
     return cfg

@@ -63,7 +63,7 @@ class JobStatus:
         """One line for people: what runs, how far, how fast, and when it ends."""
         if self.state == "idle":
             return "No training job yet."
-        if self.state == "loading":
+        if self.state == "loading" or (self.state == "training" and self.step == 0 and self.message):
             return f"Training {self.name} ({self.kind}): {self.message or 'loading the dataset'}"
         if self.running:
             eta = f", about {format_duration(self.eta_s)} left" if self.eta_s is not None else ""
@@ -173,7 +173,7 @@ class TrainingJob:
                 return self._stop.is_set()
 
             result = train(cfg, on_progress=self._on_progress, should_stop=should_stop,
-                           on_sample=self._on_sample, dataset=dataset)
+                           on_sample=self._on_sample, dataset=dataset, on_log=lambda line: self._update(message=line))
             if timed_out and result["stopped"] == "stopped by request":
                 result["stopped"] = f"Stopped at the time limit of {format_duration(self.max_seconds)} per job"
             if not result["checkpoint"]:

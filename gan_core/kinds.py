@@ -30,7 +30,7 @@ KINDS: dict[str, Kind] = {k.name: k for k in (
          unused_parameters=cluster.unused_parameters, facade=ClusterModel),
     Kind("blobgan", blobgan.BlobGANConfig, blobgan.build, blobgan.train_step, validate=blobgan.validate,
          check_run=blobgan.check_run, extra_modules=blobgan.extra_modules, trained_extras=blobgan.trained_extras,
-         facade=BlobModel),
+         graph_safe=False, facade=BlobModel),  # lazy R1 runs on some steps only
 )}
 
 

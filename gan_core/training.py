@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import copy
 import math
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,10 +34,13 @@ from . import checkpoint as ckpt
 from . import config as config_mod
 from . import kinds
 from .data import ImageDataset, load_dataset, to_float
+from .graphs import StaticStep, graph_blocker
 from .models.base import Batch, Extra, Models, ema_decay_at, generate, step_generator, update_ema
-from .runtime import configure_cuda, resolve_device, resolve_precision, use_channels_last
+from .runtime import (PRECISIONS, Choice, candidates, channels_last_setting, choose, configure_cpu, configure_cuda,
+                      device_key, fastest, resolve_device, time_calls, tuning_cache)
 
 ProgressFn = Callable[[int, dict], None]
+LogFn = Callable[[str], None]
 SAMPLE_COUNT = 64
 
 
@@ -46,28 +50,33 @@ def _dist_info() -> tuple[int, int]:
     return 0, 1
 
 
-def build_models(cfg: config_mod.RunConfig, device: torch.device) -> Models:
-    """The kind's G and D on `device` in the run's memory format, their Adam optimizers, EMA copies
-    (`train.ema_decay` > 0, for the kind's `ema_roles`), the extra modules the kind trains, and the
-    DDP / torch.compile wrappers. Seeded by `train.seed`."""
+def build_models(cfg: config_mod.RunConfig, device: torch.device, choice: Optional[Choice] = None,
+                 wrap: bool = True, capturable: bool = False) -> Models:
+    """The kind's G and D on `device` in the chosen precision and memory format (`choice`; by default
+    the config's explicit settings, else fp32 and channels_last), their Adam optimizers (and a gradient
+    scaler in fp16), EMA copies (`train.ema_decay` > 0, for the kind's `ema_roles`), the extra modules
+    the kind trains, and (`wrap`) the DDP / torch.compile wrappers. `capturable`: Adam keeps its step
+    count on the device, as a CUDA graph needs. Seeded by `train.seed`."""
     t, kind = cfg.train, kinds.of(cfg)
+    if choice is None:
+        choice = default_choice(cfg, device)
     torch.manual_seed(t.seed)
     g, d = kind.build(cfg.model)
-    autocast_dtype = resolve_precision(t.precision, device)
-    fmt = torch.channels_last if use_channels_last(t, device) else torch.contiguous_format
+    fmt = choice.memory_format
     g, d = g.to(device, memory_format=fmt), d.to(device, memory_format=fmt)
     fused = device.type == "cuda"
-    opt_g = torch.optim.Adam(g.parameters(), lr=t.lr, betas=(t.beta1, t.beta2), fused=fused)
+    adam = dict(betas=(t.beta1, t.beta2), fused=fused, **({"capturable": True} if capturable else {}))
+    opt_g = torch.optim.Adam(g.parameters(), lr=t.lr, **adam)
     lr_d = t.lr if t.lr_d is None else t.lr_d  # two time-scale updates (TTUR) when they differ
-    opt_d = torch.optim.Adam(d.parameters(), lr=lr_d, betas=(t.beta1, t.beta2), fused=fused)
+    opt_d = torch.optim.Adam(d.parameters(), lr=lr_d, **adam)
     cores = {ckpt.GENERATOR: g, ckpt.DISCRIMINATOR: d}
     ema = ({role: copy.deepcopy(cores[role]).eval().requires_grad_(False) for role in kind.ema_roles}
            if t.ema_decay > 0 else {})
     G, D = g, d
-    if t.compile:
-        G, D = torch.compile(g), torch.compile(d)
+    if t.compile and wrap:
+        G, D = torch.compile(g, mode=t.compile_mode), torch.compile(d, mode=t.compile_mode)
     d_for_g = D
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
+    if wrap and torch.distributed.is_available() and torch.distributed.is_initialized():
         from torch.nn.parallel import DistributedDataParallel as DDP
 
         ids = [device.index] if device.type == "cuda" else None
@@ -80,9 +89,53 @@ def build_models(cfg: config_mod.RunConfig, device: torch.device) -> Models:
         built = kind.extra_modules(cfg.model, g)
         for role, spec in specs.items():
             module = built[role].to(device, memory_format=fmt)
-            opt = torch.optim.Adam(module.parameters(), lr=spec.lr, betas=spec.betas, fused=fused)
+            opt = torch.optim.Adam(module.parameters(), lr=spec.lr, **{**adam, "betas": spec.betas})
             extras[role] = Extra(module, opt, spec.name)
-    return Models(G, D, g, d, opt_g, opt_d, cfg.model, autocast_dtype, fmt, d_for_g, ema, extras)
+    scaler = torch.amp.GradScaler(device.type) if choice.precision == "fp16" else None
+    return Models(G, D, g, d, opt_g, opt_d, cfg.model, choice.dtype, fmt, d_for_g, ema, extras, scaler)
+
+
+def default_choice(cfg: config_mod.RunConfig, device: torch.device) -> Choice:
+    """The explicit settings, or what `auto` falls back to without measuring: fp32, channels_last."""
+    t = cfg.train
+    cl = channels_last_setting(t, device)
+    return Choice("fp32" if t.precision == "auto" else t.precision, True if cl is None else cl, how="default")
+
+
+def run_step(cfg: config_mod.RunConfig, m: Models, batch: Batch) -> dict:
+    """One training step of the run's kind, then the fp16 loss-scale update."""
+    metrics = kinds.of(cfg).train_step(m, batch)
+    m.end_step()
+    return metrics
+
+
+def choose_runtime(cfg: config_mod.RunConfig, device: torch.device, recorded: Optional[dict] = None,
+                   cache: Optional[Path] = None) -> Choice:
+    """Precision and memory format for this run. An explicit `train.precision` / `train.channels_last`
+    wins; `auto` is decided by timing a few training steps of the real model at the real batch in each
+    candidate (`runtime.candidates`), once per (model config, batch, device kind, torch), kept in
+    `cache` (default: the tuning cache). `recorded` (the `runtime` of the checkpoint being resumed) is
+    reused when it was decided on this same kind of device, so a resumed run continues as it began."""
+    t = cfg.train
+    options = candidates(t.precision, channels_last_setting(t, device), device)
+    dkey = device_key(device)
+    if recorded and recorded.get("device") == dkey and (recorded.get("precision"), recorded.get("channels_last")) in options:
+        return Choice(recorded["precision"], bool(recorded["channels_last"]), how="recorded",
+                      timings=dict(recorded.get("timings_s") or {}))
+    if len(options) == 1:
+        return Choice(*options[0], how="set" if t.precision != "auto" and t.channels_last is not None else "only")
+    gen = torch.Generator().manual_seed(t.seed)
+    images = torch.randint(0, 256, (t.batch_size, cfg.data.channels, cfg.data.image_size, cfg.data.image_size),
+                           generator=gen, dtype=torch.uint8).to(device)
+
+    def time_step(precision: str, channels_last: bool, give_up_after: float) -> float:
+        m = build_models(cfg, device, Choice(precision, channels_last), wrap=False)
+        steps = iter(range(1 << 30))
+        return time_calls(lambda: run_step(cfg, m, make_batch(cfg, images, m, next(steps), 0, device)), device,
+                          give_up_after=give_up_after)
+
+    key = {"model": config_mod.to_dict(cfg.model), "batch": t.batch_size, "device": dkey}
+    return choose(key, options, time_step, tuning_cache() if cache is None else cache)
 
 
 def instance_noise_std(t: config_mod.TrainConfig, step: int) -> float:
@@ -106,6 +159,57 @@ def make_batch(cfg: config_mod.RunConfig, images: torch.Tensor, m: Models, step:
     real = get_batch(images, t.batch_size, gen, m.memory_format)
     noise = kinds.of(cfg).latent(cfg.model, t.batch_size, gen, device)
     return Batch(real, noise, gen, step, t.real_label, instance_noise_std(t, step))
+
+
+def choose_graph(cfg: config_mod.RunConfig, device: torch.device, choice: Choice, world: int = 1,
+                 images: Optional[torch.Tensor] = None, cache: Optional[Path] = None) -> tuple[bool, str]:
+    """Whether to run each step as one CUDA graph (`gan_core.graphs`), and why. `train.cuda_graph`
+    true or false wins (true where the step cannot be a graph is an error); by default, on CUDA, where
+    the step allows it, the graph is timed against the eager step (fresh models, once per model, batch,
+    precision and device; cached) and used if faster. On a CPU, true runs the graph path's static step
+    eagerly (a dry run: there is nothing to capture)."""
+    t = cfg.train
+    if t.cuda_graph is False:
+        return False, "off (train.cuda_graph=false)"
+    blocker = graph_blocker(cfg, choice.precision) or ("DDP runs its own all-reduce per step" if world > 1 else None)
+    if blocker:
+        if t.cuda_graph:
+            raise ValueError(f"train.cuda_graph=true cannot apply: {blocker}")
+        return False, f"off ({blocker})"
+    if t.cuda_graph:
+        return True, "on (train.cuda_graph=true" + (")" if device.type == "cuda" else "; a CPU dry run: not captured)")
+    if device.type != "cuda":
+        return False, "off (no CUDA)"
+    if images is None:
+        gen = torch.Generator().manual_seed(t.seed)
+        images = torch.randint(0, 256, (t.batch_size, cfg.data.channels, cfg.data.image_size, cfg.data.image_size),
+                               generator=gen, dtype=torch.uint8).to(device)
+
+    def time_one(label: str, give_up_after: float) -> float:
+        m = build_models(cfg, device, choice, wrap=False, capturable=label == "graph")
+        if label == "graph":
+            stepper = StaticStep(cfg, m, images)
+            return time_calls(stepper.step, device, repeats=3, give_up_after=give_up_after)
+        steps = iter(range(1 << 30))
+        return time_calls(lambda: run_step(cfg, m, make_batch(cfg, images, m, next(steps), 0, device)), device,
+                          repeats=3, give_up_after=give_up_after)
+
+    key = {"model": config_mod.to_dict(cfg.model), "batch": t.batch_size, "device": device_key(device),
+           "precision": choice.precision, "channels_last": choice.channels_last, "step": "graph or eager"}
+    label, timings, how = fastest(key, ["eager", "graph"], time_one, tuning_cache() if cache is None else cache)
+    times = ", ".join(f"{k} {v * 1000:.2f} ms" for k, v in timings.items())
+    return label == "graph", f"{'on' if label == 'graph' else 'off'} ({how}: {times})"
+
+
+def agree_on_runtime(choice: Choice, rank: int, world: int, device: torch.device) -> Choice:
+    """Under DDP every rank trains as rank 0 chose (only rank 0 measures; timings differ between processes)."""
+    if world <= 1:
+        return choice
+    names = list(PRECISIONS)
+    code = torch.tensor([names.index(choice.precision), int(choice.channels_last)] if rank == 0 else [0, 0],
+                        device=device)
+    torch.distributed.broadcast(code, src=0)
+    return choice if rank == 0 else Choice(names[int(code[0])], bool(code[1]), how="rank 0")
 
 
 # ---------------------------------------------------------------- the phases of train()
@@ -148,7 +252,71 @@ def resume(cfg: config_mod.RunConfig, m: Models, out_dir: Path) -> int:
     if not ckpt.has_optimizer_state(folder):
         raise ValueError(f"cannot resume from {folder}: it has no optimizer state (an exported checkpoint?)")
     ckpt.load_optimizers(folder, m.optimizers())
+    scaler_state = ckpt.read_scaler_state(folder)
+    if m.scaler is not None and scaler_state:
+        m.scaler.load_state_dict(scaler_state)
     return int(meta["step"])
+
+
+_SET_UP = threading.Lock()  # runs in threads (train_many) time, seed, build and capture one at a time
+
+
+def _tune_build_resume(cfg: config_mod.RunConfig, device: torch.device, images: torch.Tensor, out_dir: Path,
+                       rank: int, world: int, on_log: Optional[LogFn]) -> tuple[Choice, bool, Models, int]:
+    """The tune, build and resume phases of train(): -> (choice, use the graph step, models, step)."""
+    t = cfg.train
+    # tune: precision and memory format, measured (or as set, or as the resumed run recorded)
+    recorded = None
+    if t.resume and (latest := ckpt.latest_checkpoint(out_dir)) is not None:
+        recorded = ckpt.read_meta(latest).get("runtime")
+    if rank == 0 and on_log and len(candidates(t.precision, channels_last_setting(t, device), device)) > 1 \
+            and not recorded:
+        on_log("choosing precision and memory format (timing a few steps of each; once per model, batch and machine)")
+    choice = choose_runtime(cfg, device, recorded) if rank == 0 else default_choice(cfg, device)
+    choice = agree_on_runtime(choice, rank, world, device)
+    use_graph, why = choose_graph(cfg, device, choice, world, images)
+    if rank == 0 and on_log:
+        on_log(f"precision and memory format: {choice.describe()}")
+        if device.type == "cuda" or use_graph:
+            on_log(f"CUDA graph step: {why}")
+
+    # build
+    m = build_models(cfg, device, choice, capturable=use_graph and device.type == "cuda")
+    if rank == 0:  # room for a new checkpoint beside the kept one, or the first save would fail mid-run
+        ckpt.check_output_folder(out_dir, need_bytes=2 * ckpt.checkpoint_bytes(m.modules(), m.optimizers()))
+
+    # resume
+    step = resume(cfg, m, out_dir) if t.resume else 0
+    m.G.train()
+    m.D.train()
+    return choice, use_graph, m, step
+
+
+def train_many(cfgs: list[config_mod.RunConfig], **callbacks) -> list[dict]:
+    """Several runs at once (the seeds of one recipe): on a GPU each in its own thread and CUDA stream,
+    so the small kernels of one run fill the gaps of the others; on a CPU one after another (each run
+    already uses every core). `callbacks` are train()'s, shared by the runs. -> train()'s results, in order."""
+    devices = {resolve_device(c.train.device) for c in cfgs}
+    if len(cfgs) <= 1 or any(d.type != "cuda" for d in devices):
+        return [train(c, **callbacks) for c in cfgs]
+    results: list = [None] * len(cfgs)
+    errors: list[BaseException] = []
+
+    def run(i: int, c: config_mod.RunConfig) -> None:
+        try:
+            with torch.cuda.stream(torch.cuda.Stream(resolve_device(c.train.device))):
+                results[i] = train(c, **callbacks)
+        except BaseException as e:  # noqa: BLE001 - re-raised in the caller's thread below
+            errors.append(e)
+
+    threads = [threading.Thread(target=run, args=(i, c), name=f"train-{i}") for i, c in enumerate(cfgs)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    if errors:
+        raise errors[0]
+    return results
 
 
 @dataclass
@@ -173,18 +341,21 @@ def train(cfg: config_mod.RunConfig, on_progress: Optional[ProgressFn] = None,
           on_sample: Optional[Callable[[int, torch.Tensor], None]] = None,
           on_checkpoint: Optional[Callable[[int, Path], None]] = None,
           dataset: Optional[ImageDataset] = None,
-          on_data_progress: Optional[Callable[[int, int], None]] = None) -> dict:
+          on_data_progress: Optional[Callable[[int, int], None]] = None,
+          on_log: Optional[LogFn] = None) -> dict:
     """Train `cfg` to `cfg.train.steps`, resuming from `cfg.train.out_dir` when `cfg.train.resume`.
 
     Callbacks (rank 0 only): `on_progress(step, metrics)` every `log_every` steps with host floats,
     `on_sample(step, images)` every `sample_every` steps, `on_checkpoint(step, folder)` after each
-    save; `should_stop()` is polled every `log_every` steps. Returns a dict of results."""
+    save, `on_log(line)` for what the loop decided (the precision and memory format, and why);
+    `should_stop()` is polled every `log_every` steps. Returns a dict of results."""
     # set-up
     kinds.validate(config_mod.sync_model_to_data(cfg))
     t, kind = cfg.train, kinds.of(cfg)
     device = resolve_device(t.device)
     rank, world = _dist_info()
     configure_cuda(device)
+    configure_cpu(device)
     out_dir = Path(t.out_dir)
     if rank == 0:  # a read-only or missing output folder fails here, before the data is read
         ckpt.check_output_folder(out_dir)
@@ -192,24 +363,21 @@ def train(cfg: config_mod.RunConfig, on_progress: Optional[ProgressFn] = None,
             ckpt.recover(out_dir)
     images = prepare_data(cfg, dataset, rank, world, device, on_data_progress)
 
-    # build
-    m = build_models(cfg, device)
-    if rank == 0:  # room for a new checkpoint beside the kept one, or the first save would fail mid-run
-        ckpt.check_output_folder(out_dir, need_bytes=2 * ckpt.checkpoint_bytes(m.modules(), m.optimizers()))
-
-    # resume
-    step = resume(cfg, m, out_dir) if t.resume else 0
+    # tune, build, resume (one run at a time in a process: see train_many)
+    with _SET_UP:
+        choice, use_graph, m, step = _tune_build_resume(cfg, device, images, out_dir, rank, world, on_log)
+    runtime_record = choice.record(device_key(device))
 
     # steps. Sample grids use fixed latents; with codes, each row of 8 cycles through them.
     codes = kind.num_codes(cfg.model)
     grid_codes = torch.arange(SAMPLE_COUNT) % codes if codes else None
     fixed_noise = kind.latent(cfg.model, SAMPLE_COUNT, torch.Generator().manual_seed(t.seed), "cpu",
                               grid_codes).to(device)
-    m.G.train()
-    m.D.train()
     last_metrics: dict[str, float] = {}
     last_saved: Optional[Path] = ckpt.latest_checkpoint(out_dir) if t.resume else None
     stop_reason = None
+    with _SET_UP:
+        stepper = StaticStep(cfg, m, images, start_step=step, rank=rank) if use_graph else None
     start_step, t0 = step, time.perf_counter()
     window = _Window(t0)
 
@@ -217,13 +385,17 @@ def train(cfg: config_mod.RunConfig, on_progress: Optional[ProgressFn] = None,
         if rank != 0:
             return None
         folder = ckpt.save_training_checkpoint(out_dir, cfg, step, m.modules(), m.optimizers(),
-                                               last_metrics, keep=t.keep_checkpoints)
+                                               last_metrics, keep=t.keep_checkpoints, runtime=runtime_record,
+                                               scaler=m.scaler.state_dict() if m.scaler is not None else None)
         if on_checkpoint:
             on_checkpoint(step, folder)
         return folder
 
     while step < t.steps:
-        metrics = kind.train_step(m, make_batch(cfg, images, m, step, rank, device))
+        if stepper is not None:  # the whole step replayed as one CUDA graph (its own device-side draws)
+            metrics = stepper.step()
+        else:
+            metrics = run_step(cfg, m, make_batch(cfg, images, m, step, rank, device))
         for _, ema, core in m.ema_pairs():
             update_ema(ema, core, ema_decay_at(t.ema_decay, step))
         step += 1
@@ -269,6 +441,9 @@ def train(cfg: config_mod.RunConfig, on_progress: Optional[ProgressFn] = None,
         "metrics": {k: (round(v, 5) if isinstance(v, float) else v) for k, v in last_metrics.items()},
         "stopped": stop_reason,
         "device": str(device),
-        "precision": str(m.autocast_dtype or torch.float32).replace("torch.", ""),
+        "precision": choice.precision,
+        "channels_last": choice.channels_last,
+        "runtime": choice.how,
+        "cuda_graph": use_graph,
         "world_size": world,
     }

@@ -2,14 +2,15 @@
 """Training speed of the seed DCGAN at 64x64: the PyTorch tutorial's recipe vs gan_core's routine.
 
     python -m scripts.benchmark --device cpu --steps 5 --batch 64
-    python -m scripts.benchmark --device cuda --steps 200 --batch 128 [--compile]
+    python -m scripts.benchmark --device cuda --steps 200 --batch 128 [--compile] [--cuda-graph on]
 
 Both paths train the same networks (same seed, same init) on the same data: a folder of PNG
 images this script writes itself (built-in shapes). (a) the reference is the tutorial as written:
 ImageFolder + DataLoader with PIL transforms and 2 workers, fp32, NCHW, Sigmoid + BCELoss, the
 two D losses backpropagated separately, `.item()` every step. (b) the fast path is gan_core's
-routine (decode once to a uint8 tensor on the device, index-gather batches, bf16 autocast where
-fast, channels_last, fused Adam on CUDA, no per-step host sync). Warm-up steps are run and not
+routine (decode once to a uint8 tensor on the device, index-gather batches, the precision and memory
+format that time fastest here (`train.precision=auto`, measured afresh each run), fused Adam on
+CUDA, D's weight gradients skipped in the G step, no per-step host sync). Warm-up steps are run and not
 timed on both paths. The last stdout line is one JSON object.
 """
 from __future__ import annotations
@@ -25,8 +26,10 @@ from typing import Optional
 import torch
 from torch import nn
 
+from gan_core import config as config_mod
 from gan_core import training
 from gan_core.config import DataConfig, RunConfig, TrainConfig
+from gan_core.graphs import StaticStep
 from gan_core.data import load_dataset
 from gan_core.models import dcgan
 from gan_core.models.base import Batch, step_generator
@@ -112,33 +115,42 @@ def reference(folder: Path, device: torch.device, steps: int, batch: int, warmup
 
 
 def fast(folder: Path, device: torch.device, steps: int, batch: int, warmup: int, compile_: bool,
-         precision: str, cache: Path, channels_last: Optional[bool] = None) -> dict:
+         precision: str, cache: Path, channels_last: Optional[bool] = None, cuda_graph: Optional[bool] = None,
+         compile_mode: str = "default") -> dict:
     """gan_core's routine: the same blocks `gan_core.training.train` runs, timed without its I/O."""
-    cfg = RunConfig(model=DCGANConfig(), data=DataConfig(source="folder", path=str(folder), cache_dir=str(cache)),
-                    train=TrainConfig(batch_size=batch, device=str(device), compile=compile_, precision=precision,
-                                      channels_last=channels_last))
+    cfg = config_mod.sync_model_to_data(RunConfig(
+        model=DCGANConfig(), data=DataConfig(source="folder", path=str(folder), cache_dir=str(cache)),
+        train=TrainConfig(batch_size=batch, device=str(device), compile=compile_, precision=precision,
+                          channels_last=channels_last, cuda_graph=cuda_graph, compile_mode=compile_mode)))
     t_decode = time.perf_counter()
     images = load_dataset(cfg.data).images.to(device)
     decode_s = time.perf_counter() - t_decode
-    m = training.build_models(cfg, device)
+    choice = training.choose_runtime(cfg, device, cache=cache / "tuning.json")  # measured afresh every run
+    use_graph, graph_why = training.choose_graph(cfg, device, choice, images=images, cache=cache / "tuning.json")
+    m = training.build_models(cfg, device, choice, capturable=use_graph and device.type == "cuda")
+    stepper = StaticStep(cfg, m, images) if use_graph else None
     sums = []
     t0 = None
     for step in range(warmup + steps):
         if step == warmup:
             _sync(device)
             t0 = time.perf_counter()
-        gen = step_generator(0, 0, step, device)
-        real = training.get_batch(images, batch, gen, m.memory_format)
-        noise = torch.randn(batch, 100, 1, 1, generator=gen, device=device)
-        metrics = dcgan.train_step(m, Batch(real, noise))  # the tutorial's update: no gen, no smoothing
+        if stepper is not None:
+            metrics = stepper.step()
+        else:
+            gen = step_generator(0, 0, step, device)
+            real = training.get_batch(images, batch, gen, m.memory_format)
+            noise = torch.randn(batch, 100, 1, 1, generator=gen, device=device)
+            metrics = dcgan.train_step(m, Batch(real, noise))  # the tutorial's update: no gen, no smoothing
+            m.end_step()
         if step >= warmup:
             sums.append(torch.stack([metrics["loss_d"].float(), metrics["loss_g"].float()]))
     _sync(device)
     elapsed = time.perf_counter() - t0
     loss_d, loss_g = torch.stack(sums).mean(0).tolist()
     return {"img_s": steps * batch / elapsed, "loss_d": loss_d, "loss_g": loss_g, "decode_s": decode_s,
-            "precision": str(m.autocast_dtype or torch.float32).replace("torch.", ""),
-            "channels_last": m.memory_format == torch.channels_last}
+            "precision": choice.precision, "channels_last": choice.channels_last, "chosen": choice.how,
+            "timings_s": choice.timings, "cuda_graph": use_graph, "cuda_graph_why": graph_why}
 
 
 def main(argv=None) -> dict:
@@ -150,8 +162,12 @@ def main(argv=None) -> dict:
     p.add_argument("--images", type=int, default=None, help="PNG files to write (default: enough for 2 epochs)")
     p.add_argument("--workers", type=int, default=2, help="the reference DataLoader's workers (tutorial: 2)")
     p.add_argument("--compile", action="store_true", help="torch.compile the fast path")
-    p.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"])
+    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
+                   help="the fast path's precision (auto: the fastest of those this device offers, timed)")
     p.add_argument("--channels-last", default="auto", choices=["auto", "on", "off"], help="the fast path's memory format")
+    p.add_argument("--cuda-graph", default="auto", choices=["auto", "on", "off"],
+                   help="the whole step as one CUDA graph (auto: where it times faster, CUDA only; on with a CPU: dry run)")
+    p.add_argument("--compile-mode", default="default", choices=["default", "reduce-overhead", "max-autotune"])
     p.add_argument("--skip-reference", action="store_true")
     args = p.parse_args(argv)
     device = torch.device(args.device)
@@ -167,8 +183,9 @@ def main(argv=None) -> dict:
         ref = None if args.skip_reference else reference(folder, device, args.steps, args.batch, warmup, args.workers)
         if ref:
             print(f"reference: {ref['img_s']:.1f} img/s", file=sys.stderr)
+        flag = {"auto": None, "on": True, "off": False}
         fst = fast(folder, device, args.steps, args.batch, warmup, args.compile, args.precision, Path(tmp) / "cache",
-                   {"auto": None, "on": True, "off": False}[args.channels_last])
+                   flag[args.channels_last], flag[args.cuda_graph], args.compile_mode)
         print(f"fast: {fst['img_s']:.1f} img/s", file=sys.stderr)
     result = {
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)",
@@ -180,6 +197,8 @@ def main(argv=None) -> dict:
         "reference_loss_g": round(ref["loss_g"], 4) if ref else None,
         "fast_loss_d": round(fst["loss_d"], 4), "fast_loss_g": round(fst["loss_g"], 4),
         "fast_precision": fst["precision"], "fast_channels_last": fst["channels_last"], "compile": args.compile,
+        "chosen_by": fst["chosen"], "choice_timings_s": fst["timings_s"], "compile_mode": args.compile_mode,
+        "cuda_graph": fst["cuda_graph"], "cuda_graph_why": fst["cuda_graph_why"],
         "cpu_capability": torch.backends.cpu.get_cpu_capability(), "cpu_bf16_native": cpu_bf16_is_fast(),
         "torch": torch.__version__,
     }

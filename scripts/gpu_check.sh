@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
 # GPU checks in one go, about 8.5 minutes on one H100/H200:  bash scripts/gpu_check.sh OUT_DIR
 # (from any folder: it runs the scripts as modules, `python -m scripts.NAME`, from the repository root)
-#  1. GPU to itself: the CUDA benchmark at batch 128 (reference vs fast), then fast + torch.compile.
+#  1. GPU to itself: the speed table at batch 128 (the tutorial; gan_core's default, chosen by timing;
+#     bf16 / fp16, NCHW / channels_last, eager / one CUDA graph / torch.compile), and a profile.
 #  2. Side by side until one deadline: clustering runs (scripts.cluster_run, batch 256, 2 IIC views
 #     per image: Fashion-MNIST seed 1, and three seeds of built-in shapes at 64 px with the mask input), a BlobGAN on scenes
 #     (then its inversion encoder and scripts.evaluate_blobs), the CUDA tests, and a short CUDA
 #     training of the default DCGAN.
 #  3. Each clustering run scores its checkpoints on the test split and exports its last one (fp16 .tar).
 # OUT_DIR gets at most 8 files (the device tool's limit): results.jsonl (one JSON object per part),
-# logs.tar.gz (logs, the DCGAN run's samples and fp16 checkpoint), fmnist_*.tar, shapes_*.tar and
+# logs.tar.gz (logs, the speed table, the profile's ops.txt and trace.json, the DCGAN run's samples and
+# fp16 checkpoint), fmnist_*.tar, shapes_*.tar and
 # scenes_blobgan.tar.
 # Needs only torch, torchvision, numpy, pillow, safetensors, scipy, scikit-learn, tqdm and pytest (the
 # lent GPU image has them); no Hydra. Fashion-MNIST: data/fashion-mnist (git-ignored; send it with the
@@ -45,13 +47,29 @@ elapsed() { echo $(( $(date +%s) - T0 )); }
 cat "$LOG/gpu.txt"
 echo "{\"part\": \"machine\", \"result\": $(python3 -c "import json,sys; print(json.dumps(open(sys.argv[1]).read()))" "$LOG/gpu.txt")}" >> "$RESULTS"
 
-# 1. Benchmarks, alone on the GPU.
+# 1. The speed table, alone on the GPU (issue 14): the tutorial vs gan_core's default (everything
+#    `auto`: precision, memory format and CUDA graph chosen by timing them), then each path by hand,
+#    then a profile of the default step. scripts.speed_table prints them as one table.
 if [ "$SMOKE" = 1 ]; then BSTEPS=3; CSTEPS=3; BATCH=16; else BSTEPS=300; CSTEPS=1000; BATCH=128; fi
-timeout 100 $PY -m scripts.benchmark --device "$DEV" --steps $BSTEPS --batch $BATCH --images 5000 > "$LOG/benchmark.log" 2>&1
-record benchmark_b128 "$LOG/benchmark.log"
-timeout 120 $PY -m scripts.benchmark --device "$DEV" --steps $CSTEPS --batch $BATCH --images 5000 --compile --skip-reference \
-  > "$LOG/benchmark_compile.log" 2>&1
-record benchmark_b128_compile "$LOG/benchmark_compile.log"
+bench() {  # bench NAME TIMEOUT ARGS...
+  local name=$1 limit=$2; shift 2
+  timeout "$limit" $PY -m scripts.benchmark --device "$DEV" --batch $BATCH --images 5000 "$@" > "$LOG/bench_$name.log" 2>&1
+  record "bench_$name" "$LOG/bench_$name.log"
+}
+bench default 150 --steps $BSTEPS
+bench bf16_cl_eager 90 --steps $BSTEPS --skip-reference --precision bf16 --channels-last on --cuda-graph off
+bench bf16_nchw_eager 90 --steps $BSTEPS --skip-reference --precision bf16 --channels-last off --cuda-graph off
+bench fp16_nchw_eager 90 --steps $BSTEPS --skip-reference --precision fp16 --channels-last off --cuda-graph off
+bench bf16_cl_graph 90 --steps $CSTEPS --skip-reference --precision bf16 --channels-last on --cuda-graph on
+bench bf16_nchw_graph 90 --steps $CSTEPS --skip-reference --precision bf16 --channels-last off --cuda-graph on
+bench compile_reduce_overhead 180 --steps $CSTEPS --skip-reference --compile --compile-mode reduce-overhead \
+  --channels-last off --cuda-graph off
+[ "$SMOKE" = 1 ] || bench compile_max_autotune 240 --steps $CSTEPS --skip-reference --compile --compile-mode max-autotune \
+  --channels-last off --cuda-graph off
+timeout 120 $PY -m scripts.profile_step --device "$DEV" --batch $BATCH --out "$LOG/profile" > "$LOG/profile.log" 2>&1
+record profile "$LOG/profile.log"
+head -n 25 "$LOG/profile/ops.txt" 2>/dev/null
+$PY -m scripts.speed_table "$RESULTS" | tee "$LOG/speed_table.md"
 echo "benchmarks done at $(elapsed) s"
 
 # 2. Side by side until the deadline.

@@ -136,8 +136,12 @@ def main(raw) -> None:
 
             run.log({"samples": wandb.Image(grid)}, step=step)
 
+    def on_log(line: str) -> None:
+        tqdm.write(line, file=sys.stderr)
+
     try:
-        result = run_training(cfg, on_progress=on_progress, on_sample=on_sample, on_data_progress=on_data)
+        result = run_training(cfg, on_progress=on_progress, on_sample=on_sample, on_data_progress=on_data,
+                              on_log=on_log)
     except (ValueError, OSError) as e:  # bad data, config or output folder: one line, no traceback
         for b in bars.values():
             b.close()

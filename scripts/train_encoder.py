@@ -14,6 +14,7 @@ Without them the run says so in one line, trains on the MSE terms only, and reco
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import sys
 import time
@@ -50,15 +51,16 @@ def main(argv=None) -> dict:
 
     from gan_core import checkpoint as ckpt
     from gan_core.checkpoint import CheckpointError
+    from gan_core.config import to_dict
     from gan_core.data import load_dataset, to_float
     from gan_core.inference.blobs import BlobModel
     from gan_core.inference.loading import load_model
     from gan_core.losses import load_lpips
     from gan_core.models.blobgan import build_encoder, encoder_losses
-    from gan_core.runtime import autocast, resolve_device, resolve_precision
+    from gan_core.runtime import PRECISIONS, autocast, choose, device_key, precision_candidates, resolve_device
+    from gan_core.runtime import time_calls, tuning_cache
 
     device = resolve_device(args.device)
-    amp_dtype = resolve_precision(args.precision, device)
     try:
         model = load_model(args.checkpoint, device)
         raw = load_model(args.checkpoint, "cpu", ema=False)
@@ -90,6 +92,28 @@ def main(argv=None) -> dict:
     encoder = encoder.to(device).train()
     opt = torch.optim.Adam(encoder.parameters(), lr=args.lr, betas=(0.9, 0.999))
     images = load_dataset(cfg.data).images
+
+    def time_step(precision: str, _channels_last: bool, give_up_after: float) -> float:
+        """One encoder update in `precision`, on copies (the timing must not train the encoder)."""
+        enc = copy.deepcopy(encoder)
+        o = torch.optim.Adam(enc.parameters(), lr=args.lr)
+        real = to_float(images[: args.batch]).to(device)
+        z = torch.randn(len(real), cfg.model.nz, generator=torch.Generator().manual_seed(0)).to(device)
+
+        def update():
+            with autocast(device, PRECISIONS[precision]):
+                loss = encoder_losses(enc, g, real, z, lpips, args.latent_weight, args.geometry_weight)["loss"]
+            o.zero_grad(set_to_none=True)
+            loss.backward()
+            o.step()
+        return time_calls(update, device, give_up_after=give_up_after)
+
+    # auto: the fastest precision here, timed (no fp16: this loop has no gradient scaler)
+    options = [(p, False) for p in precision_candidates(args.precision, device) if p != "fp16"]
+    choice = choose({"encoder": to_dict(cfg.model), "batch": args.batch, "lpips": lpips is not None,
+                     "device": device_key(device)}, options, time_step, tuning_cache())
+    amp_dtype = choice.dtype
+    print(f"precision: {choice.describe()}", file=sys.stderr)
     gen = torch.Generator().manual_seed(args.seed)
     sums: dict[str, float] = {}
     t0 = time.time()

@@ -93,6 +93,7 @@ LAYERS = [
     ["viz"],
     ["inference", "inference.model", "inference.sampler", "inference.cluster", "inference.blobs"],
     ["kinds"],
+    ["graphs"],
     ["inference.loading", "training", "jobs"],
 ]
 

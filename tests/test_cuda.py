@@ -18,7 +18,7 @@ def _cfg(tmp_path, **kw):
 
 
 def test_cuda_fast_path_is_configured(tmp_path):
-    m = train_mod.build_models(_cfg(tmp_path), torch.device("cuda"))
+    m = train_mod.build_models(_cfg(tmp_path, precision="bf16", channels_last=True), torch.device("cuda"))
     assert m.autocast_dtype is torch.bfloat16 and m.memory_format is torch.channels_last
     assert m.opt_g.defaults.get("fused") and m.opt_d.defaults.get("fused")
     assert next(m.g_core.parameters()).is_cuda
@@ -26,7 +26,8 @@ def test_cuda_fast_path_is_configured(tmp_path):
 
 def test_cuda_train_runs_with_data_on_gpu(tmp_path):
     result = train_mod.train(_cfg(tmp_path))
-    assert result["step"] == 20 and result["device"] == "cuda" and result["precision"] == "bfloat16"
+    assert result["step"] == 20 and result["device"] == "cuda" and result["precision"] in ("fp32", "bf16", "fp16")
+    assert result["runtime"] == "measured"
     assert all(v == v for v in result["metrics"].values())  # no NaN
 
 
@@ -46,3 +47,32 @@ def test_cuda_bf16_step_close_to_fp32(tmp_path):
 def test_cuda_compile_path(tmp_path):
     result = train_mod.train(_cfg(tmp_path, compile=True, steps=10))
     assert result["step"] == 10 and all(v == v for v in result["metrics"].values())
+
+
+def test_cuda_graph_step_trains_and_its_warm_up_leaves_no_trace(tmp_path):
+    cfg = _cfg(tmp_path, precision="bf16", channels_last=False, cuda_graph=True)
+    result = train_mod.train(cfg)
+    assert result["cuda_graph"] is True and result["step"] == 20
+    assert all(v == v for v in result["metrics"].values())
+    # capture runs warm-up steps; the weights and Adam state afterwards are those from before
+    from gan_core import config as config_mod
+    from gan_core.graphs import StaticStep
+    from gan_core.runtime import Choice
+
+    cfg = config_mod.sync_model_to_data(_cfg(tmp_path, cuda_graph=True))
+    m = train_mod.build_models(cfg, torch.device("cuda"), Choice("bf16", False), capturable=True)
+    before = {k: v.clone() for k, v in m.g_core.state_dict().items()}
+    images = torch.randint(0, 256, (256, 3, 64, 64), dtype=torch.uint8, device="cuda")
+    stepper = StaticStep(cfg, m, images)
+    assert all(torch.equal(v, before[k]) for k, v in m.g_core.state_dict().items())
+    stepper.step()
+    assert not torch.equal(m.g_core.state_dict()["main.0.weight"], before["main.0.weight"])
+
+
+def test_cuda_fp16_with_scaler_and_several_seeds_at_once(tmp_path):
+    result = train_mod.train(_cfg(tmp_path, precision="fp16", steps=10))
+    assert result["precision"] == "fp16" and all(v == v for v in result["metrics"].values())
+    cfgs = [_cfg(tmp_path / f"s{seed}", seed=seed, steps=10, precision="bf16") for seed in (0, 1)]
+    results = train_mod.train_many(cfgs)
+    assert [r["step"] for r in results] == [10, 10]
+    assert results[0]["metrics"]["loss_d"] != results[1]["metrics"]["loss_d"]

@@ -127,12 +127,10 @@ def test_resume_refuses_a_different_model(tmp_path):
 def test_nonfinite_loss_stops_and_keeps_last_checkpoint(tmp_path, monkeypatch):
     cfg = tiny_cfg(tmp_path / "nan", steps=8, checkpoint_every=2)
     kind = kinds.KINDS["dcgan"]
-    count = {"n": 0}
 
-    def poisoned(m, batch):
-        count["n"] += 1
+    def poisoned(m, batch):  # (by step index: the precision chooser also runs a few steps)
         out = kind.train_step(m, batch)
-        if count["n"] >= 5:
+        if batch.step >= 4:
             out["loss_d"] = out["loss_d"] * float("nan")
         return out
 
@@ -161,13 +159,6 @@ def test_batches_are_index_gathers_in_range():
     assert batch.min() >= -1 and batch.max() <= 1
     gen2 = step_generator(0, 0, 5, torch.device("cpu"))
     assert torch.equal(batch, train_mod.get_batch(images, 7, gen2, torch.channels_last))
-
-
-def test_precision_choice():
-    cpu = torch.device("cpu")
-    assert runtime.resolve_precision("fp32", cpu) is None
-    assert runtime.resolve_precision("bf16", cpu) is torch.bfloat16
-    assert runtime.resolve_precision("auto", cpu) == (torch.bfloat16 if runtime.cpu_bf16_is_fast() else None)
 
 
 def test_d_learning_rate_defaults_to_g_and_can_differ():
@@ -293,17 +284,6 @@ def test_step_streams_do_not_collide():
     draws = {tuple(torch.randint(0, 2**30, (4,), generator=step_generator(s, r, k, cpu)).tolist())
              for s, r, k in ((0, 1, 0), (0, 0, 7919), (1, 0, 0), (0, 0, 1_000_003), (0, 0, 0))}
     assert len(draws) == 5
-
-
-def test_channels_last_default_skips_compiled_cuda():
-    # Measured on an H200 (torch 2.11): inductor's ConvTranspose backward failed a stride check with
-    # channels_last weights, so compile on CUDA defaults to contiguous; an explicit setting always wins.
-    cuda, cpu = torch.device("cuda"), torch.device("cpu")
-    assert runtime.use_channels_last(TrainConfig(), cuda)
-    assert not runtime.use_channels_last(TrainConfig(compile=True), cuda)
-    assert runtime.use_channels_last(TrainConfig(compile=True), cpu)
-    assert runtime.use_channels_last(TrainConfig(compile=True, channels_last=True), cuda)
-    assert not runtime.use_channels_last(TrainConfig(channels_last=False), cpu)
 
 
 def test_the_cli_bar_shows_the_measured_rate_and_time_left():

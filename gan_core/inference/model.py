@@ -1,6 +1,7 @@
 """`Model`: a trained checkpoint of any kind, as the app and the scripts use it."""
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Optional
 
@@ -8,8 +9,9 @@ import torch
 from torch import nn
 
 from ..checkpoint import DISCRIMINATOR, GENERATOR
-from ..config import RunConfig
+from ..config import RunConfig, to_dict
 from ..models.base import Kind
+from ..runtime import PRECISIONS, Choice, autocast, candidates, choose, device_key, time_calls, tuning_cache
 from .sampler import Sampler
 
 
@@ -32,6 +34,36 @@ class Model:
         for module in modules.values():
             module.eval()
         self.sampler = Sampler(kind, cfg.model, self.g)
+        self.runtime = Choice("fp32", False, how="default")  # how `painting()` runs G; see choose_runtime
+
+    def choose_runtime(self, precision: str = "auto", batch: int = 16, cache: Optional[Path] = None) -> Choice:
+        """Pick how the generator paints by timing it (`batch` samples) in each precision and memory
+        format `precision` allows here, as training does (`gan_core.runtime.choose`; measured once per
+        model config, batch and machine, then cached). Puts G in the chosen memory format."""
+        if precision not in ("auto", *PRECISIONS):
+            raise ValueError(f"precision must be auto, {', '.join(PRECISIONS)}, not {precision!r}")
+        device = self.device
+        options = candidates(precision, None, device)
+        z = self.sampler.latents(batch, 0)
+
+        def time_paint(p: str, channels_last: bool, give_up_after: float) -> float:
+            self.g.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+            self.runtime = Choice(p, channels_last)
+            with self.painting():
+                return time_calls(lambda: self.sampler.generate(z), device, give_up_after=give_up_after)
+
+        key = {"inference": to_dict(self.cfg.model), "batch": batch, "device": device_key(device)}
+        choice = choose(key, options, time_paint, tuning_cache() if cache is None else cache)
+        self.g.to(memory_format=choice.memory_format)
+        self.runtime = choice
+        return choice
+
+    def painting(self) -> contextlib.ExitStack:
+        """The context G paints in: inference mode, and autocast in the chosen precision."""
+        stack = contextlib.ExitStack()
+        stack.enter_context(torch.inference_mode())
+        stack.enter_context(autocast(self.device, self.runtime.dtype))
+        return stack
 
     @property
     def g(self) -> nn.Module:

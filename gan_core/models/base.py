@@ -45,10 +45,27 @@ class Models:
     d_for_g: Optional[nn.Module] = None  # D for the G step: the unwrapped D under DDP
     ema: dict[str, nn.Module] = field(default_factory=dict)  # role of the followed module -> its EMA copy
     extras: dict[str, Extra] = field(default_factory=dict)  # role -> a module trained beside G and D
+    scaler: Optional[torch.amp.GradScaler] = None  # fp16 only: scales losses so small gradients survive
 
     def __post_init__(self):
         if self.d_for_g is None:
             self.d_for_g = self.D
+
+    def backward(self, loss: torch.Tensor) -> None:
+        """Backpropagate `loss` (scaled first when training in fp16)."""
+        (loss if self.scaler is None else self.scaler.scale(loss)).backward()
+
+    def step(self, optimizer: torch.optim.Optimizer) -> None:
+        """Step `optimizer` (in fp16, through the scaler: unscaled, and skipped on inf/NaN gradients)."""
+        if self.scaler is None:
+            optimizer.step()
+        else:
+            self.scaler.step(optimizer)
+
+    def end_step(self) -> None:
+        """After every training step: the fp16 loss scale adapts (nothing to do in fp32 / bf16)."""
+        if self.scaler is not None:
+            self.scaler.update()
 
     def cores(self) -> dict[str, nn.Module]:
         """role -> plain module, for every module the run trains."""
@@ -96,8 +113,8 @@ def g_update_and_metrics(m: Models, loss_d, loss_g, real_logits, fake_logits, ge
     """Finish a step: backpropagate G's loss (D frozen by the caller), step G, unfreeze D, and
     return the detached metrics every model kind reports."""
     m.opt_g.zero_grad(set_to_none=True)
-    loss_g.backward()
-    m.opt_g.step()
+    m.backward(loss_g)
+    m.step(m.opt_g)
     m.d_core.requires_grad_(True)
     return {
         "loss_d": loss_d.detach(),
@@ -197,6 +214,7 @@ class Kind:
     extra_modules: Callable[[Any, nn.Module], dict] = _no_extra_modules  # (cfg, G) -> role -> module a checkpoint may hold
     trained_extras: Callable[[Any], dict] = _none_trained  # cfg -> role -> OptimizerSpec, for those trained with G and D
     unused_parameters: Callable[[Any], bool] = _nothing_unused  # DDP must expect parameters without gradients
+    graph_safe: bool = True  # the step is the same every time (one CUDA graph can replay it: gan_core.graphs)
     facade: Optional[type] = None  # the inference class a loaded checkpoint becomes (gan_core.inference)
 
     def latent(self, model_cfg, n: int, gen: Optional[torch.Generator], device: str | torch.device = "cpu",

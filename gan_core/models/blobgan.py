@@ -304,8 +304,8 @@ def train_step(m: Models, b: Batch) -> dict[str, torch.Tensor]:
         total_d = loss_d + cfg.r1_gamma / 2 * cfg.r1_every * r1
         r1 = r1 * cfg.r1_every  # so a logging window's mean estimates the penalty (exactly when log_every % r1_every == 0)
     m.opt_d.zero_grad(set_to_none=True)
-    total_d.backward()
-    m.opt_d.step()
+    m.backward(total_d)
+    m.step(m.opt_d)
 
     m.d_core.requires_grad_(False)
     with autocast(real.device, m.autocast_dtype):
@@ -323,7 +323,7 @@ def train_step(m: Models, b: Batch) -> dict[str, torch.Tensor]:
     metrics = g_update_and_metrics(m, loss_d, total_g, real_logits, fake_logits, gen_logits)
     metrics["loss_g"] = loss_g.detach()
     if inversion is not None:
-        encoder.optimizer.step()
+        m.step(encoder.optimizer)
         metrics.update({f"enc_{k}": inversion[k].detach().float() for k in ("mse_real", "mse_fake", "latent")})
     metrics["r1"] = r1.detach().float()
     return metrics

@@ -325,8 +325,8 @@ def train_step(m: Models, b: Batch) -> dict[str, torch.Tensor]:
             per_head = torch.stack([catgan_d_loss(real_clusters[s], fake_clusters[s]) for s in range(cfg.subheads)])
             loss_d = loss_d + per_head.mean()
     m.opt_d.zero_grad(set_to_none=True)
-    loss_d.backward()
-    m.opt_d.step()
+    m.backward(loss_d)
+    m.step(m.opt_d)
     with torch.no_grad():
         m.d_core.head_loss.lerp_(per_head.detach().float(), 0.05)
 

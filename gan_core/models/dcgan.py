@@ -153,8 +153,8 @@ def train_step(m: Models, b: Batch) -> dict[str, torch.Tensor]:
         fake_logits = m.D(noisy(fake.detach()), logits=True)
         loss_d = d_loss_bce(real_logits, fake_logits, b.real_label)
     m.opt_d.zero_grad(set_to_none=True)
-    loss_d.backward()
-    m.opt_d.step()
+    m.backward(loss_d)
+    m.step(m.opt_d)
 
     m.d_core.requires_grad_(False)  # G's gradient flows through D; D's own weight grads are not needed
     with autocast(device, m.autocast_dtype):

@@ -194,7 +194,7 @@ def _read_cache(path: Path) -> dict:
 
 
 def choose(key: dict, options: list[tuple[str, bool]], time_step: Callable[[str, bool, float], float],
-           cache: Optional[Path] = None) -> Choice:
+           cache: Optional[Path] = None, announce: Optional[Callable[[], None]] = None) -> Choice:
     """The fastest (precision, channels_last) of `options` by `time_step(precision, channels_last,
     give_up_after)`; see `fastest`. One option is taken as it is, with nothing measured."""
     if not options:
@@ -202,23 +202,26 @@ def choose(key: dict, options: list[tuple[str, bool]], time_step: Callable[[str,
     if len(options) == 1:
         return Choice(options[0][0], options[0][1], how="only")
     by_label = {candidate_label(*o): o for o in options}
-    label, timings, how = fastest(key, list(by_label), lambda lab, limit: time_step(*by_label[lab], limit), cache)
+    label, timings, how = fastest(key, list(by_label), lambda lab, limit: time_step(*by_label[lab], limit), cache,
+                                  announce)
     return Choice(*by_label[label], how=how, timings=timings)
 
 
 def fastest(key: dict, labels: list[str], time_one: Callable[[str, float], float],
-            cache: Optional[Path] = None) -> tuple[str, dict, str]:
+            cache: Optional[Path] = None, announce: Optional[Callable[[], None]] = None) -> tuple[str, dict, str]:
     """The fastest of the options named `labels` by `time_one(label, give_up_after)` (seconds per step; it
     may stop timing once a step takes `give_up_after` seconds, 1.5x the best so far, and it may raise
     RuntimeError: that option is out), measured once per `key` and kept in `cache` (a JSON file).
     -> (label, timings by label, "measured" or "cached"). A cached answer is reused only if it is still
-    one of `labels`."""
+    one of `labels`. `announce()` is called before anything is timed (not when the cache answers)."""
     digest = hashlib.sha256(json.dumps({**key, "tuning": TUNING_VERSION}, sort_keys=True,
                                        default=str).encode()).hexdigest()[:20]
     if cache is not None:
         hit = _read_cache(cache).get(digest)
         if isinstance(hit, dict) and hit.get("choice") in labels:
             return hit["choice"], dict(hit.get("timings_s") or {}), "cached"
+    if announce is not None:
+        announce()
     timings: dict[str, float] = {}
     best: Optional[str] = None
     for label in labels:

@@ -36,8 +36,8 @@ from . import kinds
 from .data import ImageDataset, load_dataset, to_float
 from .graphs import StaticStep, graph_blocker
 from .models.base import Batch, Extra, Models, ema_decay_at, generate, step_generator, update_ema
-from .runtime import (PRECISIONS, Choice, candidates, channels_last_setting, choose, configure_cpu, configure_cuda,
-                      device_key, fastest, resolve_device, time_calls, tuning_cache)
+from .runtime import (PRECISIONS, Choice, candidate_label, candidates, channels_last_setting, choose, configure_cpu,
+                      configure_cuda, device_key, fastest, resolve_device, time_calls, tuning_cache)
 
 ProgressFn = Callable[[int, dict], None]
 LogFn = Callable[[str], None]
@@ -110,7 +110,7 @@ def run_step(cfg: config_mod.RunConfig, m: Models, batch: Batch) -> dict:
 
 
 def choose_runtime(cfg: config_mod.RunConfig, device: torch.device, recorded: Optional[dict] = None,
-                   cache: Optional[Path] = None) -> Choice:
+                   cache: Optional[Path] = None, on_log: Optional[LogFn] = None) -> Choice:
     """Precision and memory format for this run. An explicit `train.precision` / `train.channels_last`
     wins; `auto` is decided by timing a few training steps of the real model at the real batch in each
     candidate (`runtime.candidates`), once per (model config, batch, device kind, torch), kept in
@@ -119,7 +119,8 @@ def choose_runtime(cfg: config_mod.RunConfig, device: torch.device, recorded: Op
     t = cfg.train
     options = candidates(t.precision, channels_last_setting(t, device), device)
     dkey = device_key(device)
-    if recorded and recorded.get("device") == dkey and (recorded.get("precision"), recorded.get("channels_last")) in options:
+    same = recorded and recorded.get("device") == dkey
+    if same and (recorded.get("precision"), recorded.get("channels_last")) in options:
         return Choice(recorded["precision"], bool(recorded["channels_last"]), how="recorded",
                       timings=dict(recorded.get("timings_s") or {}))
     if len(options) == 1:
@@ -135,7 +136,12 @@ def choose_runtime(cfg: config_mod.RunConfig, device: torch.device, recorded: Op
                           give_up_after=give_up_after)
 
     key = {"model": config_mod.to_dict(cfg.model), "batch": t.batch_size, "device": dkey}
-    return choose(key, options, time_step, tuning_cache() if cache is None else cache)
+    names = ", ".join(candidate_label(*o) for o in options)
+
+    def announce() -> None:
+        if on_log:
+            on_log(f"choosing among {names} by timing a few steps of each (once per model, batch and machine)")
+    return choose(key, options, time_step, tuning_cache() if cache is None else cache, announce)
 
 
 def instance_noise_std(t: config_mod.TrainConfig, step: int) -> float:
@@ -269,10 +275,7 @@ def _tune_build_resume(cfg: config_mod.RunConfig, device: torch.device, images: 
     recorded = None
     if t.resume and (latest := ckpt.latest_checkpoint(out_dir)) is not None:
         recorded = ckpt.read_meta(latest).get("runtime")
-    if rank == 0 and on_log and len(candidates(t.precision, channels_last_setting(t, device), device)) > 1 \
-            and not recorded:
-        on_log("choosing precision and memory format (timing a few steps of each; once per model, batch and machine)")
-    choice = choose_runtime(cfg, device, recorded) if rank == 0 else default_choice(cfg, device)
+    choice = choose_runtime(cfg, device, recorded, on_log=on_log) if rank == 0 else default_choice(cfg, device)
     choice = agree_on_runtime(choice, rank, world, device)
     use_graph, why = choose_graph(cfg, device, choice, world, images)
     if rank == 0 and on_log:

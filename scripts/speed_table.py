@@ -41,7 +41,8 @@ def table(items: list[dict], reference: float | None) -> str:
         if r.get("error") or "fast_img_s" not in r:
             lines.append(f"| {r['path']} | | | | failed: {r.get('error') or 'no result'} | | |")
             continue
-        step = "one CUDA graph" if r.get("cuda_graph") else (f"compiled ({r.get('compile_mode')})" if r.get("compile")
+        graph = "graph step, CPU dry run" if "dry run" in str(r.get("cuda_graph_why")) else "one CUDA graph"
+        step = graph if r.get("cuda_graph") else (f"compiled ({r.get('compile_mode')})" if r.get("compile")
                                                               else "eager")
         speedup = f"{r['fast_img_s'] / reference:.2f}" if reference else ""
         fmt = "channels_last" if r.get("fast_channels_last") else "NCHW"

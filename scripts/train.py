@@ -115,10 +115,12 @@ def main(raw) -> None:
         return bars[name]
 
     def on_data(done: int, total: int) -> None:
-        data_bar = progress_bar("decode", unit="img", leave=False)
-        data_bar.total = total
-        data_bar.n = done
-        data_bar.refresh()
+        # opened at the first report with that count as its start, so its rate counts only what is
+        # decoded while it is open (a first jump of 500 images in no time read as 56 million img/s)
+        data_bar = progress_bar("decode", unit="img", leave=False, initial=done, total=total)
+        data_bar.update(done - data_bar.n)
+        if done >= total:  # decoded: the bar goes, before the precision choice and training print
+            bars.pop("decode").close()
 
     def on_progress(step: int, metrics: dict) -> None:
         bar = progress_bar("train", total=cfg.train.steps, unit="step", bar_format=TRAIN_BAR)

@@ -28,14 +28,16 @@ def timed(table: dict, calls: list):
 def test_the_fastest_measured_option_wins_and_is_cached(tmp_path):
     cache, calls = tmp_path / "tuning.json", []
     table = {("fp32", False): 0.9, ("fp32", True): 0.5, ("bf16", False): 2.0, ("bf16", True): 1.2}
-    choice = runtime.choose({"model": 1}, FOUR, timed(table, calls), cache)
-    assert (choice.precision, choice.channels_last, choice.how) == ("fp32", True, "measured")
+    said = []
+    choice = runtime.choose({"model": 1}, FOUR, timed(table, calls), cache, announce=lambda: said.append(1))
+    assert (choice.precision, choice.channels_last, choice.how) == ("fp32", True, "measured") and said == [1]
     assert choice.timings == {"fp32/NCHW": 0.9, "fp32/channels_last": 0.5, "bf16/NCHW": 2.0, "bf16/channels_last": 1.2}
     # each option after the first may stop timing at 1.5x the best so far
     assert [c[2] for c in calls] == [float("inf"), 1.35, 0.75, 0.75]
     # the same key again: read from the cache, nothing timed
-    again = runtime.choose({"model": 1}, FOUR, timed(table, calls), cache)
+    again = runtime.choose({"model": 1}, FOUR, timed(table, calls), cache, announce=lambda: said.append(1))
     assert (again.precision, again.channels_last, again.how) == ("fp32", True, "cached") and len(calls) == 4
+    assert said == [1]  # "choosing ..." is said only when something is timed
     # another key (another model, batch or machine) is measured afresh
     table[("bf16", True)] = 0.1
     other = runtime.choose({"model": 2}, FOUR, timed(table, calls), cache)

@@ -318,6 +318,9 @@ def read_scaler_state(folder: str | Path) -> Optional[dict]:
     return json.loads(text) if text else None
 
 
+_EXECUTION_FLAGS = ("capturable", "fused", "foreach", "differentiable")
+
+
 def load_optimizers(folder: Path, optimizers: dict[str, torch.optim.Optimizer]) -> None:
     file = Path(folder) / FILES["optimizer"]
     with safe_open(str(file), framework="pt") as f:
@@ -331,4 +334,8 @@ def load_optimizers(folder: Path, optimizers: dict[str, torch.optim.Optimizer]) 
             owner, idx, field = key.split(".", 2)
             if owner == name:
                 state.setdefault(int(idx), {})[field] = value
-        opt.load_state_dict({"state": state, "param_groups": groups[name]})
+        # How an optimizer runs (fused, capturable for a CUDA graph, foreach) is this run's choice, not
+        # state: the saved groups' flags would otherwise replace it (and place the step count wrongly).
+        saved = [{**g, **{k: own[k] for k in _EXECUTION_FLAGS if k in own}}
+                 for g, own in zip(groups[name], opt.param_groups)]
+        opt.load_state_dict({"state": state, "param_groups": saved})

@@ -7,9 +7,11 @@ with no host synchronisation. It applies when the step is the same every time: n
 (its skip-on-overflow is host logic), constant schedules (instance noise not annealed), and a kind
 whose step does not change with the step number (`Kind.graph_safe`: BlobGAN's lazy R1 does).
 
-Randomness differs from the eager loop's: indices and noise come from the device's default generator,
-seeded once by (seed, rank, first step), not re-seeded per step, so a run that stops and resumes in
-this mode does not repeat the draws of an uninterrupted one bit for bit (the eager loop does).
+Randomness differs from the eager loop's: indices and noise come from the step's own device
+generator (registered with the graph, so each replay advances it), seeded once by (seed, rank, first
+step), not re-seeded per step, so a run that stops and resumes in this mode does not repeat the draws
+of an uninterrupted one bit for bit (the eager loop does). Each StaticStep has its own generator, so
+several runs in one process (`training.train_many`) never share or reseed each other's stream.
 
 On a CPU (`capture=False`, a dry run) the same static-step code runs eagerly, so the graph path's
 logic is exercised and tested where no GPU is lent.
@@ -56,24 +58,23 @@ class StaticStep:
         self.capture = self.device.type == "cuda" if capture is None else capture
         self.graph = None
         self.out: dict[str, torch.Tensor] = {}
+        self.gen = torch.Generator(device=self.device)
+        seed = int(np.random.SeedSequence([t.seed, rank, start_step, 1]).generate_state(1, np.uint64)[0] >> 1)
         if self.capture:
             # The warm-up steps must not count as training: every weight, buffer and optimizer state is
             # put back in place (the graph holds these very tensors) once the graph is recorded.
             saved = _snapshot(m)
-            self._record(warmup)
+            self.gen.manual_seed(seed)
+            with torch.cuda.device(self.device):
+                self._record(warmup)
             _restore(m, saved)
-        seed = int(np.random.SeedSequence([t.seed, rank, start_step, 1]).generate_state(1, np.uint64)[0] >> 1)
-        if self.device.type == "cuda":
-            torch.cuda.manual_seed(seed)  # the device generator: replays read its seed and advance its offset
-        else:
-            torch.manual_seed(seed)
-
+        self.gen.manual_seed(seed)  # replays read the seed and advance the offset of this generator
     def _body(self) -> dict[str, torch.Tensor]:
         t, m = self.cfg.train, self.m
-        idx = torch.randint(0, self.images.shape[0], (t.batch_size,), device=self.device)
+        idx = torch.randint(0, self.images.shape[0], (t.batch_size,), generator=self.gen, device=self.device)
         real = to_float(self.images.index_select(0, idx)).contiguous(memory_format=m.memory_format)
-        noise = self.kind.latent(self.cfg.model, t.batch_size, None, self.device)
-        return self.kind.train_step(m, Batch(real, noise, None, 0, t.real_label, self.std))
+        noise = self.kind.latent(self.cfg.model, t.batch_size, self.gen, self.device)
+        return self.kind.train_step(m, Batch(real, noise, self.gen, 0, t.real_label, self.std))
 
     def _record(self, warmup: int) -> None:
         side = torch.cuda.Stream(self.device)
@@ -83,7 +84,9 @@ class StaticStep:
                 self._body()
         torch.cuda.current_stream(self.device).wait_stream(side)
         self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph, capture_error_mode="thread_local"):  # (train_many: other threads run)
+        self.graph.register_generator_state(self.gen)
+        # this device's own capture stream; thread_local: other runs (train_many) keep working meanwhile
+        with torch.cuda.graph(self.graph, stream=torch.cuda.Stream(self.device), capture_error_mode="thread_local"):
             self.out = self._body()
 
     def step(self) -> dict[str, torch.Tensor]:

@@ -214,8 +214,9 @@ def fastest(key: dict, labels: list[str], time_one: Callable[[str, float], float
     RuntimeError: that option is out), measured once per `key` and kept in `cache` (a JSON file).
     -> (label, timings by label, "measured" or "cached"). A cached answer is reused only if it is still
     one of `labels`. `announce()` is called before anything is timed (not when the cache answers)."""
-    digest = hashlib.sha256(json.dumps({**key, "tuning": TUNING_VERSION}, sort_keys=True,
-                                       default=str).encode()).hexdigest()[:20]
+    # the options are part of the key: a choice among fp32 formats says nothing about bf16
+    digest = hashlib.sha256(json.dumps({**key, "options": sorted(labels), "tuning": TUNING_VERSION},
+                                       sort_keys=True, default=str).encode()).hexdigest()[:20]
     if cache is not None:
         hit = _read_cache(cache).get(digest)
         if isinstance(hit, dict) and hit.get("choice") in labels:

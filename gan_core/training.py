@@ -118,6 +118,8 @@ def choose_runtime(cfg: config_mod.RunConfig, device: torch.device, recorded: Op
     reused when it was decided on this same kind of device, so a resumed run continues as it began."""
     t = cfg.train
     options = candidates(t.precision, channels_last_setting(t, device), device)
+    if t.cuda_graph and any(p != "fp16" for p, _ in options):  # a graph cannot hold fp16's host-side scaler
+        options = [o for o in options if o[0] != "fp16"]
     dkey = device_key(device)
     same = recorded and recorded.get("device") == dkey
     if same and (recorded.get("precision"), recorded.get("channels_last")) in options:
@@ -131,9 +133,15 @@ def choose_runtime(cfg: config_mod.RunConfig, device: torch.device, recorded: Op
 
     def time_step(precision: str, channels_last: bool, give_up_after: float) -> float:
         m = build_models(cfg, device, Choice(precision, channels_last), wrap=False)
-        steps = iter(range(1 << 30))
-        return time_calls(lambda: run_step(cfg, m, make_batch(cfg, images, m, next(steps), 0, device)), device,
-                          give_up_after=give_up_after)
+        steps, last = iter(range(1 << 30)), {}
+
+        def one() -> None:
+            last["metrics"] = run_step(cfg, m, make_batch(cfg, images, m, next(steps), 0, device))
+        seconds = time_calls(one, device, give_up_after=give_up_after)
+        losses = torch.stack([v.detach().float().reshape(()) for v in last["metrics"].values()])
+        if not bool(torch.isfinite(losses).all()):  # fast but broken (fp16 overflowing) is no option
+            raise RuntimeError(f"non-finite metrics in {candidate_label(precision, channels_last)}")
+        return seconds
 
     key = {"model": config_mod.to_dict(cfg.model), "batch": t.batch_size, "device": dkey}
     names = ", ".join(candidate_label(*o) for o in options)
@@ -312,13 +320,16 @@ def train_many(cfgs: list[config_mod.RunConfig], **callbacks) -> list[dict]:
         except BaseException as e:  # noqa: BLE001 - re-raised in the caller's thread below
             errors.append(e)
 
-    threads = [threading.Thread(target=run, args=(i, c), name=f"train-{i}") for i, c in enumerate(cfgs)]
+    threads = [threading.Thread(target=run, args=(i, c), name=f"train-{i}", daemon=True) for i, c in enumerate(cfgs)]
     for th in threads:
         th.start()
     for th in threads:
-        th.join()
+        while th.is_alive():  # short joins, so Ctrl-C reaches this thread
+            th.join(0.5)
     if errors:
-        raise errors[0]
+        done = sum(r is not None for r in results)
+        raise RuntimeError(f"{len(errors)} of {len(cfgs)} runs failed ({done} finished; their checkpoints are "
+                           f"saved): {type(errors[0]).__name__}: {errors[0]}") from errors[0]
     return results
 
 

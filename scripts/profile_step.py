@@ -58,6 +58,10 @@ def main(argv=None) -> dict:
                            generator=torch.Generator().manual_seed(0)).to(device)
     choice = training.choose_runtime(cfg, device)
     print(f"precision and memory format: {choice.describe()}", file=sys.stderr)
+    try:
+        training.choose_graph(cfg, device, choice)  # refuses what one graph cannot hold (fp16's scaler, ...)
+    except ValueError as e:
+        fail(str(e))
     m = training.build_models(cfg, device, choice, capturable=args.cuda_graph and device.type == "cuda")
     if args.cuda_graph:
         stepper = StaticStep(cfg, m, images)

@@ -50,11 +50,15 @@ def test_cuda_compile_path(tmp_path):
 
 
 def test_cuda_graph_step_trains_and_its_warm_up_leaves_no_trace(tmp_path):
-    cfg = _cfg(tmp_path, precision="bf16", channels_last=False, cuda_graph=True)
+    cfg = _cfg(tmp_path, precision="bf16", channels_last=False, cuda_graph=True, checkpoint_every=10)
     result = train_mod.train(cfg)
     assert result["cuda_graph"] is True and result["step"] == 20
     assert all(v == v for v in result["metrics"].values())
-    # capture runs warm-up steps; the weights and Adam state afterwards are those from before
+    # resumed in graph mode: the optimizers stay capturable (the saved param groups must not undo it)
+    resumed = train_mod.train(_cfg(tmp_path, precision="bf16", channels_last=False, cuda_graph=True, steps=30,
+                                   resume=True))
+    assert resumed["cuda_graph"] is True and resumed["step"] == 30
+
     from gan_core import config as config_mod
     from gan_core.graphs import StaticStep
     from gan_core.runtime import Choice
@@ -65,14 +69,35 @@ def test_cuda_graph_step_trains_and_its_warm_up_leaves_no_trace(tmp_path):
     images = torch.randint(0, 256, (256, 3, 64, 64), dtype=torch.uint8, device="cuda")
     stepper = StaticStep(cfg, m, images)
     assert all(torch.equal(v, before[k]) for k, v in m.g_core.state_dict().items())
-    stepper.step()
+    for opt in (m.opt_g, m.opt_d):  # the warm-up's Adam state is back to a fresh Adam's
+        assert all(float(v.abs().sum()) == 0 for st in opt.state.values() for v in st.values() if torch.is_tensor(v))
+    out = stepper.step()
+    torch.cuda.synchronize()
     assert not torch.equal(m.g_core.state_dict()["main.0.weight"], before["main.0.weight"])
+    assert float(out["loss_d"]) == float(out["loss_d"])
+    assert all(float(st["step"]) == 1.0 for st in m.opt_g.state.values())  # one replay, one Adam step
+
+
+def test_cuda_graph_on_a_second_device(tmp_path):
+    if torch.cuda.device_count() < 2:
+        pytest.skip("needs two GPUs")
+    result = train_mod.train(_cfg(tmp_path, device="cuda:1", cuda_graph=True, precision="bf16", steps=10))
+    assert result["step"] == 10 and all(v == v for v in result["metrics"].values())
 
 
 def test_cuda_fp16_with_scaler_and_several_seeds_at_once(tmp_path):
     result = train_mod.train(_cfg(tmp_path, precision="fp16", steps=10))
     assert result["precision"] == "fp16" and all(v == v for v in result["metrics"].values())
-    cfgs = [_cfg(tmp_path / f"s{seed}", seed=seed, steps=10, precision="bf16") for seed in (0, 1)]
-    results = train_mod.train_many(cfgs)
-    assert [r["step"] for r in results] == [10, 10]
-    assert results[0]["metrics"]["loss_d"] != results[1]["metrics"]["loss_d"]
+    # eager runs side by side in streams train exactly as they would one after another
+    cfgs = [_cfg(tmp_path / f"s{seed}", seed=seed, steps=10, precision="fp32", channels_last=False, cuda_graph=False)
+            for seed in (0, 1)]
+    together = train_mod.train_many(cfgs)
+    alone = [train_mod.train(_cfg(tmp_path / f"a{seed}", seed=seed, steps=10, precision="fp32", channels_last=False,
+                                  cuda_graph=False)) for seed in (0, 1)]
+    for a, b in zip(together, alone):
+        assert a["step"] == b["step"] == 10
+        assert abs(a["metrics"]["loss_d"] - b["metrics"]["loss_d"]) < 1e-3 * max(1.0, abs(b["metrics"]["loss_d"]))
+    # and graph runs side by side, each with its own generator
+    graphs = train_mod.train_many([_cfg(tmp_path / f"g{seed}", seed=seed, steps=10, precision="bf16", cuda_graph=True)
+                                   for seed in (0, 1)])
+    assert all(r["cuda_graph"] and r["step"] == 10 for r in graphs)

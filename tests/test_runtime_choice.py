@@ -58,7 +58,7 @@ def test_options_that_fail_are_skipped_and_a_stale_cache_entry_is_ignored(tmp_pa
              ("bf16", True): float("nan")}
     choice = runtime.choose({"k": 1}, FOUR, timed(table, []), cache)
     assert choice.label == "fp32/NCHW" and set(choice.timings) == {"fp32/NCHW", "bf16/NCHW"}
-    # the cached fp32/NCHW is not among these options: measured again
+    # another set of options is another question: measured again, not answered from fp32's entry
     calls = []
     choice = runtime.choose({"k": 1}, [("bf16", False), ("bf16", True)], timed({("bf16", False): 2.0,
                                                                               ("bf16", True): 1.0}, calls), cache)
@@ -95,7 +95,7 @@ def test_candidates_explicit_settings_win(monkeypatch):
 def test_train_records_the_choice_and_a_resumed_run_reuses_it(tmp_path, monkeypatch):
     # Injected timings through the real train(): channels_last measured slower, so NCHW is chosen.
     monkeypatch.setattr(train_mod, "time_calls",
-                        lambda fn, device, give_up_after=None: 2.0 if m_is_channels_last(fn) else 1.0)
+                        lambda fn, device, give_up_after=None: (fn(), 2.0 if m_is_channels_last(fn) else 1.0)[1])
     logs = []
     cfg = tiny_cfg(tmp_path / "r", steps=4, precision="auto", channels_last=None, checkpoint_every=2)
     result = train_mod.train(cfg, on_log=logs.append)
@@ -106,9 +106,14 @@ def test_train_records_the_choice_and_a_resumed_run_reuses_it(tmp_path, monkeypa
     assert meta["runtime"]["device"] == runtime.device_key(CPU)
     assert meta["config"]["train"]["precision"] == "auto"  # the request is kept as given
 
-    # Resumed, the recorded choice is reused (even if timings would now say otherwise), and the run is
+    # Resumed, the recorded choice is reused although timings now say channels_last, and the run is
     # bit-identical with one trained straight through.
-    monkeypatch.setattr(train_mod, "time_calls", lambda fn, device, give_up_after=None: 1.0)
+    monkeypatch.setattr(train_mod, "time_calls",
+                        lambda fn, device, give_up_after=None: (fn(), 0.5 if m_is_channels_last(fn) else 1.0)[1])
+    from gan_core.config import sync_model_to_data
+
+    other = sync_model_to_data(tiny_cfg(tmp_path / "other", precision="auto", channels_last=None))
+    assert train_mod.choose_runtime(other, CPU, cache=tmp_path / "fresh.json").channels_last is True
     resumed = train_mod.train(tiny_cfg(tmp_path / "r", steps=6, precision="auto", channels_last=None, resume=True))
     assert resumed["runtime"] == "recorded" and resumed["channels_last"] is False
     straight = train_mod.train(tiny_cfg(tmp_path / "s", steps=6, precision="fp32", channels_last=False))
@@ -127,16 +132,24 @@ def m_is_channels_last(fn) -> bool:
 
 
 def test_fp16_trains_with_a_gradient_scaler_and_resumes_it(tmp_path):
+    from gan_core.config import sync_model_to_data
+
     cfg = tiny_cfg(tmp_path / "h", steps=4, precision="fp16", channels_last=True, checkpoint_every=2)
     result = train_mod.train(cfg)
     assert result["precision"] == "fp16" and result["metrics"]["loss_d"] == result["metrics"]["loss_d"]
     state = ckpt.read_scaler_state(result["checkpoint"])
-    assert state is not None and state["scale"] > 0
+    assert state is not None and state["_growth_tracker"] >= 0
+    # a checkpoint whose scaler is at an unusual scale: resume() puts exactly that scale back
+    cfg = sync_model_to_data(cfg)
     m = train_mod.build_models(cfg, CPU, runtime.Choice("fp16", True))
     assert m.scaler is not None and m.autocast_dtype is torch.float16
+    odd = {**m.scaler.state_dict(), "scale": 1234.0, "_growth_tracker": 7}
+    ckpt.save_training_checkpoint(tmp_path / "odd", cfg, 4, m.modules(), m.optimizers(), scaler=odd)
+    fresh = train_mod.build_models(cfg, CPU, runtime.Choice("fp16", True))
+    assert train_mod.resume(cfg, fresh, tmp_path / "odd") == 4
+    assert fresh.scaler.get_scale() == 1234.0 and fresh.scaler.state_dict()["_growth_tracker"] == 7
     resumed = train_mod.train(tiny_cfg(tmp_path / "h", steps=6, precision="fp16", channels_last=True, resume=True))
-    assert resumed["step"] == 6
-    assert ckpt.read_scaler_state(tmp_path / "h" / "checkpoints" / "step_00000004") is not None
+    assert resumed["step"] == 6 and ckpt.read_scaler_state(resumed["checkpoint"]) is not None
     assert train_mod.build_models(tiny_cfg(tmp_path / "x"), CPU).scaler is None  # fp32: no scaler
 
 
@@ -207,6 +220,12 @@ def test_graph_warm_up_leaves_no_trace(tmp_path):
     cfg = sync_model_to_data(tiny_cfg(tmp_path / "w"))
     m = train_mod.build_models(cfg, CPU, runtime.Choice())
     images = torch.randint(0, 256, (16, 3, 32, 32), dtype=torch.uint8)
+    # a fresh run: the Adam state the warm-up creates is zeroed, as a fresh Adam's first step expects
+    saved = graphs._snapshot(m)
+    graphs.StaticStep(cfg, m, images, capture=False).step()
+    graphs._restore(m, saved)
+    state = m.opt_g.state[next(m.g_core.parameters())]
+    assert all(float(v.abs().sum()) == 0 for v in state.values() if torch.is_tensor(v))
     train_mod.run_step(cfg, m, train_mod.make_batch(cfg, images, m, 0, 0, CPU))  # Adam state exists now
     before = {k: v.clone() for k, v in m.g_core.state_dict().items()}
     adam_before = {k: v.clone() for k, v in m.opt_d.state[next(m.d_core.parameters())].items()}
@@ -253,3 +272,45 @@ def test_cpu_threads_follow_the_physical_cores_and_the_quota(monkeypatch, tmp_pa
     assert runtime.cpu_threads() == 3
     quota["text"] = "150000 100000\n"
     assert runtime.cpu_threads() == 1
+
+
+def test_auto_with_a_graph_leaves_fp16_out_and_broken_candidates_are_dropped(tmp_path, monkeypatch):
+    options = [("fp16", False), ("bf16", False), ("fp32", False)]
+    monkeypatch.setattr(train_mod, "candidates", lambda *a: list(options))
+    monkeypatch.setattr(train_mod, "build_models", lambda cfg, device, choice, **kw: choice)
+    monkeypatch.setattr(train_mod, "make_batch", lambda cfg, images, m, step, rank, device: m)
+
+    def fake_step(cfg, choice, batch):  # fp16 fastest; bf16 fast but its losses are NaN
+        nan = torch.tensor(float("nan") if choice.precision == "bf16" else 0.5)
+        return {"loss_d": nan, "loss_g": torch.tensor(0.1)}
+    monkeypatch.setattr(train_mod, "run_step", fake_step)
+    speed = {"fp16": 0.1, "bf16": 0.2, "fp32": 1.0}
+    monkeypatch.setattr(train_mod, "time_calls", lambda fn, device, give_up_after=None: (fn(), speed[seen[-1]])[1])
+    seen = []
+    real_choice = runtime.Choice
+
+    def spy(precision="fp32", *a, **k):
+        seen.append(precision)
+        return real_choice(precision, *a, **k)
+    monkeypatch.setattr(train_mod, "Choice", spy)
+    cfg = tiny_cfg(tmp_path / "a", precision="auto")
+    assert train_mod.choose_runtime(cfg, CPU, cache=tmp_path / "1.json").precision == "fp16"
+    cfg.train.cuda_graph = True  # one graph cannot hold the scaler: fp16 is no candidate; bf16 is NaN
+    assert train_mod.choose_runtime(cfg, CPU, cache=tmp_path / "2.json").precision == "fp32"
+
+
+def test_resuming_keeps_this_runs_optimizer_flags(tmp_path):
+    p = torch.nn.Parameter(torch.ones(3))
+    old = torch.optim.Adam([p], lr=0.1, foreach=False)
+    p.grad = torch.ones(3)
+    old.step()
+    from gan_core.config import sync_model_to_data
+
+    cfg = sync_model_to_data(tiny_cfg(tmp_path / "f"))
+    m = train_mod.build_models(cfg, CPU, runtime.Choice())
+    m.opt_g = old
+    ckpt.save_training_checkpoint(tmp_path / "f", cfg, 1, m.modules(), {"G": old, "D": m.opt_d})
+    new = torch.optim.Adam([torch.nn.Parameter(torch.ones(3))], lr=0.1, foreach=True)
+    ckpt.load_optimizers(ckpt.latest_checkpoint(tmp_path / "f"), {"G": new})
+    assert new.param_groups[0]["foreach"] is True  # not the saved False
+    assert float(next(iter(new.state.values()))["step"]) == 1.0  # the state itself is restored

@@ -55,6 +55,19 @@ def iic_loss(logits_a: torch.Tensor, logits_b: torch.Tensor, eps: float = 1e-8) 
     return (joint * (pi.log() + pj.log() - joint.log())).sum()
 
 
+def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.2) -> torch.Tensor:
+    """SimCLR's NT-Xent (Chen et al. 2020): z1[i] and z2[i] embed two views of image i; each view must
+    pick its partner out of the other 2N - 2 views by cosine similarity / temperature. (N, D) each.
+    Minimum 0 when every partner is found with certainty; log(2N - 1) when the embeddings say nothing."""
+    with torch.autocast(device_type=z1.device.type, enabled=False):
+        z = F.normalize(torch.cat([z1, z2]).float(), dim=1)
+        sim = z @ z.t() / temperature
+        n = z1.shape[0]
+        sim = sim.masked_fill(torch.eye(2 * n, dtype=torch.bool, device=z.device), float("-inf"))
+        partner = torch.cat([torch.arange(n, 2 * n), torch.arange(0, n)]).to(z.device)
+        return F.cross_entropy(sim, partner)
+
+
 def code_ce(logits: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
     """Cross-entropy of a cluster head on generated images against the categorical code they were
     generated from (InfoGAN / ClusterGAN): trains the head, and G to make its code recoverable."""

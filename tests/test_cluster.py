@@ -458,3 +458,31 @@ def test_angle_circular_convs_wrap_around_and_pooled_heads_ignore_rolls():
     assert adv.shape == (3,) and clusters.shape == (2, 3, 4) and over.shape == (2, 3, 8)
     with pytest.raises(ValueError, match="head_pool"):
         validate(RunConfig(model=ClusterConfig(head_pool="angle")))  # angle pooling needs the polar input
+
+
+def test_nt_xent_on_hand_made_views():
+    from gan_core.losses import nt_xent
+
+    z = torch.eye(8) * 5  # 8 well-separated directions
+    assert float(nt_xent(z, z * 2, temperature=0.1)) < 1e-3  # every partner found with certainty
+    same = torch.ones(8, 4)  # all views alike: nothing to find a partner by
+    assert abs(float(nt_xent(same, same)) - float(torch.log(torch.tensor(15.0)))) < 1e-4
+    swapped = float(nt_xent(z, z.roll(1, 0), temperature=0.1))  # every partner is the wrong view
+    assert swapped > 10
+
+
+def test_the_contrastive_term_trains_a_projection_and_loads(tmp_path):
+    cfg = tiny(tmp_path / "c", "iic", steps=3)
+    cfg.model.contrastive_weight = 1.0
+    result = train(cfg)
+    assert 0 < result["metrics"]["contrastive"] < 10
+    model = load_cluster_model(tmp_path / "c")
+    assert model.d.project is not None and model.d(torch.zeros(2, 1, 32, 32), project=True).shape == (2, 64)
+    assert len(model.predict(torch.zeros(2, 1, 32, 32)).probs) == 2
+    # off (the default, and every checkpoint saved before the option): no projection head, as before
+    _, d = cluster.build(tiny("x").model)
+    assert d.project is None and not any(k.startswith("project") for k in d.state_dict())
+    bad = tiny("x")
+    bad.model.contrastive_temperature = 0.0
+    with pytest.raises(ValueError, match="contrastive_temperature"):
+        validate(bad)

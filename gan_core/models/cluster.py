@@ -25,7 +25,7 @@ from torch import nn
 from ..augment import AugmentConfig, augment, instance_noise
 from ..config import IMAGE_SIZES, RunConfig, check_ints, check_numbers
 from ..data import to_float
-from ..losses import catgan_d_loss, catgan_g_loss, code_ce, d_loss_bce, g_loss_bce, iic_loss
+from ..losses import catgan_d_loss, catgan_g_loss, code_ce, d_loss_bce, g_loss_bce, iic_loss, nt_xent
 from ..runtime import autocast
 from . import dcgan
 from .base import Batch, Models, check_widths, g_update_and_metrics
@@ -68,6 +68,12 @@ class ClusterConfig:
     mask_size: int = 32  # with "mask"/"polar": the side of the mask D's trunk reads (taken from the full-size image)
     head_pool: str = "none"  # "angle" (with "polar"): the cluster heads see D's features averaged over angle
     predict_views: int = 3  # prediction averages the image and centred crops spanning the training crop range
+    # ContraD-style (Jeong & Shin 2021) representation: D's trunk also learns, through a small projection
+    # head, to tell which two augmented views come from the same real image (SimCLR's NT-Xent), so its
+    # features group images by content, not only by real vs fake. 0 turns it off (no projection head).
+    contrastive_weight: float = 0.0
+    contrastive_temperature: float = 0.2
+    contrastive_dim: int = 64  # the projection head's output width
 
 
 def validate(cfg: RunConfig) -> None:
@@ -77,6 +83,9 @@ def validate(cfg: RunConfig) -> None:
                ("model.subheads", m.subheads, 1, 64), ("model.iic_repeats", m.iic_repeats, 1, 64),
                ("model.head_hidden", m.head_hidden, 0, 8192),
                ("model.predict_views", m.predict_views, 1, 16))
+    check_ints(("model.contrastive_dim", m.contrastive_dim, 2, 4096))
+    check_numbers(("model.contrastive_weight", m.contrastive_weight, 0.0, 100.0),
+                  ("model.contrastive_temperature", m.contrastive_temperature, 0.01, 10.0))
     check_numbers(("model.iic_weight", m.iic_weight, 0.0, 100.0), ("model.code_weight", m.code_weight, 0.0, 100.0),
                   ("model.code_weight_d", 0.0 if m.code_weight_d is None else m.code_weight_d, 0.0, 100.0),
                   ("model.aug_rotate_deg", m.aug_rotate_deg, 0.0, 180.0),
@@ -111,8 +120,9 @@ def num_codes(model_cfg: ClusterConfig) -> int:
 
 
 def unused_parameters(model_cfg: ClusterConfig) -> bool:
-    """Without IIC the over-clustering heads get no gradient; DDP must be told to expect that."""
-    return model_cfg.objective != "iic"
+    """Without IIC the over-clustering heads get no gradient (and the contrastive pass skips the heads);
+    DDP must be told to expect that."""
+    return model_cfg.objective != "iic" or model_cfg.contrastive_weight > 0
 
 
 def _border_median(x: torch.Tensor) -> torch.Tensor:
@@ -208,6 +218,9 @@ class ClusterDiscriminator(nn.Module):
         self.head_pool = cfg.head_pool
         if cfg.head_pool == "angle":  # the heads read the (N, C, 4, 4) map averaged over its angle rows
             width //= 4
+        # the contrastive projection reads the trunk's features (what the cluster heads read before `hidden`)
+        self.project = (nn.Sequential(nn.Linear(width, 256), nn.ReLU(inplace=True), nn.Linear(256, cfg.contrastive_dim))
+                        if cfg.contrastive_weight > 0 else None)
         self.hidden = (nn.Sequential(nn.Linear(width, cfg.head_hidden), nn.ReLU(inplace=True))
                        if cfg.head_hidden > 0 else nn.Identity())
         width = cfg.head_hidden or width
@@ -223,8 +236,10 @@ class ClusterDiscriminator(nn.Module):
         transform = INPUT_TRANSFORMS.get(self.input_transform)
         return transform(x, size=self.mask_size).to(x.dtype) if transform else x
 
-    def forward(self, x: torch.Tensor, logits: bool = False, heads: bool = False):
+    def forward(self, x: torch.Tensor, logits: bool = False, heads: bool = False, project: bool = False):
         h = self.trunk(self.prepare(x))
+        if project:  # (N, contrastive_dim) embeddings for the contrastive term only
+            return self.project((h.mean(2) if self.head_pool == "angle" else h).flatten(1))
         adv = self.adv(h).flatten()
         adv = adv if logits else torch.sigmoid(adv)
         if not heads:
@@ -324,6 +339,12 @@ def train_step(m: Models, b: Batch) -> dict[str, torch.Tensor]:
         elif cfg.objective == "catgan":
             per_head = torch.stack([catgan_d_loss(real_clusters[s], fake_clusters[s]) for s in range(cfg.subheads)])
             loss_d = loss_d + per_head.mean()
+        if cfg.contrastive_weight > 0:  # two more augmented views of each real image, one D pass for both
+            n = real.shape[0]
+            pair = augment(real.repeat(2, 1, 1, 1), gen, augment_config(cfg)).contiguous(memory_format=m.memory_format)
+            z = m.D(noisy(pair), project=True)
+            contrastive = nt_xent(z[:n], z[n:], cfg.contrastive_temperature)
+            loss_d = loss_d + cfg.contrastive_weight * contrastive
     m.opt_d.zero_grad(set_to_none=True)
     m.backward(loss_d)
     m.step(m.opt_d)
@@ -341,6 +362,8 @@ def train_step(m: Models, b: Batch) -> dict[str, torch.Tensor]:
             loss_g = loss_g + torch.stack([catgan_g_loss(gen_clusters[s]) for s in range(cfg.subheads)]).mean()
     metrics = g_update_and_metrics(m, loss_d, loss_g, real_logits, fake_logits, gen_logits)
     metrics.update(cluster_loss=per_head.detach().float().min(), code_ce=ce.detach().float())
+    if cfg.contrastive_weight > 0:
+        metrics["contrastive"] = contrastive.detach().float()
     return metrics
 
 

@@ -68,6 +68,43 @@ def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.2) -> tor
         return F.cross_entropy(sim, partner)
 
 
+def scan_loss(anchor_logits: torch.Tensor, neighbour_logits: torch.Tensor, entropy_weight: float = 5.0,
+              eps: float = 1e-8) -> torch.Tensor:
+    """SCAN (Van Gansbeke et al. 2020): each image and its nearest neighbour in feature space should
+    fall in the same cluster (-log of the dot product of their cluster probabilities), while the batch
+    as a whole uses every cluster (minus `entropy_weight` x the entropy of the mean prediction). (N, K) each."""
+    with torch.autocast(device_type=anchor_logits.device.type, enabled=False):
+        pa, pn = anchor_logits.float().softmax(1), neighbour_logits.float().softmax(1)
+        consistency = -(pa * pn).sum(1).clamp_min(eps).log().mean()
+        mean = pa.mean(0)
+        entropy = -(mean * mean.clamp_min(eps).log()).sum()
+        return consistency - entropy_weight * entropy
+
+
+def nearest_in_batch(z: torch.Tensor) -> torch.Tensor:
+    """For each row of `z` (N, D), the index of its most similar other row (cosine similarity)."""
+    with torch.no_grad():
+        zn = F.normalize(z.float(), dim=1)
+        sim = (zn @ zn.t()).fill_diagonal_(-2.0)
+        return sim.argmax(1)
+
+
+def self_label_loss(weak_logits: torch.Tensor, strong_logits: torch.Tensor, threshold: float = 0.99) -> torch.Tensor:
+    """SCAN's self-labelling step: where the prediction on a weakly augmented view is confident
+    (max probability > `threshold`), that cluster is the target for a strongly augmented view of the
+    same image; cross-entropy weighted by the inverse frequency of each target in the batch, so that
+    large clusters do not swallow small ones. Zero when no prediction is confident."""
+    with torch.autocast(device_type=weak_logits.device.type, enabled=False):
+        probs = weak_logits.detach().float().softmax(1)
+        confidence, target = probs.max(1)
+        keep = confidence > threshold
+        k = weak_logits.shape[1]
+        counts = torch.bincount(target[keep], minlength=k).float()
+        weight = torch.where(counts > 0, keep.sum().float() / (k * counts.clamp_min(1.0)), torch.zeros_like(counts))
+        ce = F.cross_entropy(strong_logits.float(), target, weight=weight, reduction="none")
+        return (ce * keep).sum() / (weight[target] * keep).sum().clamp_min(1e-8)
+
+
 def code_ce(logits: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
     """Cross-entropy of a cluster head on generated images against the categorical code they were
     generated from (InfoGAN / ClusterGAN): trains the head, and G to make its code recoverable."""

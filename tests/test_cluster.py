@@ -486,3 +486,31 @@ def test_the_contrastive_term_trains_a_projection_and_loads(tmp_path):
     bad.model.contrastive_temperature = 0.0
     with pytest.raises(ValueError, match="contrastive_temperature"):
         validate(bad)
+
+
+def test_scan_and_self_label_losses_on_hand_made_cases():
+    from gan_core.losses import nearest_in_batch, scan_loss, self_label_loss
+
+    confident = torch.eye(4) * 20  # four images, each certain of its own cluster
+    # neighbours in the same cluster: no consistency cost; entropy of a balanced batch is log 4
+    assert abs(float(scan_loss(confident, confident, entropy_weight=1.0)) + float(torch.log(torch.tensor(4.0)))) < 1e-3
+    # neighbours in other clusters cost a lot
+    assert float(scan_loss(confident, confident.roll(1, 0), entropy_weight=0.0)) > 10
+    # everything in one cluster: consistent but no entropy; worse than the balanced split
+    one = torch.zeros(4, 4)
+    one[:, 0] = 20
+    assert float(scan_loss(one, one, entropy_weight=1.0)) > float(scan_loss(confident, confident, entropy_weight=1.0))
+    z = torch.tensor([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0], [0.1, 0.9]])
+    assert nearest_in_batch(z).tolist() == [1, 0, 3, 2]
+    # self-labelling: confident weak views teach the strong ones; unconfident rows are ignored
+    weak = torch.tensor([[20.0, 0.0], [20.0, 0.0], [20.0, 0.0], [0.0, 20.0], [0.1, 0.0]])
+    right = torch.tensor([[5.0, 0.0], [5.0, 0.0], [5.0, 0.0], [0.0, 5.0], [0.0, 9.0]])
+    wrong = right.flip(1)
+    assert float(self_label_loss(weak, right)) < 0.01 < float(self_label_loss(weak, wrong))
+    assert float(self_label_loss(torch.zeros(3, 2), torch.randn(3, 2))) == 0.0  # nothing confident
+    # class-balanced: the one image of cluster 1 weighs as much as the three of cluster 0
+    only_minority_wrong = right.clone()
+    only_minority_wrong[3] = torch.tensor([5.0, 0.0])
+    only_majority_one_wrong = right.clone()
+    only_majority_one_wrong[0] = torch.tensor([0.0, 5.0])
+    assert float(self_label_loss(weak, only_minority_wrong)) > 2 * float(self_label_loss(weak, only_majority_one_wrong))

@@ -514,3 +514,20 @@ def test_scan_and_self_label_losses_on_hand_made_cases():
     only_majority_one_wrong = right.clone()
     only_majority_one_wrong[0] = torch.tensor([0.0, 5.0])
     assert float(self_label_loss(weak, only_minority_wrong)) > 2 * float(self_label_loss(weak, only_majority_one_wrong))
+
+
+def test_scan_and_self_labelling_train_in_the_step(tmp_path):
+    cfg = tiny(tmp_path / "s", "iic", steps=3)
+    cfg.model.contrastive_weight, cfg.model.scan_weight, cfg.model.self_label_weight = 1.0, 1.0, 1.0
+    cfg.model.self_label_threshold = 0.0  # every prediction counts as confident in a 3-step run
+    result = train(cfg)
+    assert {"contrastive", "scan", "self_label"} <= set(result["metrics"])
+    assert all(v == v for v in result["metrics"].values()) and result["metrics"]["self_label"] > 0
+    bad = tiny("x")
+    bad.model.scan_weight = 1.0
+    with pytest.raises(ValueError, match="contrastive_weight"):
+        validate(bad)
+    bad = tiny("x", "none")
+    bad.model.self_label_weight = 1.0
+    with pytest.raises(ValueError, match="objective=iic"):
+        validate(bad)

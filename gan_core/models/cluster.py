@@ -25,7 +25,8 @@ from torch import nn
 from ..augment import AugmentConfig, augment, instance_noise
 from ..config import IMAGE_SIZES, RunConfig, check_ints, check_numbers
 from ..data import to_float
-from ..losses import catgan_d_loss, catgan_g_loss, code_ce, d_loss_bce, g_loss_bce, iic_loss, nt_xent
+from ..losses import (catgan_d_loss, catgan_g_loss, code_ce, d_loss_bce, g_loss_bce, iic_loss, nearest_in_batch,
+                      nt_xent, scan_loss, self_label_loss)
 from ..runtime import autocast
 from . import dcgan
 from .base import Batch, Models, check_widths, g_update_and_metrics
@@ -74,6 +75,15 @@ class ClusterConfig:
     contrastive_weight: float = 0.0
     contrastive_temperature: float = 0.2
     contrastive_dim: int = 64  # the projection head's output width
+    # SCAN (Van Gansbeke et al. 2020) in the batch: each real image's cluster probabilities should agree
+    # with those of its nearest other image in the contrastive embedding (needs contrastive_weight > 0),
+    # while the batch uses every cluster (entropy). 0: off.
+    scan_weight: float = 0.0
+    scan_entropy_weight: float = 5.0
+    # Self-labelling: a confident prediction on the real image (max probability > threshold) is the
+    # class-balanced target for its augmented IIC view (needs objective=iic). 0: off.
+    self_label_weight: float = 0.0
+    self_label_threshold: float = 0.99
 
 
 def validate(cfg: RunConfig) -> None:
@@ -84,6 +94,14 @@ def validate(cfg: RunConfig) -> None:
                ("model.head_hidden", m.head_hidden, 0, 8192),
                ("model.predict_views", m.predict_views, 1, 16))
     check_ints(("model.contrastive_dim", m.contrastive_dim, 2, 4096))
+    check_numbers(("model.scan_weight", m.scan_weight, 0.0, 100.0),
+                  ("model.scan_entropy_weight", m.scan_entropy_weight, 0.0, 100.0),
+                  ("model.self_label_weight", m.self_label_weight, 0.0, 100.0),
+                  ("model.self_label_threshold", m.self_label_threshold, 0.0, 1.0))
+    if m.scan_weight > 0 and m.contrastive_weight <= 0:
+        raise ValueError("model.scan_weight finds neighbours in the contrastive embedding: set model.contrastive_weight > 0")
+    if m.self_label_weight > 0 and m.objective != "iic":
+        raise ValueError("model.self_label_weight teaches the augmented IIC view: it needs model.objective=iic")
     check_numbers(("model.contrastive_weight", m.contrastive_weight, 0.0, 100.0),
                   ("model.contrastive_temperature", m.contrastive_temperature, 0.01, 10.0))
     check_numbers(("model.iic_weight", m.iic_weight, 0.0, 100.0), ("model.code_weight", m.code_weight, 0.0, 100.0),
@@ -345,6 +363,15 @@ def train_step(m: Models, b: Batch) -> dict[str, torch.Tensor]:
             z = m.D(noisy(pair), project=True)
             contrastive = nt_xent(z[:n], z[n:], cfg.contrastive_temperature)
             loss_d = loss_d + cfg.contrastive_weight * contrastive
+            if cfg.scan_weight > 0:
+                near = nearest_in_batch(z[:n])
+                scan = torch.stack([scan_loss(real_clusters[s], real_clusters[s][near], cfg.scan_entropy_weight)
+                                    for s in range(cfg.subheads)]).mean()
+                loss_d = loss_d + cfg.scan_weight * scan
+        if cfg.self_label_weight > 0:  # objective=iic: `view` holds r augmented views of each real image
+            labelled = torch.stack([self_label_loss(real_clusters[s].repeat(r, 1), view_clusters[s],
+                                                    cfg.self_label_threshold) for s in range(cfg.subheads)]).mean()
+            loss_d = loss_d + cfg.self_label_weight * labelled
     m.opt_d.zero_grad(set_to_none=True)
     m.backward(loss_d)
     m.step(m.opt_d)
@@ -364,6 +391,10 @@ def train_step(m: Models, b: Batch) -> dict[str, torch.Tensor]:
     metrics.update(cluster_loss=per_head.detach().float().min(), code_ce=ce.detach().float())
     if cfg.contrastive_weight > 0:
         metrics["contrastive"] = contrastive.detach().float()
+    if cfg.scan_weight > 0:
+        metrics["scan"] = scan.detach().float()
+    if cfg.self_label_weight > 0:
+        metrics["self_label"] = labelled.detach().float()
     return metrics
 
 

@@ -40,6 +40,7 @@ from gan_core.inference.loading import load_model  # noqa: E402
 from gan_core.inference.model import Model  # noqa: E402
 from gan_core.models import blob_layout  # noqa: E402
 from gan_core.models.blob_layout import Layout  # noqa: E402
+from gan_core.runtime import PRECISIONS  # noqa: E402
 
 # An image over PIL's pixel limit (89 M pixels) is refused rather than decoded: a decompression bomb.
 warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -67,8 +68,8 @@ JOB = jobs.TrainingJob(WORK_DIR, max_seconds=MAX_JOB_MINUTES * 60 if MAX_JOB_MIN
 # (bf16 autocast was about 2.5x faster for 16 samples on a CPU with AVX512-BF16; emulated elsewhere);
 # GANLAB_PRECISION=fp32 (or bf16, fp16) sets it instead.
 PRECISION = os.environ.get("GANLAB_PRECISION", "auto")
-if PRECISION not in ("auto", "fp32", "bf16", "fp16"):
-    raise SystemExit(f"GANLAB_PRECISION must be auto, fp32, bf16 or fp16, not {PRECISION!r}")
+if PRECISION not in ("auto", *PRECISIONS):
+    raise SystemExit(f"GANLAB_PRECISION must be auto, {', '.join(PRECISIONS)}, not {PRECISION!r}")
 UNREADABLE = (ValueError, OSError, Image.DecompressionBombError, Image.DecompressionBombWarning)
 
 

@@ -31,7 +31,7 @@ from safetensors.torch import load_file, save_file
 
 from . import shapes
 from .config import DataConfig
-from .files import atomic_write
+from .files import atomic_write, cache_root
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif")
 CACHE_VERSION = 1
@@ -436,8 +436,7 @@ LOADERS: dict[str, Callable[[DataConfig, Progress], ImageDataset]] = {
 # ---------------------------------------------------------------- cache
 
 def cache_dir(cfg: DataConfig) -> Path:
-    root = cfg.cache_dir or os.environ.get("GANLAB_CACHE") or "~/.cache/ganlab"
-    return Path(root).expanduser() / "datasets"
+    return cache_root(cfg.cache_dir) / "datasets"
 
 
 def _fingerprint(path: Optional[str]) -> list:

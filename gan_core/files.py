@@ -49,6 +49,12 @@ def atomic_write(path: str | Path, mode: int = 0o644) -> Iterator[Path]:
     fsync_dir(path.parent)
 
 
+def cache_root(override: str | None = None) -> Path:
+    """Where GAN Lab keeps what it can rebuild (decoded datasets, timing choices): `override`, else
+    $GANLAB_CACHE, else ~/.cache/ganlab."""
+    return Path(override or os.environ.get("GANLAB_CACHE") or "~/.cache/ganlab").expanduser()
+
+
 def write_text(path: str | Path, text: str) -> None:
     """Replace a text file atomically."""
     with atomic_write(path) as tmp:

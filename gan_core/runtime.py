@@ -19,7 +19,7 @@ from typing import Callable, Optional
 import torch
 
 from .config import TrainConfig
-from .files import write_text
+from .files import cache_root, write_text
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -182,7 +182,7 @@ def _cpu_model() -> str:
 
 
 def tuning_cache() -> Path:
-    return Path(os.environ.get("GANLAB_CACHE") or "~/.cache/ganlab").expanduser() / "tuning.json"
+    return cache_root() / "tuning.json"
 
 
 def _read_cache(path: Path) -> dict:

@@ -109,6 +109,22 @@ def run_step(cfg: config_mod.RunConfig, m: Models, batch: Batch) -> dict:
     return metrics
 
 
+def stand_in_images(cfg: config_mod.RunConfig, device: torch.device) -> torch.Tensor:
+    """One batch of random uint8 images of the run's shape (seeded by `train.seed`), to time steps on."""
+    t, d = cfg.train, cfg.data
+    gen = torch.Generator().manual_seed(t.seed)
+    return torch.randint(0, 256, (t.batch_size, d.channels, d.image_size, d.image_size), generator=gen,
+                         dtype=torch.uint8).to(device)
+
+
+def eager_steps(cfg: config_mod.RunConfig, m: Models, images: torch.Tensor,
+                device: torch.device) -> Callable[[], dict]:
+    """A function taking the eager training steps 0, 1, 2, ... of `m` on `images` (for timing and
+    profiling), each call one step, returning its metrics."""
+    steps = iter(range(1 << 30))
+    return lambda: run_step(cfg, m, make_batch(cfg, images, m, next(steps), 0, device))
+
+
 def choose_runtime(cfg: config_mod.RunConfig, device: torch.device, recorded: Optional[dict] = None,
                    cache: Optional[Path] = None, on_log: Optional[LogFn] = None) -> Choice:
     """Precision and memory format for this run. An explicit `train.precision` / `train.channels_last`
@@ -127,16 +143,14 @@ def choose_runtime(cfg: config_mod.RunConfig, device: torch.device, recorded: Op
                       timings=dict(recorded.get("timings_s") or {}))
     if len(options) == 1:
         return Choice(*options[0], how="set" if t.precision != "auto" and t.channels_last is not None else "only")
-    gen = torch.Generator().manual_seed(t.seed)
-    images = torch.randint(0, 256, (t.batch_size, cfg.data.channels, cfg.data.image_size, cfg.data.image_size),
-                           generator=gen, dtype=torch.uint8).to(device)
+    images = stand_in_images(cfg, device)
 
     def time_step(precision: str, channels_last: bool, give_up_after: float) -> float:
         m = build_models(cfg, device, Choice(precision, channels_last), wrap=False)
-        steps, last = iter(range(1 << 30)), {}
+        step, last = eager_steps(cfg, m, images, device), {}
 
         def one() -> None:
-            last["metrics"] = run_step(cfg, m, make_batch(cfg, images, m, next(steps), 0, device))
+            last["metrics"] = step()
         seconds = time_calls(one, device, give_up_after=give_up_after)
         losses = torch.stack([v.detach().float().reshape(()) for v in last["metrics"].values()])
         if not bool(torch.isfinite(losses).all()):  # fast but broken (fp16 overflowing) is no option
@@ -195,18 +209,12 @@ def choose_graph(cfg: config_mod.RunConfig, device: torch.device, choice: Choice
     if device.type != "cuda":
         return False, "off (no CUDA)"
     if images is None:
-        gen = torch.Generator().manual_seed(t.seed)
-        images = torch.randint(0, 256, (t.batch_size, cfg.data.channels, cfg.data.image_size, cfg.data.image_size),
-                               generator=gen, dtype=torch.uint8).to(device)
+        images = stand_in_images(cfg, device)
 
     def time_one(label: str, give_up_after: float) -> float:
         m = build_models(cfg, device, choice, wrap=False, capturable=label == "graph")
-        if label == "graph":
-            stepper = StaticStep(cfg, m, images)
-            return time_calls(stepper.step, device, repeats=3, give_up_after=give_up_after)
-        steps = iter(range(1 << 30))
-        return time_calls(lambda: run_step(cfg, m, make_batch(cfg, images, m, next(steps), 0, device)), device,
-                          repeats=3, give_up_after=give_up_after)
+        step = StaticStep(cfg, m, images).step if label == "graph" else eager_steps(cfg, m, images, device)
+        return time_calls(step, device, repeats=3, give_up_after=give_up_after)
 
     key = {"model": config_mod.to_dict(cfg.model), "batch": t.batch_size, "device": device_key(device),
            "precision": choice.precision, "channels_last": choice.channels_last, "step": "graph or eager"}

@@ -63,14 +63,7 @@ def main(argv=None) -> dict:
     except ValueError as e:
         fail(str(e))
     m = training.build_models(cfg, device, choice, capturable=args.cuda_graph and device.type == "cuda")
-    if args.cuda_graph:
-        stepper = StaticStep(cfg, m, images)
-        step_fn = stepper.step
-    else:
-        counter = iter(range(1 << 30))
-
-        def step_fn():
-            return training.run_step(cfg, m, training.make_batch(cfg, images, m, next(counter), 0, device))
+    step_fn = StaticStep(cfg, m, images).step if args.cuda_graph else training.eager_steps(cfg, m, images, device)
     for _ in range(args.warmup):
         step_fn()
     cuda = device.type == "cuda"

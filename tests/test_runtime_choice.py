@@ -125,9 +125,12 @@ def test_train_records_the_choice_and_a_resumed_run_reuses_it(tmp_path, monkeypa
 
 
 def m_is_channels_last(fn) -> bool:
-    """Which candidate a timing closure belongs to (the Models it closes over)."""
+    """Which candidate a timing closure belongs to (the Models it closes over, directly or through the
+    step function it calls)."""
     cells = [c.cell_contents for c in fn.__closure__ or ()]
     models = [c for c in cells if hasattr(c, "memory_format")]
+    if not models:
+        return any(m_is_channels_last(c) for c in cells if callable(c) and getattr(c, "__closure__", None))
     return models[0].memory_format == torch.channels_last
 
 

@@ -62,6 +62,12 @@ class Models:
         else:
             self.scaler.step(optimizer)
 
+    def update(self, optimizer: torch.optim.Optimizer, loss: torch.Tensor) -> None:
+        """One optimizer update from `loss`: clear the gradients, backpropagate, step."""
+        optimizer.zero_grad(set_to_none=True)
+        self.backward(loss)
+        self.step(optimizer)
+
     def end_step(self) -> None:
         """After every training step: the fp16 loss scale adapts (nothing to do in fp32 / bf16)."""
         if self.scaler is not None:
@@ -112,9 +118,7 @@ StepFn = Callable[[Models, Batch], dict]
 def g_update_and_metrics(m: Models, loss_d, loss_g, real_logits, fake_logits, gen_logits) -> dict[str, torch.Tensor]:
     """Finish a step: backpropagate G's loss (D frozen by the caller), step G, unfreeze D, and
     return the detached metrics every model kind reports."""
-    m.opt_g.zero_grad(set_to_none=True)
-    m.backward(loss_g)
-    m.step(m.opt_g)
+    m.update(m.opt_g, loss_g)
     m.d_core.requires_grad_(True)
     return {
         "loss_d": loss_d.detach(),

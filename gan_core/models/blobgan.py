@@ -303,9 +303,7 @@ def train_step(m: Models, b: Batch) -> dict[str, torch.Tensor]:
         r1 = r1_penalty(m.D(x, logits=True), x)
         total_d = loss_d + cfg.r1_gamma / 2 * cfg.r1_every * r1
         r1 = r1 * cfg.r1_every  # so a logging window's mean estimates the penalty (exactly when log_every % r1_every == 0)
-    m.opt_d.zero_grad(set_to_none=True)
-    m.backward(total_d)
-    m.step(m.opt_d)
+    m.update(m.opt_d, total_d)
 
     m.d_core.requires_grad_(False)
     with autocast(real.device, m.autocast_dtype):

@@ -372,9 +372,7 @@ def train_step(m: Models, b: Batch) -> dict[str, torch.Tensor]:
             labelled = torch.stack([self_label_loss(real_clusters[s].repeat(r, 1), view_clusters[s],
                                                     cfg.self_label_threshold) for s in range(cfg.subheads)]).mean()
             loss_d = loss_d + cfg.self_label_weight * labelled
-    m.opt_d.zero_grad(set_to_none=True)
-    m.backward(loss_d)
-    m.step(m.opt_d)
+    m.update(m.opt_d, loss_d)
     with torch.no_grad():
         m.d_core.head_loss.lerp_(per_head.detach().float(), 0.05)
 

@@ -152,9 +152,7 @@ def train_step(m: Models, b: Batch) -> dict[str, torch.Tensor]:
         fake = m.G(b.noise)
         fake_logits = m.D(noisy(fake.detach()), logits=True)
         loss_d = d_loss_bce(real_logits, fake_logits, b.real_label)
-    m.opt_d.zero_grad(set_to_none=True)
-    m.backward(loss_d)
-    m.step(m.opt_d)
+    m.update(m.opt_d, loss_d)
 
     m.d_core.requires_grad_(False)  # G's gradient flows through D; D's own weight grads are not needed
     with autocast(device, m.autocast_dtype):

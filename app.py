@@ -164,7 +164,38 @@ def model_choices(*facades: type) -> list[str]:
     return out
 
 
+def sample_quality(source: str) -> dict | None:
+    """The figures `scripts/evaluate_samples.py --record` stored in a local checkpoint's config.json."""
+    try:
+        return kinds.read_config(source)[1].get("sample_quality") if Path(source).is_dir() else None
+    except (CheckpointError, ValueError):
+        return None
+
+
+def quality_text(name: str | None) -> str:
+    """One line on how good a model's samples measured (or that they were not measured)."""
+    q = sample_quality(model_sources().get(name, "")) if name else None
+    if not q or "fid" not in q:
+        return "Sample quality: not measured (`python -m scripts.evaluate_samples --checkpoint DIR --record`)."
+    return (f"Sample quality ({q.get('n', '?')} samples, {q.get('evaluator')} evaluator): FID {q['fid']:.3g} "
+            f"against {q['real_fid']:.3g} for real held-out images (x{q['fid_ratio']:.0f}); precision "
+            f"{q['precision']:.2f}, recall {q['recall']:.2f}; {q['class_coverage']} of {q.get('classes', '?')} classes drawn.")
+
+
+def best_bundled_sampler(choices: list[str]) -> str | None:
+    """The bundled model whose samples scored best against their own floor (lowest FID / real FID)."""
+    scored = []
+    for name in choices:
+        source = model_sources().get(name, "")
+        q = sample_quality(source) if Path(source).parent == CHECKPOINTS else None
+        if q and q.get("fid_ratio"):
+            scored.append((q["fid_ratio"], name))
+    return min(scored)[1] if scored else None
+
+
 def default_model(tab: str, choices: list[str]) -> str | None:
+    if tab == "sample" and (best := best_bundled_sampler(choices)):
+        return best
     return DEFAULTS[tab] if DEFAULTS[tab] in choices else (choices[0] if choices else None)
 
 
@@ -613,6 +644,7 @@ def build() -> gr.Blocks:
                 count = Slider(1, 64, value=16, step=1, label="Images")
                 truncation = Slider(0.0, 2.0, value=1.0, step=0.05, label="Truncation")
                 code = gr.Dropdown(["random"], value="random", label="Cluster code", visible=False)
+            quality = gr.Markdown(quality_text(default_model("sample", sample_choices)), elem_id="sample-quality")
             with gr.Accordion("Latent sliders (principal directions, GANSpace)", open=False):
                 raw_z = gr.Checkbox(value=False, label="Raw z (slider i moves z[i] instead)")
                 with gr.Row():
@@ -700,6 +732,7 @@ def build() -> gr.Blocks:
         dice.click(lambda: int(torch.randint(0, 2**31 - 1, ()).item()), None, seed, **private).then(
             sample_images, sample_inputs, [grid, gallery], **private)
         s_model.change(code_choices, s_model, code, **private)
+        s_model.change(quality_text, s_model, quality, **private)
         go_interp.click(interpolate, [s_model, seed_a, seed_b, frames, truncation, code], [strip, gif],
                         api_name="interpolate")
 

@@ -361,3 +361,31 @@ def test_messages_shown_to_visitors_carry_no_server_paths(tmp_path, monkeypatch)
     assert str(tmp_path) not in said and said == "cannot write checkpoints to runs/model-a: Permission denied"
     said = app._no_paths("cannot identify image file '/var/cache/x/61c9/text.png'")
     assert said == "cannot identify image file 'text.png'"
+
+
+def test_sample_tab_opens_on_the_bundled_model_that_scored_best_and_shows_its_figures(models, model_dir):
+    from gan_core.checkpoint import write_json
+    import json
+    choices = app.model_choices()
+    assert app.default_model("sample", choices) == "tiny-dcgan" or app.best_bundled_sampler(choices) is None
+    assert "not measured" in app.quality_text("tiny-dcgan")
+    figures = {"tiny-dcgan": 40.0, "tiny-cluster": 3.0}
+    for name, ratio in figures.items():
+        path = model_dir / "checkpoints" / name / "config.json"
+        raw = json.loads(path.read_text())
+        raw["sample_quality"] = {"evaluator": "shapes", "n": 100, "fid": ratio * 0.5, "real_fid": 0.5,
+                                 "fid_ratio": ratio, "precision": 0.7, "recall": 0.4, "class_coverage": 9,
+                                 "classes": 10}
+        write_json(path, raw)
+    try:
+        assert app.default_model("sample", app.model_choices()) == "tiny-cluster"
+        text = app.quality_text("tiny-cluster")
+        assert "FID 1.5" in text and "x3" in text and "9 of 10 classes" in text
+        # only the Sample tab follows the figures
+        assert app.default_model("blobs", ["tiny-blobgan"]) == "tiny-blobgan"
+    finally:
+        for name in figures:
+            path = model_dir / "checkpoints" / name / "config.json"
+            raw = json.loads(path.read_text())
+            raw.pop("sample_quality")
+            write_json(path, raw)

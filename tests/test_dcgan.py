@@ -104,3 +104,24 @@ def test_sizes_and_channels(size, channels):
 def test_bad_size_rejected():
     with pytest.raises(ValueError):
         dcgan.build(DCGANConfig(image_size=48))
+
+
+def test_r1_regularises_d_and_is_off_by_default(tmp_path):
+    from gan_core.config import DataConfig, RunConfig, TrainConfig
+    from gan_core.kinds import validate
+    from gan_core.training import train
+
+    def run(gamma, name):
+        cfg = RunConfig(model=DCGANConfig(nz=8, ngf=4, ndf=4, r1_gamma=gamma), data=DataConfig(num_images=16, image_size=32),
+                        train=TrainConfig(steps=2, batch_size=4, log_every=1, device="cpu", precision="fp32",
+                                          channels_last=False, out_dir=str(tmp_path / name)))
+        return train(cfg)
+
+    plain, penalised = run(0.0, "plain"), run(10.0, "r1")
+    assert "r1" not in plain["metrics"] and penalised["metrics"]["r1"] > 0
+    # same seed, same data: only D's extra term differs, so the second step's losses differ
+    assert plain["metrics"]["loss_d"] != penalised["metrics"]["loss_d"]
+    with pytest.raises(ValueError, match="r1_gamma"):
+        validate(RunConfig(model=DCGANConfig(r1_gamma=-1.0)))
+    with pytest.raises(ValueError, match="double backward"):
+        validate(RunConfig(model=DCGANConfig(r1_gamma=1.0), train=TrainConfig(compile=True)))

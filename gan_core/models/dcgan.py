@@ -18,8 +18,8 @@ import torch
 from torch import nn
 
 from ..augment import instance_noise
-from ..config import RunConfig
-from ..losses import d_loss_bce, g_loss_bce
+from ..config import RunConfig, check_numbers
+from ..losses import d_loss_bce, g_loss_bce, r1_penalty
 from ..runtime import autocast
 from .base import Batch, Models, check_widths, g_update_and_metrics
 
@@ -32,6 +32,9 @@ class DCGANConfig:
     nz: int = 100
     ngf: int = 64
     ndf: int = 64
+    # R1 (Mescheder et al. 2018): gamma / 2 * E||grad_x D(x)||^2 on real images added to D's loss at
+    # every step (so the step stays the same each time). 0: the seed's update.
+    r1_gamma: float = 0.0
 
 
 class BatchNorm2d(nn.BatchNorm2d):
@@ -135,13 +138,18 @@ def build(cfg: DCGANConfig) -> tuple[Generator, Discriminator]:
 
 def validate(cfg: RunConfig) -> None:
     check_widths(cfg)
+    check_numbers(("model.r1_gamma", cfg.model.r1_gamma, 0.0, 1000.0))
+    if cfg.train.compile and cfg.model.r1_gamma > 0:
+        raise ValueError("model.r1_gamma needs a double backward, which torch.compile does not "
+                         "support: set train.compile=false or model.r1_gamma=0")
 
 
 def train_step(m: Models, b: Batch) -> dict[str, torch.Tensor]:
     """One DCGAN update of D then G. Returns detached metric tensors (no host sync).
 
     With the defaults this is the tutorial's update. `b.real_label` < 1 smooths the real target;
-    `b.input_noise_std` > 0 adds Gaussian instance noise (drawn from `b.gen`) to every image D sees."""
+    `b.input_noise_std` > 0 adds Gaussian instance noise (drawn from `b.gen`) to every image D sees;
+    `model.r1_gamma` > 0 adds R1 on the real images to D's loss (`loss_d` is reported without it, as `r1`)."""
     real, device = b.real, b.real.device
 
     def noisy(x: torch.Tensor) -> torch.Tensor:
@@ -152,10 +160,19 @@ def train_step(m: Models, b: Batch) -> dict[str, torch.Tensor]:
         fake = m.G(b.noise)
         fake_logits = m.D(noisy(fake.detach()), logits=True)
         loss_d = d_loss_bce(real_logits, fake_logits, b.real_label)
-    m.update(m.opt_d, loss_d)
+    total_d = loss_d
+    gamma = getattr(m.model_cfg, "r1_gamma", 0.0)  # plug-in kinds reuse this step with their own configs
+    if gamma > 0:  # in fp32, as double backward wants; on the clean real images
+        x = real.detach().float().requires_grad_(True)
+        r1 = r1_penalty(m.D(x, logits=True), x)
+        total_d = loss_d + gamma / 2 * r1
+    m.update(m.opt_d, total_d)
 
     m.d_core.requires_grad_(False)  # G's gradient flows through D; D's own weight grads are not needed
     with autocast(device, m.autocast_dtype):
         gen_logits = m.d_for_g(noisy(fake), logits=True)
         loss_g = g_loss_bce(gen_logits)
-    return g_update_and_metrics(m, loss_d, loss_g, real_logits, fake_logits, gen_logits)
+    metrics = g_update_and_metrics(m, loss_d, loss_g, real_logits, fake_logits, gen_logits)
+    if gamma > 0:
+        metrics["r1"] = r1.detach().float()
+    return metrics

@@ -158,6 +158,13 @@ def main(argv=None) -> dict:
     return result
 
 
+LIMITS = {"shapes": """Known limit: "no shape" holds flat backgrounds and sharp-edged amorphous blobs only. Early-training
+noise and soft, ragged blobs are often called "cross" with high confidence, so class coverage and
+`confident` overrate such samples (FID, precision and recall still rank them far from real).
+
+"""}
+
+
 def card(args, cfg, meta) -> str:
     grey = (f" The same test images in grey (one channel, as a 1-channel model's samples are read): "
             f"accuracy {meta['test_accuracy_grey']:.4f}." if cfg.channels == 3 else "")
@@ -174,7 +181,7 @@ count class coverage. No training path reads it.
   in {meta['train_s']:.0f} s on {meta.get('machine', 'a CPU')}.
 - **Test accuracy: {meta['test_accuracy']:.4f}** on {meta['test_images']} held-out images.{grey}
 
-Rebuild: `python -m scripts.train_evaluator --dataset {args.dataset}{'' if cfg.name != 'fashion-mnist' else ' --data-path FASHION_MNIST_IDX_FOLDER'}`
+{LIMITS.get(cfg.name, "")}Rebuild: `python -m scripts.train_evaluator --dataset {args.dataset}{'' if cfg.name != 'fashion-mnist' else ' --data-path FASHION_MNIST_IDX_FOLDER'}`
 """
 
 

@@ -11,8 +11,8 @@ training images:
 - `precision`, `recall`: improved precision/recall, k = 3 (fidelity and coverage of the real manifold);
 - `class_coverage`: how many classes hold at least half a uniform share of the samples, with every
   class's share (`class_shares`) and `class_kl`, KL(real class shares || sample class shares);
-- `confident`: the share of samples whose top class probability reaches the level 95% of held-out
-  real images reach (and, for shapes, `no_shape`: the share classed as an empty background or an
+- `confident`: the share of samples given a class (not "no shape") with a top probability at the
+  level 95% of held-out real images reach (and, for shapes, `no_shape`: the share classed as an empty background or an
   amorphous blob).
 The same figures for held-out real images (`real_fid`, `real_kid`, ...: another render seed of a
 built-in source, or the test split) are the floor: what a perfect generator would score with the
@@ -70,7 +70,7 @@ def figures(ev, reference, images, real_ids, level, prefix: str = "") -> dict:
     coverage = metrics.class_coverage(ids, len(covered_classes), real_ids)
     out = {"fid": metrics.frechet_distance(reference, feats), "kid": metrics.kernel_distance(reference, feats),
            "precision": precision, "recall": recall, "class_coverage": coverage["covered"],
-           "class_kl": coverage["kl"], "confident": float((probs.max(1).values >= level).float().mean()),
+           "class_kl": coverage["kl"], "confident": float(((probs.max(1).values >= level) & (ids < len(covered_classes))).float().mean()),
            "class_shares": dict(zip(covered_classes, coverage["shares"]))}
     if "no shape" in ev.cfg.classes:
         out["no_shape"] = float((ids == ev.cfg.classes.index("no shape")).float().mean())

@@ -185,8 +185,9 @@ def quality_text(name: str | None) -> str:
 def best_bundled_sampler(choices: list[str]) -> str | None:
     """The bundled model whose samples scored best against their own floor (lowest FID / real FID)."""
     scored = []
+    sources = model_sources()
     for name in choices:
-        source = model_sources().get(name, "")
+        source = sources.get(name, "")
         q = sample_quality(source) if Path(source).parent == CHECKPOINTS else None
         if q and q.get("fid_ratio"):
             scored.append((q["fid_ratio"], name))
@@ -637,14 +638,14 @@ def build() -> gr.Blocks:
 
         with gr.Tab("Sample", id="sample"):
             with gr.Row():
-                s_model = gr.Dropdown(sample_choices, value=default_model("sample", sample_choices), label="Model",
-                                      allow_custom_value=True)
+                sample_default = default_model("sample", sample_choices)
+                s_model = gr.Dropdown(sample_choices, value=sample_default, label="Model", allow_custom_value=True)
                 seed = Number(value=0, precision=0, label="Seed")
                 dice = gr.Button("Random seed", scale=0)
                 count = Slider(1, 64, value=16, step=1, label="Images")
                 truncation = Slider(0.0, 2.0, value=1.0, step=0.05, label="Truncation")
                 code = gr.Dropdown(["random"], value="random", label="Cluster code", visible=False)
-            quality = gr.Markdown(quality_text(default_model("sample", sample_choices)), elem_id="sample-quality")
+            quality = gr.Markdown(quality_text(sample_default), elem_id="sample-quality")
             with gr.Accordion("Latent sliders (principal directions, GANSpace)", open=False):
                 raw_z = gr.Checkbox(value=False, label="Raw z (slider i moves z[i] instead)")
                 with gr.Row():

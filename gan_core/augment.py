@@ -82,3 +82,10 @@ def instance_noise(x: torch.Tensor, std: float, gen: Optional[torch.Generator] =
     if std <= 0:
         return x
     return x + std * torch.randn(x.shape, generator=gen, device=x.device, dtype=x.dtype)
+
+
+def border_median(x: torch.Tensor) -> torch.Tensor:
+    """(N, C, H, W) -> (N, C, 1, 1): the median of each channel along the image's border (the
+    background colour of an image with one object on a flat background)."""
+    edge = torch.cat([x[..., 0, :], x[..., -1, :], x[..., 1:-1, 0], x[..., 1:-1, -1]], -1)
+    return edge.median(-1).values[..., None, None]

@@ -60,9 +60,9 @@ def held_out(cfg_data, n: int):
     return None
 
 
-def figures(ev, reference, images, real_ids, level, prefix: str = "") -> dict:
+def figures(ev, reference, feats, probs, real_ids, level, prefix: str = "") -> dict:
+    """The figures of one image set, from its evaluator features and class probabilities (`ev.run`)."""
     from gan_core import metrics
-    feats, probs = ev.run(images)
     ids = probs.argmax(1)
     precision, recall = metrics.precision_recall(reference, feats, k=3)
     # "no shape" is no class to cover: samples given it count in the total, never as a covered class
@@ -144,15 +144,12 @@ def main(argv=None) -> dict:
         result["evaluator"] = ev.cfg.name
         ref_feats, ref_probs = ev.run(reference)
         ref_ids = ref_probs.argmax(1)
-        if held is not None:
-            _, held_probs = ev.run(held)
-            level = float(held_probs.max(1).values.quantile(0.05))
-        else:
-            level = float(ref_probs.max(1).values.quantile(0.05))
+        held_run = ev.run(held) if held is not None else None
+        level = float((held_run[1] if held_run else ref_probs).max(1).values.quantile(0.05))
         result["confidence_level"] = round(level, 4)
-        result.update(figures(ev, ref_feats, generated, ref_ids, level))
-        if held is not None:
-            result.update(figures(ev, ref_feats, held, ref_ids, level, prefix="real_"))
+        result.update(figures(ev, ref_feats, *ev.run(generated), ref_ids, level))
+        if held_run:
+            result.update(figures(ev, ref_feats, *held_run, ref_ids, level, prefix="real_"))
             result["fid_ratio"] = round(result["fid"] / max(result["real_fid"], 1e-9), 3)
     if args.inception:
         value, why = inception_fid(reference, generated)

@@ -32,9 +32,9 @@ FASHION_CLASSES = ["t-shirt/top", "trouser", "pullover", "dress", "coat", "sanda
 def blanks_like(images):
     """Flat images in each image's border colour: what a generator draws when it draws no object."""
     import torch
-    border = torch.cat([images[:, :, 0], images[:, :, -1], images[:, :, :, 0], images[:, :, :, -1]], dim=2)
-    colour = border.float().median(dim=2).values  # (N, C)
-    return colour[:, :, None, None].expand_as(images).round().to(torch.uint8).contiguous()
+
+    from gan_core.augment import border_median
+    return border_median(images.float()).expand_as(images).round().to(torch.uint8).contiguous()
 
 
 def blobs_like(images, seed: int):

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..augment import AugmentConfig, augment, instance_noise
+from ..augment import AugmentConfig, augment, border_median, instance_noise
 from ..config import IMAGE_SIZES, RunConfig, check_ints, check_numbers
 from ..data import to_float
 from ..losses import (catgan_d_loss, catgan_g_loss, code_ce, d_loss_bce, g_loss_bce, iic_loss, nearest_in_batch,
@@ -143,17 +143,11 @@ def unused_parameters(model_cfg: ClusterConfig) -> bool:
     return model_cfg.objective != "iic" or model_cfg.contrastive_weight > 0
 
 
-def _border_median(x: torch.Tensor) -> torch.Tensor:
-    """(N, C, H, W) -> (N, C, 1, 1): the median of each channel along the image's border."""
-    edge = torch.cat([x[..., 0, :], x[..., -1, :], x[..., 1:-1, 0], x[..., 1:-1, -1]], -1)
-    return edge.median(-1).values[..., None, None]
-
-
 def _mask_frame(x: torch.Tensor, spread: float):
     """The object mask of each image in [0, 1] (N, 1, H, W) and its frame: centre of mass (cx, cy) and the
     scale that maps the RMS radius to `spread`, in affine_grid's [-1, 1] coordinates."""
     x = x.float()
-    dist = (x - _border_median(x)).pow(2).sum(1, keepdim=True).add(1e-8).sqrt()
+    dist = (x - border_median(x)).pow(2).sum(1, keepdim=True).add(1e-8).sqrt()
     m = dist / (dist.amax((2, 3), keepdim=True) + 1e-3)
     _, _, h, w = m.shape
     ys = (torch.arange(h, device=x.device) * 2 + 1) / h - 1  # pixel centres, as affine_grid places them

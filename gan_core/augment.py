@@ -77,6 +77,51 @@ def augment(x: torch.Tensor, gen: Optional[torch.Generator] = None, cfg: Augment
     return (out.clamp(0, 1) * 2 - 1).to(x.dtype)
 
 
+DIFF_AUGMENT_OPS = ("color", "translation", "cutout")
+
+
+def diff_augment(x: torch.Tensor, policy: str, gen: Optional[torch.Generator] = None) -> torch.Tensor:
+    """Differentiable augmentation (DiffAugment, Zhao et al. 2020) of what D sees, real and fake alike,
+    so D cannot memorise the training images while G still learns their distribution; gradients flow
+    through to G. `policy`: comma-separated ops from DIFF_AUGMENT_OPS ("" returns x), each with its own
+    random draw per image, from `gen`. x: (N, C, H, W) in [-1, 1].
+    - color: brightness shift in [-0.5, 0.5], saturation scale in [0, 2], contrast scale in [0.5, 1.5];
+    - translation: a shift of up to 1/8 of the side in whole pixels, the uncovered border zero;
+    - cutout: a zeroed square of half the side at a random centre."""
+    ops = [op.strip() for op in policy.split(",") if op.strip()]
+    unknown = set(ops) - set(DIFF_AUGMENT_OPS)
+    if unknown:
+        raise ValueError(f"unknown DiffAugment ops {sorted(unknown)} (known: {', '.join(DIFF_AUGMENT_OPS)})")
+    n, _, h, w = x.shape
+    dev, shape = x.device, (n, 1, 1, 1)
+    for op in ops:
+        if op == "color":
+            x = x + _uniform(n, -0.5, 0.5, gen, dev).view(shape).to(x.dtype)
+            mean = x.mean(1, keepdim=True)
+            x = (x - mean) * _uniform(n, 0.0, 2.0, gen, dev).view(shape).to(x.dtype) + mean
+            mean = x.mean((1, 2, 3), keepdim=True)
+            x = (x - mean) * _uniform(n, 0.5, 1.5, gen, dev).view(shape).to(x.dtype) + mean
+        elif op == "translation":
+            # Whole-pixel shifts as an index gather from a zero-padded copy (exact; gradients flow to x).
+            pad_h, pad_w = max(h // 8, 1), max(w // 8, 1)
+            dy = torch.randint(-pad_h, pad_h + 1, (n, 1, 1), generator=gen, device=dev)
+            dx = torch.randint(-pad_w, pad_w + 1, (n, 1, 1), generator=gen, device=dev)
+            rows = (torch.arange(h, device=dev).view(1, h, 1) + dy + pad_h).expand(n, h, w)
+            cols = (torch.arange(w, device=dev).view(1, 1, w) + dx + pad_w).expand(n, h, w)
+            padded = F.pad(x, (pad_w, pad_w, pad_h, pad_h))
+            flat = padded.flatten(2)  # (N, C, (H + 2 pad_h) * (W + 2 pad_w))
+            index = (rows * (w + 2 * pad_w) + cols).flatten(1)[:, None, :].expand(-1, x.shape[1], -1)
+            x = flat.gather(2, index).view_as(x)
+        else:  # cutout
+            cy = torch.randint(0, h, (n, 1, 1), generator=gen, device=dev)
+            cx = torch.randint(0, w, (n, 1, 1), generator=gen, device=dev)
+            rows = torch.arange(h, device=dev).view(1, h, 1)
+            cols = torch.arange(w, device=dev).view(1, 1, w)
+            hole = ((rows - cy).abs() < h // 4) & ((cols - cx).abs() < w // 4)  # (N, H, W)
+            x = x * (~hole)[:, None].to(x.dtype)
+    return x
+
+
 def instance_noise(x: torch.Tensor, std: float, gen: Optional[torch.Generator] = None) -> torch.Tensor:
     """x plus Gaussian noise of `std` (drawn from `gen`); x itself when std <= 0."""
     if std <= 0:

@@ -35,13 +35,17 @@ from . import config as config_mod
 from . import kinds
 from .data import ImageDataset, load_dataset, to_float
 from .graphs import StaticStep, graph_blocker
-from .models.base import Batch, Extra, Models, ema_decay_at, generate, step_generator, update_ema
+from .models.base import (Batch, Extra, Models, ema_decay_at, generate, recalibrate_batchnorm, step_generator,
+                          update_ema)
 from .runtime import (PRECISIONS, Choice, candidate_label, candidates, channels_last_setting, choose, configure_cpu,
                       configure_cuda, device_key, fastest, resolve_device, time_calls, tuning_cache)
 
 ProgressFn = Callable[[int, dict], None]
 LogFn = Callable[[str], None]
 SAMPLE_COUNT = 64
+# The EMA generator's BatchNorm statistics are re-measured over this many latents before each grid and
+# save, drawn from a stream no rank's training steps use (step_generator's "rank" slot).
+STANDING_STATS_BATCHES, STANDING_STATS_BATCH, STANDING_STATS_STREAM = 8, 128, 1 << 20
 
 
 def _dist_info() -> tuple[int, int]:
@@ -403,9 +407,19 @@ def train(cfg: config_mod.RunConfig, on_progress: Optional[ProgressFn] = None,
     start_step, t0 = step, time.perf_counter()
     window = _Window(t0)
 
+    def standing_stats() -> None:
+        """The EMA generator's BatchNorm statistics, measured on its own activations (not the live G's)
+        before it paints a grid or is saved; its own random stream, so training is unchanged."""
+        g_ema = m.ema.get(ckpt.GENERATOR)
+        if g_ema is not None:
+            gen = step_generator(t.seed, STANDING_STATS_STREAM, step, device)
+            recalibrate_batchnorm(g_ema, [kind.latent(cfg.model, STANDING_STATS_BATCH, gen, device)
+                                          for _ in range(STANDING_STATS_BATCHES)])
+
     def save() -> Optional[Path]:
         if rank != 0:
             return None
+        standing_stats()
         folder = ckpt.save_training_checkpoint(out_dir, cfg, step, m.modules(), m.optimizers(),
                                                last_metrics, keep=t.keep_checkpoints, runtime=runtime_record,
                                                scaler=m.scaler.state_dict() if m.scaler is not None else None)
@@ -446,6 +460,7 @@ def train(cfg: config_mod.RunConfig, on_progress: Optional[ProgressFn] = None,
                 stop_reason = "stopped by request"
                 break
         if rank == 0 and on_sample and (step % t.sample_every == 0 or step == t.steps):
+            standing_stats()
             on_sample(step, generate(m.sampling_generator(), fixed_noise))
         # save
         if step % t.checkpoint_every == 0 and step < t.steps:

@@ -80,3 +80,36 @@ def test_zoom_out_pads_with_the_background_not_stripes():
     rows = (out[:, 0] > 0).any(2).sum(1)
     assert (rows <= 20).all() and (rows >= 12).all()  # half the side (2x zoom out), give or take the blur
     assert out.min() >= -1 and out.max() <= 1
+
+
+def test_diff_augment_ops_are_exact_seeded_and_differentiable():
+    import pytest
+
+    from gan_core.augment import diff_augment
+
+    x = torch.rand(6, 3, 32, 32) * 2 - 1
+    assert diff_augment(x, "") is x
+    # translation: each image is a whole-pixel shift of itself, within 1/8 of the side, zeros where uncovered
+    y = diff_augment(x, "translation", torch.Generator().manual_seed(0))
+    for i in range(len(x)):
+        padded = torch.nn.functional.pad(x[i], (4, 4, 4, 4))
+        assert any(torch.equal(y[i], padded[:, 4 + dy: 36 + dy, 4 + dx: 36 + dx])
+                   for dy in range(-4, 5) for dx in range(-4, 5))
+    assert torch.equal(y, diff_augment(x, "translation", torch.Generator().manual_seed(0)))
+    assert not torch.equal(y, diff_augment(x, "translation", torch.Generator().manual_seed(1)))
+    # cutout: at most a (side/2)^2 square of each image is zeroed, the rest untouched
+    ones = torch.ones(6, 3, 32, 32)
+    cut = diff_augment(ones, "cutout", torch.Generator().manual_seed(0))
+    zeroed = (cut == 0).all(1).flatten(1).sum(1)
+    assert ((zeroed > 0) & (zeroed <= 16 * 16)).all() and ((cut == 0) | (cut == 1)).all()
+    # colour: one brightness / saturation / contrast draw per image; a flat grey image stays flat
+    grey = torch.zeros(6, 3, 8, 8)
+    flat = diff_augment(grey, "color", torch.Generator().manual_seed(0))
+    assert torch.allclose(flat, flat[:, :1, :1, :1].expand_as(flat), atol=1e-6)
+    assert flat[:, 0, 0, 0].abs().max() <= 0.5 + 1e-6 and flat[:, 0, 0, 0].std() > 0
+    # gradients reach the input through every op (G learns through D's augmented view)
+    xg = x.clone().requires_grad_(True)
+    diff_augment(xg, "color,translation,cutout", torch.Generator().manual_seed(0)).square().sum().backward()
+    assert xg.grad is not None and xg.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="unknown DiffAugment"):
+        diff_augment(x, "flip")

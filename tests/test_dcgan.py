@@ -125,3 +125,25 @@ def test_r1_regularises_d_and_is_off_by_default(tmp_path):
         validate(RunConfig(model=DCGANConfig(r1_gamma=-1.0)))
     with pytest.raises(ValueError, match="double backward"):
         validate(RunConfig(model=DCGANConfig(r1_gamma=1.0), train=TrainConfig(compile=True)))
+
+
+def test_diffaugment_option_is_checked_and_changes_what_d_sees():
+    from gan_core import kinds
+    from gan_core.config import DataConfig, RunConfig, TrainConfig
+    from gan_core.kinds import validate
+    from gan_core import training as train_mod
+    from gan_core.models.base import Batch
+
+    with pytest.raises(ValueError, match="diffaugment"):
+        validate(RunConfig(model=DCGANConfig(diffaugment="color,blur")))
+    validate(RunConfig(model=DCGANConfig(diffaugment="color, translation,cutout")))
+    real, noise = torch.rand(4, 3, 32, 32) * 2 - 1, torch.randn(4, 8, 1, 1)
+    outs = []
+    for policy in ("", "translation,cutout", "translation,cutout"):
+        cfg = RunConfig(model=DCGANConfig(nz=8, ngf=4, ndf=4, image_size=32, diffaugment=policy),
+                        data=DataConfig(image_size=32), train=TrainConfig(precision="fp32"))
+        torch.manual_seed(0)
+        m = train_mod.build_models(cfg, torch.device("cpu"))
+        outs.append(kinds.KINDS["dcgan"].train_step(m, Batch(real, noise, torch.Generator().manual_seed(3))))
+    assert outs[1]["loss_d"] != outs[0]["loss_d"]  # D saw augmented images
+    assert outs[1]["loss_d"] == outs[2]["loss_d"]  # drawn from the step's generator: reproducible

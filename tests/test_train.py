@@ -292,3 +292,34 @@ def test_the_cli_bar_shows_the_measured_rate_and_time_left():
     text = progress_text({"images_per_s": 640.0, "eta_s": 100.0, "loss_d": 0.6931, "loss_g": 0.7}, batch_size=64)
     assert text == "10.00 step/s, 640 img/s, 1 min 40 s left, loss_d 0.693, loss_g 0.700"
     assert "{rate" not in TRAIN_BAR and "{remaining" not in TRAIN_BAR  # tqdm's own guesses are not shown
+
+
+def test_ema_generator_gets_batchnorm_statistics_of_its_own(tmp_path):
+    """The EMA copy's running statistics are measured on its own activations, not the live G's."""
+    from gan_core.models.base import recalibrate_batchnorm
+    from gan_core.models.dcgan import build
+
+    torch.manual_seed(0)
+    g, _ = build(DCGANConfig(nz=16, ngf=8, ndf=8, image_size=32))
+    ema = copy.deepcopy(g)
+    with torch.no_grad():  # EMA weights that differ from the live G's
+        for p in ema.parameters():
+            p.mul_(1.5).add_(0.01)
+    first_bn = ema.main[1]
+    seen = []
+    hook = ema.main[0].register_forward_hook(lambda _m, _i, out: seen.append(out.detach()))
+    latents = [torch.randn(32, 16, 1, 1) for _ in range(3)]
+    ema.eval()
+    assert recalibrate_batchnorm(ema, latents)
+    hook.remove()
+    acts = torch.cat(seen)  # the first conv's outputs over all three batches
+    assert torch.allclose(first_bn.running_mean, acts.mean((0, 2, 3)), atol=1e-5)
+    assert not ema.training and first_bn.momentum == 0.1  # mode and momentum restored
+    assert not recalibrate_batchnorm(nn.Sequential(nn.Linear(2, 2)), [torch.randn(3, 2)])
+
+    # The loop recalibrates before it saves: the saved EMA statistics are not the live G's.
+    result = train_mod.train(tiny_cfg(tmp_path / "run"))
+    folder = Path(result["checkpoint"])
+    live, averaged = load_file(folder / "generator.safetensors"), load_file(folder / "generator_ema.safetensors")
+    key = "main.1.running_mean"
+    assert not torch.allclose(live[key].float(), averaged[key].float())

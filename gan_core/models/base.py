@@ -137,6 +137,32 @@ def update_ema(ema: nn.Module, model: nn.Module, decay: float) -> None:
         eb.copy_(b)
 
 
+@torch.no_grad()
+def recalibrate_batchnorm(g: nn.Module, latents: list[torch.Tensor]) -> bool:
+    """Give an EMA generator BatchNorm statistics of its own ("standing statistics", Brock et al. 2019).
+
+    `update_ema` averages the weights but copies the running statistics of the live G, which were
+    measured on the live G's activations; the averaged weights make other activations, so in eval mode
+    their normalisation is off (the bundled shapes DCGAN drew 91% smears that way against 73% with
+    batch statistics). This runs `latents` through `g` in train mode with a cumulative average and
+    leaves `g` as it was. Returns False (and does nothing) when `g` has no BatchNorm."""
+    norms = [mod for mod in g.modules() if isinstance(mod, nn.modules.batchnorm._BatchNorm)]
+    if not norms:
+        return False
+    was_training = g.training
+    momenta = [mod.momentum for mod in norms]
+    for mod in norms:
+        mod.reset_running_stats()
+        mod.momentum = None  # a cumulative average over the batches below
+    g.train()
+    for z in latents:
+        g(z)
+    for mod, momentum in zip(norms, momenta):
+        mod.momentum = momentum
+    g.train(was_training)
+    return True
+
+
 def ema_decay_at(decay: float, step: int) -> float:
     """Warm-up so early EMA weights are not dominated by the random init: min(decay, (1+n)/(10+n))."""
     return min(decay, (1.0 + step) / (10.0 + step))

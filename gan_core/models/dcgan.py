@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..augment import instance_noise
+from ..augment import DIFF_AUGMENT_OPS, diff_augment, instance_noise
 from ..config import RunConfig, check_numbers
 from ..losses import d_loss_bce, g_loss_bce, r1_penalty
 from ..runtime import autocast
@@ -35,6 +35,9 @@ class DCGANConfig:
     # R1 (Mescheder et al. 2018): gamma / 2 * E||grad_x D(x)||^2 on real images added to D's loss at
     # every step (so the step stays the same each time). 0: the seed's update.
     r1_gamma: float = 0.0
+    # DiffAugment (Zhao et al. 2020): comma-separated ops from gan_core.augment.DIFF_AUGMENT_OPS applied to
+    # every image D sees, real and fake ("color,translation,cutout" is the paper's). "": none, the seed's update.
+    diffaugment: str = ""
 
 
 class BatchNorm2d(nn.BatchNorm2d):
@@ -139,6 +142,10 @@ def build(cfg: DCGANConfig) -> tuple[Generator, Discriminator]:
 def validate(cfg: RunConfig) -> None:
     check_widths(cfg)
     check_numbers(("model.r1_gamma", cfg.model.r1_gamma, 0.0, 1000.0))
+    ops = [op.strip() for op in str(cfg.model.diffaugment).split(",") if op.strip()]
+    if any(op not in DIFF_AUGMENT_OPS for op in ops):
+        raise ValueError(f"model.diffaugment takes comma-separated ops from {', '.join(DIFF_AUGMENT_OPS)}, "
+                         f"not {cfg.model.diffaugment!r}")
     if cfg.train.compile and cfg.model.r1_gamma > 0:
         raise ValueError("model.r1_gamma needs a double backward, which torch.compile does not "
                          "support: set train.compile=false or model.r1_gamma=0")
@@ -149,11 +156,13 @@ def train_step(m: Models, b: Batch) -> dict[str, torch.Tensor]:
 
     With the defaults this is the tutorial's update. `b.real_label` < 1 smooths the real target;
     `b.input_noise_std` > 0 adds Gaussian instance noise (drawn from `b.gen`) to every image D sees;
-    `model.r1_gamma` > 0 adds R1 on the real images to D's loss (`loss_d` is reported without it, as `r1`)."""
+    `model.r1_gamma` > 0 adds R1 on the real images to D's loss (`loss_d` is reported without it, as `r1`);
+    `model.diffaugment` augments every image D sees (after the noise), from `b.gen`."""
     real, device = b.real, b.real.device
+    policy = getattr(m.model_cfg, "diffaugment", "")  # plug-in kinds reuse this step with their own configs
 
     def noisy(x: torch.Tensor) -> torch.Tensor:
-        return instance_noise(x, b.input_noise_std, b.gen)
+        return diff_augment(instance_noise(x, b.input_noise_std, b.gen), policy, b.gen)
 
     with autocast(device, m.autocast_dtype):
         real_logits = m.D(noisy(real), logits=True)

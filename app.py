@@ -59,6 +59,7 @@ PUBLIC = os.environ.get("GANLAB_PUBLIC", "") == "1"
 FMNIST = Path("/usr/share/datasets/fashion-mnist")
 DEFAULTS = {"sample": "shapes-dcgan", "blobs": "scenes-blobgan", "classify": "fashion-mnist-clusters"}
 N_SLIDERS = 8
+DISPLAY_TILE = 128  # samples are shown enlarged to about this many pixels a side (see `readable`)
 VIEW_SCALE = 4  # blob views are drawn at 4x the model's resolution
 # Public mode caps what one visitor can ask of the machine (both overridable by the environment).
 MAX_UPLOAD_MB = float(os.environ.get("GANLAB_MAX_UPLOAD_MB", "20" if PUBLIC else "0")) or None  # per request
@@ -263,8 +264,15 @@ def _code(m: Model, code: str | None) -> int | None:
 
 
 @gpu
+def readable(image: Image.Image, side: int) -> Image.Image:
+    """A picture of `side`-pixel tiles enlarged by a whole factor (nearest neighbour, so no pixel is
+    invented) until a tile is about DISPLAY_TILE pixels: 32 px samples shown at 128 px are readable."""
+    factor = max(1, DISPLAY_TILE // side)
+    return image if factor == 1 else image.resize((image.width * factor, image.height * factor), Image.NEAREST)
+
+
 def sample_images(model, seed, count, truncation, code, raw_z, gallery, *sliders):
-    """-> (one grid image, list of single images or None)."""
+    """-> (one grid image, list of single images or None), enlarged for display (`readable`)."""
     m = load(model)
     n = _number(count, "Images", 1, 64)
     seed = _number(seed, "Seed", 0, 2**31 - 1)
@@ -274,8 +282,9 @@ def sample_images(model, seed, count, truncation, code, raw_z, gallery, *sliders
     z = m.sampler.move(z, alphas, raw=bool(raw_z))
     with m.painting():
         images = m.sampler.generate(z)
-    grid = viz.image_grid(images, nrow=min(n, 8))
-    singles = [viz.image_grid(im[None], nrow=1, padding=0) for im in images] if gallery else None
+    side = images.shape[-1]
+    grid = readable(viz.image_grid(images, nrow=min(n, 8)), side)
+    singles = [readable(viz.image_grid(im[None], nrow=1, padding=0), side) for im in images] if gallery else None
     return grid, singles
 
 
@@ -602,119 +611,120 @@ def build() -> gr.Blocks:
     with gr.Blocks(title="GAN Lab") as demo:
         gr.Markdown("# GAN Lab\nTrain GANs on your images, sample and edit them, and sort images into "
                     "clusters without labels." + (" *Public mode: limited training.*" if PUBLIC else ""))
-        with gr.Tab("Train", id="train"):
-            with gr.Row():
-                dataset = gr.Dropdown(DATASETS, value="shapes", label="Dataset")
-                kind = gr.Dropdown(list(kinds.KINDS), value=kinds.DEFAULT_KIND, label="Model kind")
-                name = gr.Textbox(label="Model name", placeholder="(automatic)")
-            # Shown and hidden through their columns: Gradio rebuilds a widget that gets a property
-            # update from its plain class, which would drop the one-line error wrapper.
-            with gr.Column(visible=False) as upload_box:
-                upload = File(label="Images or zips (for 'upload')", file_count="multiple")
-            with gr.Column(visible=False) as text_box:
-                text = gr.Textbox(label="Hub dataset id or parquet path")
-            with gr.Row():
-                steps = Number(value=500, precision=0, label="Steps")
-                batch = Number(value=64, precision=0, label="Batch size")
-                lr = Number(value=2e-4, label="Learning rate")
-                size = gr.Dropdown([32, 64], value=32, label="Image size")
-                channels = gr.Radio([1, 3], value=3, label="Channels")
-                k = Number(value=10, precision=0, label="K (cluster)")
-            with gr.Row():
-                start = gr.Button("Start", variant="primary")
-                stop = gr.Button("Stop", variant="stop")
-            status = gr.Markdown(JOB.status().summary())
-            with gr.Row():
-                losses = gr.LinePlot(x="step", y="value", color="loss", label="Losses", height=260)
-                samples = gr.Image(label="Samples", type="pil", format="png", interactive=False)
-            checkpoint_zip = File(label="Finished checkpoint (zip)", interactive=False)
-            with gr.Accordion("Push the trained model to the Hugging Face Hub", open=False):
+        with gr.Tabs(selected="sample"):  # a visitor sees samples first
+            with gr.Tab("Train", id="train"):
                 with gr.Row():
-                    repo = gr.Textbox(label="Repo id", placeholder="user/name")
-                    token = gr.Textbox(label="Token (used once, never stored)", type="password")
-                    hub_private = gr.Checkbox(value=True, label="Private")
-                push = gr.Button("Push")
-                push_status = gr.Markdown()
+                    dataset = gr.Dropdown(DATASETS, value="shapes", label="Dataset")
+                    kind = gr.Dropdown(list(kinds.KINDS), value=kinds.DEFAULT_KIND, label="Model kind")
+                    name = gr.Textbox(label="Model name", placeholder="(automatic)")
+                # Shown and hidden through their columns: Gradio rebuilds a widget that gets a property
+                # update from its plain class, which would drop the one-line error wrapper.
+                with gr.Column(visible=False) as upload_box:
+                    upload = File(label="Images or zips (for 'upload')", file_count="multiple")
+                with gr.Column(visible=False) as text_box:
+                    text = gr.Textbox(label="Hub dataset id or parquet path")
+                with gr.Row():
+                    steps = Number(value=500, precision=0, label="Steps")
+                    batch = Number(value=64, precision=0, label="Batch size")
+                    lr = Number(value=2e-4, label="Learning rate")
+                    size = gr.Dropdown([32, 64], value=32, label="Image size")
+                    channels = gr.Radio([1, 3], value=3, label="Channels")
+                    k = Number(value=10, precision=0, label="K (cluster)")
+                with gr.Row():
+                    start = gr.Button("Start", variant="primary")
+                    stop = gr.Button("Stop", variant="stop")
+                status = gr.Markdown(JOB.status().summary())
+                with gr.Row():
+                    losses = gr.LinePlot(x="step", y="value", color="loss", label="Losses", height=260)
+                    samples = gr.Image(label="Samples", type="pil", format="png", interactive=False)
+                checkpoint_zip = File(label="Finished checkpoint (zip)", interactive=False)
+                with gr.Accordion("Push the trained model to the Hugging Face Hub", open=False):
+                    with gr.Row():
+                        repo = gr.Textbox(label="Repo id", placeholder="user/name")
+                        token = gr.Textbox(label="Token (used once, never stored)", type="password")
+                        hub_private = gr.Checkbox(value=True, label="Private")
+                    push = gr.Button("Push")
+                    push_status = gr.Markdown()
 
-        with gr.Tab("Sample", id="sample"):
-            with gr.Row():
-                sample_default = default_model("sample", sample_choices)
-                s_model = gr.Dropdown(sample_choices, value=sample_default, label="Model", allow_custom_value=True)
-                seed = Number(value=0, precision=0, label="Seed")
-                dice = gr.Button("Random seed", scale=0)
-                count = Slider(1, 64, value=16, step=1, label="Images")
-                truncation = Slider(0.0, 2.0, value=1.0, step=0.05, label="Truncation")
-                code = gr.Dropdown(["random"], value="random", label="Cluster code", visible=False)
-            quality = gr.Markdown(quality_text(sample_default), elem_id="sample-quality")
-            with gr.Accordion("Latent sliders (principal directions, GANSpace)", open=False):
-                raw_z = gr.Checkbox(value=False, label="Raw z (slider i moves z[i] instead)")
+            with gr.Tab("Sample", id="sample"):
                 with gr.Row():
-                    sliders = [Slider(-3, 3, value=0, step=0.1, label=f"direction {i + 1}") for i in range(N_SLIDERS)]
-            with gr.Row():
-                go = gr.Button("Sample", variant="primary", elem_id="sample-button")
-                as_gallery = gr.Checkbox(value=False, label="Also as a gallery")
-            grid = gr.Image(label="Samples", type="pil", format="png", interactive=False, elem_id="sample-grid")
-            gallery = gr.Gallery(label="Images", columns=8, visible=True)
-            with gr.Accordion("Interpolate between two seeds", open=False):
+                    sample_default = default_model("sample", sample_choices)
+                    s_model = gr.Dropdown(sample_choices, value=sample_default, label="Model", allow_custom_value=True)
+                    seed = Number(value=0, precision=0, label="Seed")
+                    dice = gr.Button("Random seed", scale=0)
+                    count = Slider(1, 64, value=16, step=1, label="How many")
+                    truncation = Slider(0.0, 2.0, value=1.0, step=0.05, label="Truncation")
+                    code = gr.Dropdown(["random"], value="random", label="Cluster code", visible=False)
+                quality = gr.Markdown(quality_text(sample_default), elem_id="sample-quality")
+                with gr.Accordion("Latent sliders (principal directions, GANSpace)", open=False):
+                    raw_z = gr.Checkbox(value=False, label="Raw z (slider i moves z[i] instead)")
+                    with gr.Row():
+                        sliders = [Slider(-3, 3, value=0, step=0.1, label=f"direction {i + 1}") for i in range(N_SLIDERS)]
                 with gr.Row():
-                    seed_a = Number(value=0, precision=0, label="Seed A")
-                    seed_b = Number(value=1, precision=0, label="Seed B")
-                    frames = Slider(2, 32, value=8, step=1, label="Frames")
-                    go_interp = gr.Button("Interpolate")
-                strip = gr.Image(label="Frames", type="pil", format="png", interactive=False)
-                gif = File(label="Animated GIF", interactive=False)
+                    go = gr.Button("Sample", variant="primary", elem_id="sample-button")
+                    as_gallery = gr.Checkbox(value=False, label="Also as a gallery")
+                grid = gr.Image(label="Samples", type="pil", format="png", interactive=False, elem_id="sample-grid")
+                gallery = gr.Gallery(label="Single images", columns=8, visible=False)
+                with gr.Accordion("Interpolate between two seeds", open=False):
+                    with gr.Row():
+                        seed_a = Number(value=0, precision=0, label="Seed A")
+                        seed_b = Number(value=1, precision=0, label="Seed B")
+                        frames = Slider(2, 32, value=8, step=1, label="Frames")
+                        go_interp = gr.Button("Interpolate")
+                    strip = gr.Image(label="Frames", type="pil", format="png", interactive=False)
+                    gif = File(label="Animated GIF", interactive=False)
 
-        with gr.Tab("Blobs", id="blobs"):
-            with gr.Row():
-                b_model = gr.Dropdown(blob_choices, value=default_model("blobs", blob_choices), label="BlobGAN model",
-                                      allow_custom_value=True)
-                b_seed = Number(value=0, precision=0, label="Seed")
-                b_go = gr.Button("Sample a layout", variant="primary", elem_id="blobs-button")
-            with gr.Row():
-                b_image = gr.Image(label="Image (click a blob to pick it)", type="pil", interactive=False,
-                                   elem_id="blob-image")
-                b_map = gr.Image(label="Blob map", type="pil", interactive=False)
-                b_ellipses = gr.Image(label="Blobs", type="pil", interactive=False)
-            with gr.Row():
-                blob = gr.Dropdown([(f"blob {i}", i) for i in range(8)], value=0, label="Blob")
-                action = gr.Radio(["move", "resize", "hide", "show", "restyle", "depth"], value="move", label="Edit")
-            with gr.Row():
-                dx = Slider(-0.5, 0.5, value=0.1, step=0.01, label="dx")
-                dy = Slider(-0.5, 0.5, value=0.0, step=0.01, label="dy")
-                ds = Slider(-4, 4, value=1.0, step=0.1, label="size change")
-                depth = Slider(0, 7, value=7, step=1, label="depth (slot)")
-                style_seed = Number(value=1, precision=0, label="style from seed")
-            apply = gr.Button("Apply edit", elem_id="apply-edit")
-            with gr.Row():
-                to_invert = ImageInput(label="Invert an image into a layout", type="pil")
-                b_invert = gr.Button("Invert")
-            layout = JSON(label="Layout", visible=False)
-
-        with gr.Tab("Classify", id="classify"):
-            c_model = gr.Dropdown(classify_choices, value=default_model("classify", classify_choices),
-                                  label="Cluster model", allow_custom_value=True)
-            with gr.Row():
-                c_image = ImageInput(label="One image", type="pil", elem_id="classify-image")
-                with gr.Column():
-                    c_label = gr.Label(num_top_classes=3, label="Cluster", elem_id="classify-label")
-                    c_top = gr.Markdown()
-            c_go = gr.Button("Classify", variant="primary", elem_id="classify-button")
-            c_files = File(label="Many images or zips", file_count="multiple")
-            c_batch = gr.Button("Classify all")
-            with gr.Row():
-                c_table = Dataframe(headers=["file", "cluster", "confidence", "top 3"], label="Per image",
-                                       interactive=False)
-                c_counts = Dataframe(headers=["cluster", "images"], label="Per cluster", interactive=False)
-            c_csv = File(label="Assignments (CSV)", interactive=False)
-            with gr.Accordion("Clusters: exemplars and names", open=False):
+            with gr.Tab("Blobs", id="blobs"):
                 with gr.Row():
-                    c_cluster = gr.Dropdown([], label="Cluster")
-                    c_show = gr.Button("Show exemplars")
-                c_gallery = gr.Gallery(label="Exemplars: training images, then generated", columns=8)
-                c_names = Dataframe(headers=["cluster", "name"], label="Names (edit, then save)",
-                                       interactive=not PUBLIC)
-                c_save = gr.Button("Save names", visible=not PUBLIC)
-                c_saved = gr.Markdown()
+                    b_model = gr.Dropdown(blob_choices, value=default_model("blobs", blob_choices), label="BlobGAN model",
+                                          allow_custom_value=True)
+                    b_seed = Number(value=0, precision=0, label="Seed")
+                    b_go = gr.Button("Sample a layout", variant="primary", elem_id="blobs-button")
+                with gr.Row():
+                    b_image = gr.Image(label="Image (click a blob to pick it)", type="pil", interactive=False,
+                                       elem_id="blob-image")
+                    b_map = gr.Image(label="Blob map", type="pil", interactive=False)
+                    b_ellipses = gr.Image(label="Blobs", type="pil", interactive=False)
+                with gr.Row():
+                    blob = gr.Dropdown([(f"blob {i}", i) for i in range(8)], value=0, label="Blob")
+                    action = gr.Radio(["move", "resize", "hide", "show", "restyle", "depth"], value="move", label="Edit")
+                with gr.Row():
+                    dx = Slider(-0.5, 0.5, value=0.1, step=0.01, label="dx")
+                    dy = Slider(-0.5, 0.5, value=0.0, step=0.01, label="dy")
+                    ds = Slider(-4, 4, value=1.0, step=0.1, label="size change")
+                    depth = Slider(0, 7, value=7, step=1, label="depth (slot)")
+                    style_seed = Number(value=1, precision=0, label="style from seed")
+                apply = gr.Button("Apply edit", elem_id="apply-edit")
+                with gr.Row():
+                    to_invert = ImageInput(label="Invert an image into a layout", type="pil")
+                    b_invert = gr.Button("Invert")
+                layout = JSON(label="Layout", visible=False)
+
+            with gr.Tab("Classify", id="classify"):
+                c_model = gr.Dropdown(classify_choices, value=default_model("classify", classify_choices),
+                                      label="Cluster model", allow_custom_value=True)
+                with gr.Row():
+                    c_image = ImageInput(label="One image", type="pil", elem_id="classify-image")
+                    with gr.Column():
+                        c_label = gr.Label(num_top_classes=3, label="Cluster", elem_id="classify-label")
+                        c_top = gr.Markdown()
+                c_go = gr.Button("Classify", variant="primary", elem_id="classify-button")
+                c_files = File(label="Many images or zips", file_count="multiple")
+                c_batch = gr.Button("Classify all")
+                with gr.Row():
+                    c_table = Dataframe(headers=["file", "cluster", "confidence", "top 3"], label="Per image",
+                                           interactive=False)
+                    c_counts = Dataframe(headers=["cluster", "images"], label="Per cluster", interactive=False)
+                c_csv = File(label="Assignments (CSV)", interactive=False)
+                with gr.Accordion("Clusters: exemplars and names", open=False):
+                    with gr.Row():
+                        c_cluster = gr.Dropdown([], label="Cluster")
+                        c_show = gr.Button("Show exemplars")
+                    c_gallery = gr.Gallery(label="Exemplars: training images, then generated", columns=8)
+                    c_names = Dataframe(headers=["cluster", "name"], label="Names (edit, then save)",
+                                           interactive=not PUBLIC)
+                    c_save = gr.Button("Save names", visible=not PUBLIC)
+                    c_saved = gr.Markdown()
 
         # ---- events
         private = {"api_visibility": "private"}
@@ -730,6 +740,12 @@ def build() -> gr.Blocks:
 
         sample_inputs = [s_model, seed, count, truncation, code, raw_z, as_gallery, *sliders]
         go.click(sample_images, sample_inputs, [grid, gallery], api_name="sample")
+        # Live: a redraw takes well under a second, so every control redraws on its own (Enter in the seed
+        # box, a slider let go, another model or code); only the latest of a burst of changes is drawn.
+        gr.on([seed.submit, count.release, truncation.release, s_model.change, code.change, raw_z.change,
+               as_gallery.change, *(slider.release for slider in sliders)],
+              sample_images, sample_inputs, [grid, gallery], trigger_mode="always_last", **private)
+        as_gallery.change(lambda on: gr.update(visible=bool(on)), as_gallery, gallery, **private)
         dice.click(lambda: int(torch.randint(0, 2**31 - 1, ()).item()), None, seed, **private).then(
             sample_images, sample_inputs, [grid, gallery], **private)
         s_model.change(code_choices, s_model, code, **private)
@@ -745,6 +761,9 @@ def build() -> gr.Blocks:
         b_image.select(pick_blob, [b_model, layout], blob, **private)
 
         c_go.click(classify, [c_model, c_image], [c_label, c_top], api_name="classify")
+        # An upload is classified at once; clearing the image clears its result (never a stale one beside a new image).
+        c_image.upload(classify, [c_model, c_image], [c_label, c_top], trigger_mode="always_last", **private)
+        c_image.clear(lambda: (None, ""), None, [c_label, c_top], **private)
         c_batch.click(classify_batch, [c_model, c_files], [c_table, c_counts, c_csv], api_name="classify_batch")
         c_model.change(cluster_names, c_model, [c_names, c_cluster], **private)
         c_show.click(exemplar_gallery, [c_model, c_cluster], c_gallery, **private)

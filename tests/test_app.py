@@ -86,7 +86,10 @@ def test_model_pickers_filter_by_kind(models):
 
 def test_sample_is_deterministic_and_sliders_move_it(models):
     grid, singles = _sample()
-    assert grid.size == (8 * 34 + 2, 2 * 34 + 2) and singles is None  # 8 per row, 32 px + 2 px padding
+    # 8 per row, 32 px + 2 px padding, enlarged 4x (nearest) for display
+    assert grid.size == (4 * (8 * 34 + 2), 4 * (2 * 34 + 2)) and singles is None
+    pixels = np.asarray(grid)
+    assert np.array_equal(pixels[::4, ::4].repeat(4, 0).repeat(4, 1), pixels)  # whole pixels, none invented
     same, _ = _sample()
     assert np.array_equal(np.asarray(grid), np.asarray(same))
     assert not np.array_equal(np.asarray(grid), np.asarray(_sample(seed=4)[0]))
@@ -95,7 +98,7 @@ def test_sample_is_deterministic_and_sliders_move_it(models):
     raw, _ = _sample(raw_z=True, sliders=(2.0,) + (0,) * (app.N_SLIDERS - 1))
     assert not np.array_equal(np.asarray(raw), np.asarray(moved))
     _, singles = _sample(count=3, gallery=True)
-    assert len(singles) == 3 and singles[0].size == (32, 32)
+    assert len(singles) == 3 and singles[0].size == (128, 128)
 
 
 def test_truncation_zero_gives_one_image_for_every_seed(models):
@@ -127,8 +130,8 @@ def test_cluster_code_picker_and_codes(models):
 def test_interpolation_starts_at_seed_a_and_writes_a_gif(models):
     strip, gif = app.interpolate("tiny-dcgan", 5, 6, 4, 1.0, "random")
     assert strip.size == (4 * 34 + 2, 34 + 2)
-    first, _ = _sample(seed=5, count=1)
-    assert np.array_equal(np.asarray(strip)[2:34, 2:34], np.asarray(first)[2:34, 2:34])
+    first, _ = _sample(seed=5, count=1)  # shown 4x enlarged
+    assert np.array_equal(np.asarray(strip)[2:34, 2:34], np.asarray(first)[8:136:4, 8:136:4])
     with Image.open(gif) as im:
         assert im.n_frames == 4 + 2  # there and back
 
@@ -229,7 +232,7 @@ def test_training_job_end_to_end(models):
     with zipfile.ZipFile(zip_path) as z:
         assert "my-run/config.json" in z.namelist()
     grid, _ = _sample("my-run", count=2)
-    assert grid.size == (2 * 34 + 2, 34 + 2)
+    assert grid.size == (4 * (2 * 34 + 2), 4 * (34 + 2))
     updates = app.refresh_pickers("my-run", None, None)
     assert "my-run" in updates[0]["choices"] and updates[0]["value"] == "my-run"
 
@@ -277,6 +280,31 @@ def test_app_builds_with_every_api_name(models):
     names = {dep.get("api_name") for dep in demo.config["dependencies"] if dep.get("api_visibility", "public") == "public"}
     assert {"train", "stop", "sample", "interpolate", "blobs", "edit_blob", "invert", "classify",
             "classify_batch"} <= names
+
+
+def test_controls_redraw_live_and_uploads_classify_at_once(models):
+    """The events, read off the built app: what triggers which handler, and how bursts are handled."""
+    demo = app.build()
+
+    def triggers(fn_name: str) -> list[tuple[set, str]]:
+        out = []
+        for f in demo.fns.values():
+            if getattr(f.fn, "__name__", "") == fn_name:
+                out.append(({(getattr(demo.blocks.get(t), "label", None), ev) for t, ev in f.targets}, f.trigger_mode))
+        return out
+
+    live = [(t, mode) for t, mode in triggers("sample_images") if ("Seed", "submit") in t]
+    assert len(live) == 1 and live[0][1] == "always_last"
+    assert {("Model", "change"), ("Truncation", "release"), ("How many", "release"), ("Cluster code", "change"),
+            ("direction 1", "release"), (f"direction {app.N_SLIDERS}", "release")} <= live[0][0]
+    assert any(("One image", "upload") in t for t, _ in triggers("classify"))
+    cleared = [f for f in demo.fns.values() if ("One image" , "clear") in
+               {(getattr(demo.blocks.get(t), "label", None), ev) for t, ev in f.targets}]
+    assert len(cleared) == 1 and cleared[0].fn() == (None, "")  # the old result goes with the old image
+    tabs = next(b for b in demo.blocks.values() if isinstance(b, app.gr.Tabs))
+    assert tabs.selected == "sample"
+    gallery = next(b for b in demo.blocks.values() if isinstance(b, app.gr.Gallery) and b.label == "Single images")
+    assert gallery.visible is False  # shown only with "Also as a gallery"
 
 
 def test_bundled_default_checkpoint_is_shipped_and_loads():

@@ -33,7 +33,7 @@ def test_every_public_endpoint(client, tmp_path):
 
     grid, gallery = client.predict("tiny-dcgan", 1, 4, 1.0, "random", False, True, *N_SLIDERS_ZERO, api_name="/sample")
     with Image.open(grid) as im:
-        assert im.size == (4 * 34 + 2, 34 + 2)
+        assert im.size == (4 * (4 * 34 + 2), 4 * (34 + 2))  # 32 px tiles shown 4x
     assert len(gallery) == 4
 
     strip, gif = client.predict("tiny-dcgan", 1, 2, 3, 1.0, "random", api_name="/interpolate")
@@ -71,7 +71,7 @@ def test_every_public_endpoint(client, tmp_path):
     # A model trained after the page was built is callable at once.
     grid, _ = client.predict("from-api", 1, 2, 1.0, "random", False, False, *N_SLIDERS_ZERO, api_name="/sample")
     with Image.open(grid) as im:
-        assert im.size == (2 * 34 + 2, 34 + 2)
+        assert im.size == (4 * (2 * 34 + 2), 4 * (34 + 2))
 
 
 def test_errors_reach_the_client_as_one_line(client):

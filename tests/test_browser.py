@@ -1,5 +1,6 @@
-"""The app in a real browser: Playwright driving Debian's chromium (installed by .ci/run). Opens each
-tab, samples, moves a blob, uploads an image to Classify and sees a result; saves a screenshot of
+"""The app in a real browser: Playwright driving Debian's chromium (installed by .ci/run). Opens on
+Sample and redraws it live (Enter in the seed box, no button), moves a blob, uploads an image to
+Classify and sees its result with no button pressed; saves a screenshot of
 each tab to $GANLAB_SCREENSHOTS (default: the test's temporary folder; the README's pictures come
 from `GANLAB_SCREENSHOTS=docs/screenshots pytest tests/test_browser.py`).
 
@@ -56,12 +57,12 @@ def test_each_tab_in_chromium(served, tmp_path):
         browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
         page = browser.new_page(viewport={"width": 1280, "height": 1000})
         page.goto(served)
-        page.get_by_role("tab", name="Sample").click()
+        # The app opens on Sample, already drawn; Enter in the seed box redraws with no button pressed.
         page.wait_for_function("() => document.querySelector('#sample-grid img') !== null", timeout=60_000)
         first = _img_src(page, "sample-grid")
         page.locator("#sample-grid").scroll_into_view_if_needed()
         page.get_by_label("Seed").first.fill("7")
-        page.locator("#sample-button").click()
+        page.get_by_label("Seed").first.press("Enter")
         page.wait_for_function(f"() => document.querySelector('#sample-grid img').src !== {first!r}", timeout=60_000)
         page.screenshot(path=str(shots / "sample.png"), full_page=True)
 
@@ -76,8 +77,7 @@ def test_each_tab_in_chromium(served, tmp_path):
         page.get_by_role("tab", name="Classify").click()
         page.locator("#classify-image input[type=file]").set_input_files(str(photo))
         page.wait_for_function("() => document.querySelector('#classify-image img') !== null", timeout=60_000)
-        page.locator("#classify-button").click()
-        label = page.locator("#classify-label")
+        label = page.locator("#classify-label")  # classified on upload, no button pressed
         label.get_by_text("%").first.wait_for(timeout=60_000)  # the confidence bars
         names = app.load(app.default_model("classify", app.model_choices(app.ClusterModel)), app.ClusterModel).names
         assert any(name in label.inner_text() for name in names)

@@ -547,8 +547,14 @@ def _run_config(dataset, upload, text, kind, steps, batch, lr, size, channels, k
     return cfg, dataset_fn
 
 
+LOSS_NAMES = {"loss_d": "D (discriminator)", "loss_g": "G (generator)"}
+
+
 def _job_outputs(status: jobs.JobStatus):
+    # Named series and numeric columns: the legend tells D from G, and one point still gets a numeric axis.
     losses = pd.DataFrame(status.losses or [], columns=["step", "loss", "value"])
+    losses["loss"] = losses["loss"].map(lambda name: LOSS_NAMES.get(name, name))
+    losses = losses.astype({"step": "int64", "value": "float64"})
     download = str(status.zip_path) if status.zip_path else None
     return _no_paths(status.summary()), losses, status.sample, download
 
@@ -632,7 +638,7 @@ def build() -> gr.Blocks:
                     k = Number(value=10, precision=0, label="K (cluster)")
                 with gr.Row():
                     start = gr.Button("Start", variant="primary")
-                    stop = gr.Button("Stop", variant="stop")
+                    stop = gr.Button("Stop", variant="secondary")  # not red while nothing runs
                 status = gr.Markdown(JOB.status().summary())
                 with gr.Row():
                     losses = gr.LinePlot(x="step", y="value", color="loss", label="Losses", height=260)

@@ -227,7 +227,8 @@ def test_training_job_end_to_end(models):
     outputs = list(app.start_training("shapes", None, "", "dcgan", 6, 4, 2e-4, 32, 3, 10, "my-run"))
     summary, losses, _, zip_path = outputs[-1]
     assert "done" in summary and zip_path.endswith("my-run.zip")
-    assert set(losses["loss"]) <= {"loss_d", "loss_g"}
+    assert set(losses["loss"]) == set(app.LOSS_NAMES.values())  # "D (discriminator)", "G (generator)"
+    assert losses["step"].dtype.kind == "i" and losses["value"].dtype.kind == "f"
     assert "my-run" in app.model_choices() and "my-run" not in app.model_choices(ClusterModel)
     with zipfile.ZipFile(zip_path) as z:
         assert "my-run/config.json" in z.namelist()

@@ -54,6 +54,7 @@ class TrainConfig:
     log_every: int = 50  # metrics are copied to the host only every N steps
     sample_every: int = 500
     checkpoint_every: int = 500
+    checkpoint_minutes: float = 10.0  # also save after this much wall time since the last save (0: steps only; one process only)
     keep_checkpoints: int = 2
     out_dir: str = "runs/dcgan"
     resume: bool = False
@@ -118,6 +119,7 @@ def validate_common(cfg: RunConfig) -> RunConfig:
         ("train.ema_decay", t.ema_decay, 0.0, 0.99999),
         ("train.real_label", t.real_label, 0.5, 1.0),
         ("train.instance_noise", t.instance_noise, 0.0, 2.0),
+        ("train.checkpoint_minutes", t.checkpoint_minutes, 0.0, 1e6),
     )
     if d.limit is not None and (not isinstance(d.limit, int) or d.limit < 1):
         raise ValueError(f"data.limit must be a positive integer or null, not {d.limit!r}")

@@ -406,6 +406,7 @@ def train(cfg: config_mod.RunConfig, on_progress: Optional[ProgressFn] = None,
         stepper = StaticStep(cfg, m, images, start_step=step, rank=rank) if use_graph else None
     start_step, t0 = step, time.perf_counter()
     window = _Window(t0)
+    last_save_t = t0
 
     def standing_stats() -> None:
         """The EMA generator's BatchNorm statistics, measured on its own activations (not the live G's)
@@ -417,6 +418,8 @@ def train(cfg: config_mod.RunConfig, on_progress: Optional[ProgressFn] = None,
                                           for _ in range(STANDING_STATS_BATCHES)])
 
     def save() -> Optional[Path]:
+        nonlocal last_save_t
+        last_save_t = time.perf_counter()
         if rank != 0:
             return None
         standing_stats()
@@ -436,19 +439,29 @@ def train(cfg: config_mod.RunConfig, on_progress: Optional[ProgressFn] = None,
             update_ema(ema, core, ema_decay_at(t.ema_decay, step))
         step += 1
         window.add(metrics)
+        # One process answers a stop request and saves on the clock at any step; under DDP both wait for
+        # a logging step, where every rank agrees.
+        alone = world == 1
+        stop_now = alone and should_stop is not None and should_stop()
+        save_due = step % t.checkpoint_every == 0 or (
+            alone and t.checkpoint_minutes > 0 and time.perf_counter() - last_save_t >= t.checkpoint_minutes * 60)
 
-        # Metrics are also checked before every checkpoint, so a non-finite model is never saved.
-        if step % t.log_every == 0 or step == t.steps or step % t.checkpoint_every == 0:
+        # Metrics are also checked before every checkpoint, so a non-finite model is never saved. The
+        # first step reports too, so progress shows from the start (its window goes on to the next report,
+        # so the logged means are the same with or without a resume).
+        scheduled = step % t.log_every == 0 or step == t.steps or save_due or stop_now
+        if scheduled or step == start_step + 1:
             last_metrics = window.means()
             now = time.perf_counter()
             rate = window.steps * t.batch_size * world / max(now - window.t0, 1e-9)
             bad = not all(math.isfinite(v) for v in last_metrics.values())
             last_metrics.update(step=step, images_per_s=rate,
                                 eta_s=(t.steps - step) * t.batch_size * world / max(rate, 1e-9))
-            window = _Window(now)
+            if scheduled:
+                window = _Window(now)
             if rank == 0 and on_progress and not bad:
                 on_progress(step, last_metrics)
-            stop = bool(should_stop and should_stop())
+            stop = stop_now if alone else bool(should_stop and should_stop())
             if world > 1:  # every rank stops together, or the others would hang in the next all-reduce
                 flags = torch.tensor([float(bad), float(stop)], device=device)
                 torch.distributed.all_reduce(flags)
@@ -463,7 +476,7 @@ def train(cfg: config_mod.RunConfig, on_progress: Optional[ProgressFn] = None,
             standing_stats()
             on_sample(step, generate(m.sampling_generator(), fixed_noise))
         # save
-        if step % t.checkpoint_every == 0 and step < t.steps:
+        if save_due and step < t.steps:
             last_saved = save() or last_saved
 
     if (stop_reason is None or stop_reason == "stopped by request") and step > start_step:

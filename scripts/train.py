@@ -8,12 +8,14 @@
 
 Run it from the repository root. `model=<kind>` picks any kind in `gan_core.kinds.KINDS`.
 Prints tqdm progress on stderr, writes sample grids to OUT/samples/ and checkpoints to
-OUT/checkpoints/; the LAST stdout line is one JSON object with the checkpoint path and final metrics.
+OUT/checkpoints/ (every train.checkpoint_every steps and train.checkpoint_minutes of wall time, and on
+Ctrl-C or SIGTERM); the LAST stdout line is one JSON object with the checkpoint path and final metrics.
 """
 from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -141,9 +143,23 @@ def main(raw) -> None:
     def on_log(line: str) -> None:
         tqdm.write(line, file=sys.stderr)
 
+    # Ctrl-C or SIGTERM (a scheduler, `kill`) stops after the current step with a checkpoint; a second
+    # Ctrl-C aborts at once.
+    stop_requested: list[str] = []
+
+    def request_stop(signum, _frame) -> None:
+        if stop_requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        stop_requested.append(signal.Signals(signum).name)
+        tqdm.write(f"{stop_requested[-1]}: stopping after this step and saving a checkpoint"
+                   + (" (Ctrl-C again to abort without saving)" if signum == signal.SIGINT else ""), file=sys.stderr)
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, request_stop)
+
     try:
         result = run_training(cfg, on_progress=on_progress, on_sample=on_sample, on_data_progress=on_data,
-                              on_log=on_log)
+                              on_log=on_log, should_stop=lambda: bool(stop_requested))
     except (ValueError, OSError) as e:  # bad data, config or output folder: one line, no traceback
         for b in bars.values():
             b.close()

@@ -38,6 +38,28 @@ def test_train_cli_runs_resumes_and_ends_with_json(tmp_path):
     assert not (ROOT / "outputs").exists()  # Hydra's own output folder is switched off
 
 
+def test_train_cli_saves_on_sigterm(tmp_path):
+    """A scheduler's SIGTERM (or Ctrl-C) stops after the current step with a checkpoint and the JSON line."""
+    import signal
+    import time
+
+    out = tmp_path / "run"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen([sys.executable, "scripts/train.py", *TINY, "train.steps=100000", "train.log_every=1000",
+                             "train.checkpoint_every=100000", f"train.out_dir={out}"],
+                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not (out / "latest").exists() and not (out / "samples").exists() and time.time() < deadline:
+        time.sleep(0.5)  # the first sample grid (step 2) shows training has begun
+    proc.send_signal(signal.SIGTERM)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 0, stderr[-2000:]
+    result = json.loads(stdout.strip().splitlines()[-1])
+    assert result["stopped"] == "stopped by request" and 2 <= result["step"] < 100000
+    assert Path(result["checkpoint"]).name == f"step_{result['step']:08d}"
+    assert "SIGTERM: stopping after this step" in stderr
+
+
 def test_train_cli_bad_config_is_one_clear_line(tmp_path):
     proc, result = run_script(["scripts/train.py", *TINY, "data.image_size=48", f"train.out_dir={tmp_path}"])
     assert proc.returncode == 2 and "image_size must be one of" in result["error"]

@@ -80,7 +80,7 @@ def test_tiny_run_trains_reports_and_saves(tmp_path):
     result = train_mod.train(tiny_cfg(tmp_path / "run"), on_progress=lambda s, m: progress.append((s, m)),
                              on_sample=lambda s, x: samples.append((s, x.shape)),
                              on_checkpoint=lambda s, p: saved.append(s))
-    assert [s for s, _ in progress] == [2, 4, 6]
+    assert [s for s, _ in progress] == [1, 2, 4, 6]
     assert all(math.isfinite(m["loss_d"]) and math.isfinite(m["loss_g"]) and m["images_per_s"] > 0
                for _, m in progress)
     assert samples == [(3, (64, 3, 32, 32)), (6, (64, 3, 32, 32))]
@@ -101,7 +101,7 @@ def test_should_stop_saves_and_resume_is_exact(tmp_path):
 
     def stop_at_4():
         calls.append(1)
-        return len(calls) == 2  # polled at steps 2 and 4
+        return len(calls) == 4  # polled after every step (one process)
 
     part = train_mod.train(tiny_cfg(tmp_path / "split", steps=8), should_stop=stop_at_4)
     assert part["step"] == 4 and part["stopped"] == "stopped by request"
@@ -323,3 +323,23 @@ def test_ema_generator_gets_batchnorm_statistics_of_its_own(tmp_path):
     live, averaged = load_file(folder / "generator.safetensors"), load_file(folder / "generator_ema.safetensors")
     key = "main.1.running_mean"
     assert not torch.allclose(live[key].float(), averaged[key].float())
+
+
+def test_progress_from_the_first_step_saves_on_the_clock_and_stops_mid_window(tmp_path):
+    steps_seen = []
+    result = train_mod.train(tiny_cfg(tmp_path / "a", steps=4, log_every=50, checkpoint_minutes=1e-9,
+                                      keep_checkpoints=10), on_progress=lambda step, _m: steps_seen.append(step))
+    assert steps_seen[0] == 1  # not only at log_every
+    saved = sorted(p.name for p in (tmp_path / "a" / "checkpoints").iterdir())
+    assert saved == [f"step_{i:08d}" for i in (1, 2, 3, 4)]  # every step was due on the clock
+    plain = train_mod.train(tiny_cfg(tmp_path / "b", steps=4, checkpoint_minutes=0, keep_checkpoints=10))
+    assert [p.name for p in (tmp_path / "b" / "checkpoints").iterdir()] == ["step_00000004"]
+    assert plain["step"] == 4
+
+    calls = []
+    stopped = train_mod.train(tiny_cfg(tmp_path / "c", steps=50, log_every=40),
+                              should_stop=lambda: calls.append(1) or len(calls) >= 3)
+    assert stopped["stopped"] == "stopped by request" and stopped["step"] == 3  # not at step 40
+    assert Path(stopped["checkpoint"]).name == "step_00000003"
+    with pytest.raises(ValueError, match="checkpoint_minutes"):
+        validate(dataclasses.replace(tiny_cfg(tmp_path / "d"), train=TrainConfig(checkpoint_minutes=-1)))

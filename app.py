@@ -222,9 +222,10 @@ def load(name: str | None, *facades: type) -> Model:
     fails or if it is not one of `facades`."""
     if not name:
         raise gr.Error("Pick a model first.")
-    source = model_sources().get(name)
+    source = model_sources().get(name) or local_model_path(name)
     if source is None:
-        raise gr.Error(f"Unknown model {name!r}: pick one from the list.")
+        raise gr.Error(f"Unknown model {name!r}: pick one from the list" + (
+            "." if PUBLIC else ", or type the path of a run folder or checkpoint folder on this machine."))
     try:
         model = _load(source, _stamp(source))
     except (CheckpointError, OSError, ValueError) as e:
@@ -233,6 +234,18 @@ def load(name: str | None, *facades: type) -> Model:
         fitting = [k.name for k in kinds.KINDS.values() if k.facade is not None and issubclass(k.facade, facades)]
         raise gr.Error(f"{name} is a {model.cfg.model.kind} model; this tab needs a {' or '.join(fitting)} model.")
     return model
+
+
+def local_model_path(typed: str) -> str | None:
+    """A run folder (its latest checkpoint) or checkpoint folder typed into a picker -> the checkpoint
+    folder, so a command-line run opens without a restart. Never in public mode (a visitor may not
+    read the server's disk); None where the text is no such folder."""
+    if PUBLIC or not typed or not Path(typed).expanduser().is_dir():
+        return None
+    try:
+        return str(hub.resolve(typed))  # a local folder: nothing is downloaded
+    except CheckpointError as e:
+        raise gr.Error(f"{typed} is a folder but not a model: {_one_line(e)}") from None
 
 
 def refresh_pickers(sample_model, blob_model, classify_model):
@@ -775,6 +788,9 @@ def build() -> gr.Blocks:
         c_show.click(exemplar_gallery, [c_model, c_cluster], c_gallery, **private)
         c_save.click(save_cluster_names, [c_model, c_names], [c_saved, c_cluster], **private)
 
+        # Every page load reads the model folders again: a model saved since the server started (by any
+        # visitor, or a run copied in) is in every picker after a reload.
+        demo.load(refresh_pickers, [s_model, b_model, c_model], [s_model, b_model, c_model], **private)
         demo.load(sample_images, sample_inputs, [grid, gallery], **private)
         if blob_choices:
             demo.load(sample_blobs, [b_model, b_seed], blob_outputs, **private)

@@ -308,6 +308,29 @@ def test_controls_redraw_live_and_uploads_classify_at_once(models):
     assert gallery.visible is False  # shown only with "Also as a gallery"
 
 
+def test_a_run_folder_typed_into_a_picker_opens_without_a_restart(models, tmp_path, monkeypatch):
+    from gan_core import training
+    from gan_core.config import DataConfig, RunConfig, TrainConfig
+    from gan_core.models.dcgan import DCGANConfig
+
+    run = tmp_path / "cli-run"
+    training.train(RunConfig(model=DCGANConfig(nz=8, ngf=4, ndf=4), data=DataConfig(num_images=16, image_size=32),
+                             train=TrainConfig(steps=2, batch_size=4, device="cpu", precision="fp32",
+                                               out_dir=str(run))))
+    grid, _ = app.sample_images(str(run), 0, 2, 1.0, "random", False, False, *([0] * app.N_SLIDERS))
+    assert grid.size == (4 * (2 * 34 + 2), 4 * (34 + 2))  # the run's latest checkpoint, 32 px
+    with pytest.raises(gr.Error, match="not a model"):
+        app.load(str(tmp_path))
+    with pytest.raises(gr.Error, match="or type the path"):
+        app.load("no-such-model")
+    monkeypatch.setattr(app, "PUBLIC", True)  # a visitor may not open the server's folders
+    with pytest.raises(gr.Error, match="pick one from the list[.]"):
+        app.load(str(run))
+    demo = app.build()
+    assert any(getattr(f.fn, "__name__", "") == "refresh_pickers" and any(ev == "load" for _, ev in f.targets)
+               for f in demo.fns.values())  # every page load reads the model folders again
+
+
 def test_bundled_default_checkpoint_is_shipped_and_loads():
     folder = app.ROOT / "checkpoints" / app.DEFAULTS["sample"]
     assert folder.exists(), "the bundled default checkpoint is missing"

@@ -48,7 +48,7 @@ def _img_src(page, elem_id: str) -> str | None:
     return img.first.get_attribute("src") if img.count() else None
 
 
-def test_each_tab_in_chromium(served, tmp_path):
+def test_each_tab_in_chromium(served, tmp_path, model_dir):  # noqa: F811
     shots = Path(os.environ.get("GANLAB_SCREENSHOTS", tmp_path / "screenshots"))
     shots.mkdir(parents=True, exist_ok=True)
     photo = tmp_path / "photo.png"
@@ -82,6 +82,15 @@ def test_each_tab_in_chromium(served, tmp_path):
         names = app.load(app.default_model("classify", app.model_choices(app.ClusterModel)), app.ClusterModel).names
         assert any(name in label.inner_text() for name in names)
         page.screenshot(path=str(shots / "classify.png"), full_page=True)
+
+        # A model saved while the server runs reaches a new visitor's pickers with no restart.
+        (app.CHECKPOINTS / "saved-while-serving").symlink_to(model_dir / "checkpoints" / "tiny-dcgan")
+        visitor = browser.new_context().new_page()
+        visitor.goto(served)
+        visitor.wait_for_function("() => document.querySelector('#sample-grid img') !== null", timeout=60_000)
+        visitor.get_by_label("Model").first.click()
+        visitor.get_by_role("option", name="saved-while-serving").wait_for(timeout=30_000)
+        visitor.close()
 
         page.get_by_role("tab", name="Train").click()
         page.get_by_text("No training job yet.").wait_for(timeout=30_000)

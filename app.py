@@ -437,8 +437,9 @@ def classify(model, image):
     return pred.labels(0), top
 
 
-def _uploaded(files) -> list:
-    """Gradio file values (paths or file objects) -> [(name, read bytes)] of their images."""
+def _uploaded(files, skipped: list | None = None) -> list:
+    """Gradio file values (paths or file objects) -> [(name, read bytes)] of their images; zip members
+    left out go to `skipped` as (name, why)."""
     if not files:
         raise gr.Error("Upload images or a zip of images first.")
     paths = [f if isinstance(f, str) else getattr(f, "name", f) for f in files]
@@ -448,7 +449,7 @@ def _uploaded(files) -> list:
             raise gr.Error(f"Uploads are limited to {MAX_UPLOAD_MB:g} MB per request here; these are "
                            f"{total / 2**20:.1f} MB.")
     try:
-        return upload_items(paths)
+        return upload_items(paths, skipped=skipped)
     except (DataError, OSError) as e:
         raise gr.Error(str(e)) from None
 
@@ -457,9 +458,15 @@ def _uploaded(files) -> list:
 def classify_batch(model, files):
     """Many images (or zips) -> (a row per image, counts per cluster, the rows as a CSV file)."""
     cm = load(model, ClusterModel)
-    result = cm.assign(_uploaded(files))
+    skipped: list = []
+    result = cm.assign(_uploaded(files, skipped))
     if result.images == 0:
         raise gr.Error("None of the uploaded files could be read as an image.")
+    if skipped:  # nothing is dropped without a word: a toast, and a row per file left out
+        names = ", ".join(name.split(":", 1)[-1] for name, _ in skipped[:3]) + (" ..." if len(skipped) > 3 else "")
+        gr.Warning(f"{len(skipped)} file{'s' * (len(skipped) > 1)} in the zip left out: {names}")
+        result.rows.extend({"file": name, "cluster": f"(skipped: {why})", "confidence": 0.0, "top 3": ""}
+                           for name, why in skipped)
     counts = pd.DataFrame({"cluster": list(result.counts), "images": list(result.counts.values())})
     out = _scratch() / "assignments.csv"
     with out.open("w", newline="") as f:

@@ -189,19 +189,31 @@ def _load_zip(cfg: DataConfig, progress: Progress) -> ImageDataset:
     return ds
 
 
-def _zip_images(archive: zipfile.ZipFile) -> tuple[list[tuple[str, zipfile.ZipInfo]], int]:
+def _member_label(name: str) -> str:
+    """A zip member's name as a label, never a path: anything path-like ('..', '/', '\\') is stripped."""
+    return "/".join(p for p in name.replace("\\", "/").split("/") if p not in ("", ".", ".."))
+
+
+def _zip_images(archive: zipfile.ZipFile, skipped: Optional[list] = None) -> tuple[list[tuple[str, zipfile.ZipInfo]], int]:
     """The image members of an open zip as [(label, its directory entry)], and how many were skipped
-    for declaring more than MAX_ZIP_MEMBER_BYTES (a zip bomb is never inflated). A member name is only
-    a label, never a path: anything path-like ('..', '/', '\\') is stripped. Members are read by their
-    entry, never by name: a name can occur twice in a zip, and a read by name takes the last one."""
+    for declaring more than MAX_ZIP_MEMBER_BYTES (a zip bomb is never inflated). `skipped`, when given,
+    gets (label, why) for every file member left out (not an image, too large); macOS metadata
+    (`__MACOSX`) is left out silently. Members are read by their entry, never by name: a name can occur
+    twice in a zip, and a read by name takes the last one."""
     named, too_big = [], 0
     for m in archive.infolist():
-        if m.is_dir() or "__MACOSX" in m.filename or not m.filename.lower().endswith(IMAGE_EXTENSIONS):
+        if m.is_dir() or "__MACOSX" in m.filename:
+            continue
+        label = _member_label(m.filename)
+        if not m.filename.lower().endswith(IMAGE_EXTENSIONS):
+            if skipped is not None:
+                skipped.append((label, "not an image file"))
             continue
         if m.file_size > MAX_ZIP_MEMBER_BYTES:
             too_big += 1
+            if skipped is not None:
+                skipped.append((label, f"larger than {MAX_ZIP_MEMBER_BYTES >> 20} MiB"))
             continue
-        label = "/".join(p for p in m.filename.replace("\\", "/").split("/") if p not in ("", ".", ".."))
         named.append((label, m))
     return named, too_big
 
@@ -246,21 +258,26 @@ class _ZipMember:
         return self.reader.read(self.info)
 
 
-def upload_items(paths: Iterable[str | Path], limit: int = 10_000) -> list[tuple[str, Callable[[], bytes]]]:
+def upload_items(paths: Iterable[str | Path], limit: int = 10_000,
+                 skipped: Optional[list] = None) -> list[tuple[str, Callable[[], bytes]]]:
     """Uploaded files (images, or zips of images) -> [(display name, read bytes)], in order, at most
     `limit`. Zip members are read into memory when asked, never extracted; their names are only
-    labels. Raises DataError when nothing usable was given or a zip cannot be read."""
+    labels. `skipped`, when given, gets (display name, why) for every zip member left out, so nothing
+    is dropped without a word. Raises DataError when nothing usable was given or a zip cannot be read."""
     items: list[tuple[str, Callable[[], bytes]]] = []
     for path in paths:
         path = Path(path)
         if zipfile.is_zipfile(path):
             try:
                 with zipfile.ZipFile(path) as archive:  # listed now, closed now
-                    named, _ = _zip_images(archive)
+                    left_out: list = []
+                    named, _ = _zip_images(archive, left_out)
             except (zipfile.BadZipFile, zipfile.LargeZipFile, NotImplementedError, ValueError) as e:
                 raise DataError(f"cannot read the zip {path.name}: {e}") from None
             reader = _ZipReader(path)
             items.extend((f"{path.name}:{label}", _ZipMember(reader, info)) for label, info in named)
+            if skipped is not None:
+                skipped.extend((f"{path.name}:{label}", why) for label, why in left_out)
         else:
             items.append((path.name, path.read_bytes))
         if len(items) >= limit:

@@ -58,9 +58,12 @@ def main(argv=None) -> dict:
     if not isinstance(model, ClusterModel):
         fail(f"cannot load {args.checkpoint}: a {model.cfg.model.kind!r} model is not a cluster classifier")
     try:
-        items = upload_items(_inputs(args.inputs), limit=10**9)
+        skipped: list = []
+        items = upload_items(_inputs(args.inputs), limit=10**9, skipped=skipped)
     except (DataError, OSError) as e:
         fail(str(e))
+    for name, why in skipped:
+        print(f"skipped {name}: {why}", file=sys.stderr)
     assigned = model.assign(items)
     if assigned.images == 0:
         fail("none of the given files could be read as an image", unreadable=len(items))
@@ -73,7 +76,8 @@ def main(argv=None) -> dict:
     finally:
         if args.out:
             out.close()
-    result = {"images": assigned.images, "unreadable": assigned.unreadable, "counts": assigned.counts,
+    result = {"images": assigned.images, "unreadable": assigned.unreadable, "skipped": len(skipped),
+              "counts": assigned.counts,
               "out": args.out, "checkpoint": args.checkpoint}
     print(json.dumps(result))
     return result

@@ -199,12 +199,14 @@ def test_classify_batch_with_a_zip_and_a_bad_file(models, tmp_path):
         z.writestr("../evil.png", _png((0, 255, 0)))
         z.writestr("notes.txt", "skip me")
     table, counts, csv_path = app.classify_batch("tiny-cluster", [str(good), str(bad), str(archive)])
-    assert table["file"].tolist() == ["red.png", "fake.png", "more.zip:a/blue.png", "more.zip:evil.png"]
+    assert table["file"].tolist() == ["red.png", "fake.png", "more.zip:a/blue.png", "more.zip:evil.png",
+                                      "more.zip:notes.txt"]  # left out, but listed: nothing dropped without a word
     assert table["cluster"].tolist()[1] == "(unreadable)"
+    assert table["cluster"].tolist()[4] == "(skipped: not an image file)"
     assert counts["images"].sum() == 3 and list(counts["cluster"]) == ["cluster 0", "cluster 1", "cluster 2"]
     with open(csv_path) as f:
         rows = list(csv.DictReader(f))
-    assert len(rows) == 4 and rows[0]["file"] == "red.png"
+    assert len(rows) == 5 and rows[0]["file"] == "red.png" and rows[4]["file"] == "more.zip:notes.txt"
 
 
 def test_cluster_names_exemplars_and_rename(models, model_dir):

@@ -111,7 +111,9 @@ def test_zip_traversal_names_and_a_zip_bomb(models, tmp_path):
     app.load("tiny-cluster")  # (loading times the generator once and caches the choice: not this test's files)
     before = set(p for p in tmp_path.parent.rglob("*"))
     table, counts, _ = app.classify_batch("tiny-cluster", [str(archive)])
-    assert table["file"].tolist() == ["tricky.zip:outside.png", "tricky.zip:abs/path.png"]  # the bomb is skipped
+    # the bomb is skipped (never inflated), and listed as skipped
+    assert table["file"].tolist() == ["tricky.zip:outside.png", "tricky.zip:abs/path.png", "tricky.zip:bomb.png"]
+    assert table["cluster"].tolist()[2].startswith("(skipped: larger than")
     assert counts["images"].sum() == 2
     created = set(p for p in tmp_path.parent.rglob("*")) - before
     work = app.JOB.work_dir
@@ -198,7 +200,7 @@ def test_every_bad_input_through_the_client(client, tmp_path, monkeypatch):
     assert sum(row[1] for row in counts["data"]) == len(GOOD)
 
     table, counts, _ = client.predict("tiny-cluster", [handle_file(str(uploads / "tricky.zip"))], api_name="/classify_batch")
-    assert [row[0] for row in table["data"]] == ["tricky.zip:outside.png", "tricky.zip:abs/path.png"]
+    assert [row[0] for row in table["data"]] == ["tricky.zip:outside.png", "tricky.zip:abs/path.png", "tricky.zip:bomb.png"]
     with pytest.raises(AppError) as e:
         client.predict("tiny-cluster", [handle_file(str(uploads / "empty.zip"))], api_name="/classify_batch")
     assert "no images" in _one_line_app_error(e)

@@ -304,3 +304,25 @@ def test_upload_zip_reads_many_members_through_one_handle(tmp_path, monkeypatch)
     images, ok = data.decode_items(items, 8, 3)
     assert ok.all() and len(images) == 50
     assert len(opened) == 2  # once to list, once to read all 50
+
+
+def _png_bytes() -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (8, 8), (200, 10, 10)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def test_upload_items_lists_what_it_leaves_out_of_a_zip(tmp_path, monkeypatch):
+    archive = tmp_path / "mixed.zip"
+    with zipfile.ZipFile(archive, "w") as z:
+        z.writestr("a.png", _png_bytes())
+        z.writestr("docs/notes.txt", "not an image")
+        z.writestr("__MACOSX/._a.png", "metadata")
+        z.writestr("huge.png", b"0" * 2048)
+    monkeypatch.setattr(data, "MAX_ZIP_MEMBER_BYTES", 1024)
+    skipped = []
+    items = data.upload_items([archive], skipped=skipped)
+    assert [name for name, _ in items] == ["mixed.zip:a.png"]
+    assert [name for name, _ in skipped] == ["mixed.zip:docs/notes.txt", "mixed.zip:huge.png"]
+    assert skipped[0][1] == "not an image file" and skipped[1][1].startswith("larger than")
+    assert [name for name, _ in data.upload_items([archive])] == ["mixed.zip:a.png"]  # the list is optional

@@ -58,7 +58,7 @@ DEVICE = os.environ.get("GANLAB_DEVICE", "cuda" if torch.cuda.is_available() els
 PUBLIC = os.environ.get("GANLAB_PUBLIC", "") == "1"
 FMNIST = Path("/usr/share/datasets/fashion-mnist")
 DEFAULTS = {"sample": "shapes-dcgan", "blobs": "scenes-blobgan", "classify": "fashion-mnist-clusters"}
-N_SLIDERS = 8
+N_SLIDERS = 8  # sample_images names one parameter per slider (direction_1 ... direction_8)
 DISPLAY_TILE = 128  # samples are shown enlarged to about this many pixels a side (see `readable`)
 VIEW_SCALE = 4  # blob views are drawn at 4x the model's resolution
 # Public mode caps what one visitor can ask of the machine (both overridable by the environment).
@@ -284,8 +284,27 @@ def readable(image: Image.Image, side: int) -> Image.Image:
     return image if factor == 1 else image.resize((image.width * factor, image.height * factor), Image.NEAREST)
 
 
-def sample_images(model, seed, count, truncation, code, raw_z, gallery, *sliders):
-    """-> (one grid image, list of single images or None), enlarged for display (`readable`)."""
+def sample_images(model: str, seed: int = 0, count: int = 16, truncation: float = 1.0, code: str = "random",
+                  raw_z: bool = False, gallery: bool = False,
+                  direction_1: float = 0.0, direction_2: float = 0.0, direction_3: float = 0.0,
+                  direction_4: float = 0.0, direction_5: float = 0.0, direction_6: float = 0.0,
+                  direction_7: float = 0.0, direction_8: float = 0.0):
+    """Draw images from a generator.
+
+    Args:
+        model: a model name from the Sample tab's picker (or, outside public mode, a run folder).
+        seed: the random seed; the same seed gives the same images.
+        count: how many images, 1-64.
+        truncation: latent scale, 0-2 (1: as trained; lower: more typical, less varied).
+        code: for `cluster` models, "random" or a cluster's name to draw from that cluster only.
+        raw_z: the direction sliders move z[i] itself instead of a principal direction.
+        gallery: also return each image on its own.
+        direction_1: offset along the first principal direction (GANSpace), -3 to 3; likewise 2-8.
+
+    Returns:
+        One grid image (small images enlarged for display), and the single images or None.
+    """
+    sliders = (direction_1, direction_2, direction_3, direction_4, direction_5, direction_6, direction_7, direction_8)
     m = load(model)
     n = _number(count, "Images", 1, 64)
     seed = _number(seed, "Seed", 0, 2**31 - 1)
@@ -640,9 +659,12 @@ def build() -> gr.Blocks:
         with gr.Tabs(selected="sample"):  # a visitor sees samples first
             with gr.Tab("Train", id="train"):
                 with gr.Row():
-                    dataset = gr.Dropdown(DATASETS, value="shapes", label="Dataset")
-                    kind = gr.Dropdown(list(kinds.KINDS), value=kinds.DEFAULT_KIND, label="Model kind")
-                    name = gr.Textbox(label="Model name", placeholder="(automatic)")
+                    dataset = gr.Dropdown(DATASETS, value="shapes", label="Dataset",
+                                          info="Built-in shapes/scenes, Fashion-MNIST, your upload, or a Hub id / parquet")
+                    kind = gr.Dropdown(list(kinds.KINDS), value=kinds.DEFAULT_KIND, label="Model kind",
+                                       info="dcgan: samples; cluster: sorts images into K groups; blobgan: editable layouts")
+                    name = gr.Textbox(label="Model name", placeholder="(automatic)",
+                                      info="How the model is listed in the pickers")
                 # Shown and hidden through their columns: Gradio rebuilds a widget that gets a property
                 # update from its plain class, which would drop the one-line error wrapper.
                 with gr.Column(visible=False) as upload_box:
@@ -650,12 +672,12 @@ def build() -> gr.Blocks:
                 with gr.Column(visible=False) as text_box:
                     text = gr.Textbox(label="Hub dataset id or parquet path")
                 with gr.Row():
-                    steps = Number(value=500, precision=0, label="Steps")
-                    batch = Number(value=64, precision=0, label="Batch size")
-                    lr = Number(value=2e-4, label="Learning rate")
-                    size = gr.Dropdown([32, 64], value=32, label="Image size")
-                    channels = gr.Radio([1, 3], value=3, label="Channels")
-                    k = Number(value=10, precision=0, label="K (cluster)")
+                    steps = Number(value=500, precision=0, label="Steps", info="Training updates; each sees one batch")
+                    batch = Number(value=64, precision=0, label="Batch size", info="Images per step")
+                    lr = Number(value=2e-4, label="Learning rate", info="Adam's step size (2e-4 as in DCGAN)")
+                    size = gr.Dropdown([32, 64], value=32, label="Image size", info="Pixels a side; 32 trains about 4x faster")
+                    channels = gr.Radio([1, 3], value=3, label="Channels", info="1: greyscale, 3: colour")
+                    k = Number(value=10, precision=0, label="K (cluster)", info="How many clusters a cluster model finds")
                 with gr.Row():
                     start = gr.Button("Start", variant="primary")
                     stop = gr.Button("Stop", variant="secondary")  # not red while nothing runs

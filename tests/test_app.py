@@ -443,3 +443,12 @@ def test_sample_tab_opens_on_the_bundled_model_that_scored_best_and_shows_its_fi
             raw = json.loads(path.read_text())
             raw.pop("sample_quality")
             write_json(path, raw)
+
+
+def test_every_train_field_says_what_it_is_for(models):
+    demo = app.build()
+    labels = {"Dataset", "Model kind", "Model name", "Steps", "Batch size", "Learning rate", "Image size", "Channels",
+              "K (cluster)"}
+    fields = {b.label: b for b in demo.blocks.values() if getattr(b, "label", None) in labels}
+    assert set(fields) == labels
+    assert all(getattr(b, "info", None) for b in fields.values()), [k for k, b in fields.items() if not b.info]

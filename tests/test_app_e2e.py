@@ -30,6 +30,9 @@ def test_every_public_endpoint(client, tmp_path):
     for name in ("/train", "/stop", "/sample", "/interpolate", "/blobs", "/edit_blob", "/invert", "/classify",
                  "/classify_batch"):
         assert name in api, name
+    params = [p["parameter_name"] for p in api["/sample"]["parameters"]]
+    assert params[:4] == ["model", "seed", "count", "truncation"] and "direction_8" in params
+    assert not any(name.startswith("param_") for name in params)  # every input has a name an agent can read
 
     grid, gallery = client.predict("tiny-dcgan", 1, 4, 1.0, "random", False, True, *N_SLIDERS_ZERO, api_name="/sample")
     with Image.open(grid) as im:

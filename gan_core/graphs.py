@@ -34,6 +34,8 @@ def graph_blocker(cfg: config_mod.RunConfig, precision: str) -> Optional[str]:
     t = cfg.train
     if not kinds.of(cfg).graph_safe:
         return f"the {cfg.model.kind} step changes with the step number"
+    if getattr(cfg.model, "r1_gamma", 0) > 0 and getattr(cfg.model, "r1_every", 1) > 1:
+        return "lazy R1 (model.r1_every > 1) runs on some steps only"
     if precision == "fp16":
         return "fp16's loss scaler decides on the host whether to step"
     if t.instance_noise > 0 and t.instance_noise_steps > 0:

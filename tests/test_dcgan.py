@@ -147,3 +147,34 @@ def test_diffaugment_option_is_checked_and_changes_what_d_sees():
         outs.append(kinds.KINDS["dcgan"].train_step(m, Batch(real, noise, torch.Generator().manual_seed(3))))
     assert outs[1]["loss_d"] != outs[0]["loss_d"]  # D saw augmented images
     assert outs[1]["loss_d"] == outs[2]["loss_d"]  # drawn from the step's generator: reproducible
+
+
+def test_lazy_r1_runs_on_every_nth_step_scaled_and_blocks_the_graph():
+    from gan_core import kinds
+    from gan_core import training as train_mod
+    from gan_core.config import DataConfig, RunConfig, TrainConfig
+    from gan_core.graphs import graph_blocker
+    from gan_core.kinds import validate
+    from gan_core.models.base import Batch
+
+    real, noise = torch.rand(4, 3, 32, 32) * 2 - 1, torch.randn(4, 8, 1, 1)
+
+    def step(gamma, every, step_number):
+        cfg = RunConfig(model=DCGANConfig(nz=8, ngf=4, ndf=4, image_size=32, r1_gamma=gamma, r1_every=every),
+                        data=DataConfig(image_size=32), train=TrainConfig(precision="fp32"))
+        torch.manual_seed(0)
+        m = train_mod.build_models(cfg, torch.device("cpu"))
+        out = kinds.KINDS["dcgan"].train_step(m, Batch(real, noise, None, step_number))
+        return out, next(m.d_core.parameters()).detach().clone()
+
+    plain, w_plain = step(0.0, 1, 3)
+    skipped, w_skipped = step(1.0, 4, 3)  # step 3 of every 4th: no penalty, the plain update
+    assert skipped["r1"] == 0 and torch.equal(w_plain, w_skipped)
+    lazy, w_lazy = step(1.0, 4, 4)
+    eager, _ = step(1.0, 1, 4)
+    assert lazy["r1"] == pytest.approx(4 * eager["r1"].item(), rel=1e-5)  # reported x4: a window's mean estimates it
+    assert not torch.equal(w_lazy, w_plain)
+    with pytest.raises(ValueError, match="r1_every"):
+        validate(RunConfig(model=DCGANConfig(r1_every=0)))
+    assert "lazy R1" in graph_blocker(RunConfig(model=DCGANConfig(r1_gamma=1.0, r1_every=16)), "bf16")
+    assert graph_blocker(RunConfig(model=DCGANConfig(r1_gamma=1.0)), "bf16") is None

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from ..augment import DIFF_AUGMENT_OPS, diff_augment, instance_noise
-from ..config import RunConfig, check_numbers
+from ..config import RunConfig, check_ints, check_numbers
 from ..losses import d_loss_bce, g_loss_bce, r1_penalty
 from ..runtime import autocast
 from .base import Batch, Models, check_widths, g_update_and_metrics
@@ -35,6 +35,10 @@ class DCGANConfig:
     # R1 (Mescheder et al. 2018): gamma / 2 * E||grad_x D(x)||^2 on real images added to D's loss at
     # every step (so the step stays the same each time). 0: the seed's update.
     r1_gamma: float = 0.0
+    # Lazy R1 (StyleGAN2): the penalty on every r1_every-th step only, scaled by r1_every (about the same
+    # regularisation for a fraction of the double backwards). 1: every step (the step never changes, so a
+    # CUDA graph can replay it).
+    r1_every: int = 1
     # DiffAugment (Zhao et al. 2020): comma-separated ops from gan_core.augment.DIFF_AUGMENT_OPS applied to
     # every image D sees, real and fake ("color,translation,cutout" is the paper's). "": none, the seed's update.
     diffaugment: str = ""
@@ -142,6 +146,7 @@ def build(cfg: DCGANConfig) -> tuple[Generator, Discriminator]:
 def validate(cfg: RunConfig) -> None:
     check_widths(cfg)
     check_numbers(("model.r1_gamma", cfg.model.r1_gamma, 0.0, 1000.0))
+    check_ints(("model.r1_every", cfg.model.r1_every, 1, 10_000))
     ops = [op.strip() for op in str(cfg.model.diffaugment).split(",") if op.strip()]
     if any(op not in DIFF_AUGMENT_OPS for op in ops):
         raise ValueError(f"model.diffaugment takes comma-separated ops from {', '.join(DIFF_AUGMENT_OPS)}, "
@@ -171,10 +176,13 @@ def train_step(m: Models, b: Batch) -> dict[str, torch.Tensor]:
         loss_d = d_loss_bce(real_logits, fake_logits, b.real_label)
     total_d = loss_d
     gamma = getattr(m.model_cfg, "r1_gamma", 0.0)  # plug-in kinds reuse this step with their own configs
-    if gamma > 0:  # in fp32, as double backward wants; on the clean real images
+    every = getattr(m.model_cfg, "r1_every", 1)
+    r1 = torch.zeros((), device=device)
+    if gamma > 0 and b.step % every == 0:  # in fp32, as double backward wants; on the clean real images
         x = real.detach().float().requires_grad_(True)
         r1 = r1_penalty(m.D(x, logits=True), x)
-        total_d = loss_d + gamma / 2 * r1
+        total_d = loss_d + gamma / 2 * every * r1
+        r1 = r1 * every  # so a logging window's mean estimates the penalty
     m.update(m.opt_d, total_d)
 
     m.d_core.requires_grad_(False)  # G's gradient flows through D; D's own weight grads are not needed

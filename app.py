@@ -706,8 +706,11 @@ def build() -> gr.Blocks:
                 quality = gr.Markdown(quality_text(sample_default), elem_id="sample-quality")
                 with gr.Accordion("Latent sliders (principal directions, GANSpace)", open=False):
                     raw_z = gr.Checkbox(value=False, label="Raw z (slider i moves z[i] instead)")
-                    with gr.Row():
-                        sliders = [Slider(-3, 3, value=0, step=0.1, label=f"direction {i + 1}") for i in range(N_SLIDERS)]
+                    sliders = []
+                    for first in range(0, N_SLIDERS, 4):  # two even rows of four (eight in one row wrap unevenly)
+                        with gr.Row():
+                            sliders += [Slider(-3, 3, value=0, step=0.1, label=f"direction {i + 1}")
+                                        for i in range(first, min(first + 4, N_SLIDERS))]
                 with gr.Row():
                     go = gr.Button("Sample", variant="primary", elem_id="sample-button")
                     as_gallery = gr.Checkbox(value=False, label="Also as a gallery")

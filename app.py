@@ -493,18 +493,21 @@ def classify_batch(model, files):
     return pd.DataFrame(result.rows), counts, str(out)
 
 
-def exemplar_gallery(model, cluster):
+def exemplar_gallery(model, cluster, progress=gr.Progress()):
     """The cluster's most confident training images, then images its generator draws for it."""
     cm = load(model, ClusterModel)
     if cluster not in cm.names:
         raise gr.Error("Pick a cluster.")
     k = cm.names.index(cluster)
+    if not cm.training_images_scored:  # say why the first call takes a while
+        progress(0, desc="Scoring the model's training images once (tens of seconds on a CPU); "
+                         "every cluster after this is instant")
     try:
         ex = cm.exemplars(k, n=8)
     except (ValueError, DataError, OSError) as e:
         raise gr.Error(f"No exemplars: {e}") from None
     real = [(viz.image_grid(x[None].float() / 127.5 - 1 if x.dtype == torch.uint8 else x[None], nrow=1, padding=0),
-             f"training image, {c:.0%}") for x, c in zip(ex.real, ex.confidence)]
+             f"train {c:.0%}") for x, c in zip(ex.real, ex.confidence)]  # short: captions are narrow
     fake = [(viz.image_grid(x[None], nrow=1, padding=0), "generated") for x in ex.fake]
     return real + fake
 

@@ -212,8 +212,14 @@ def test_classify_batch_with_a_zip_and_a_bad_file(models, tmp_path):
 def test_cluster_names_exemplars_and_rename(models, model_dir):
     names, picker = app.cluster_names("tiny-cluster")
     assert names["name"].tolist() == ["cluster 0", "cluster 1", "cluster 2"]
-    gallery = app.exemplar_gallery("tiny-cluster", picker["value"])
+    said = []
+    app.load("tiny-cluster", app.ClusterModel)._train_probs = None  # as on a fresh server
+    gallery = app.exemplar_gallery("tiny-cluster", picker["value"], progress=lambda *a, **k: said.append(k.get("desc")))
     assert all(isinstance(img, Image.Image) for img, _ in gallery)
+    assert len(said) == 1 and "once" in said[0]  # the slow first call says why
+    app.exemplar_gallery("tiny-cluster", picker["value"], progress=lambda *a, **k: said.append(k.get("desc")))
+    assert len(said) == 1  # scored already: nothing to explain
+    assert all(len(caption) <= 10 for _, caption in gallery)  # "train 97%", "generated": not cut in the grid
     renamed = pd.DataFrame({"cluster": [0, 1, 2], "name": ["red things", "blue things", "others"]})
     message, picker = app.save_cluster_names("tiny-cluster", renamed)
     assert picker["choices"] == ["red things", "blue things", "others"]

@@ -143,6 +143,12 @@ class ClusterModel(Model):
             self._train_images = load_dataset(replace(self.cfg.data, limit=limit)).images
         return self._train_images
 
+    @property
+    def training_images_scored(self) -> bool:
+        """Whether the training images are scored already (the first `exemplars` call reads and scores
+        them all, which takes tens of seconds on a CPU; later calls reuse the scores)."""
+        return self._train_probs is not None
+
     def exemplars(self, k: int, n: int = 8, images: Optional[torch.Tensor] = None, seed: int = 0) -> Exemplars:
         """For cluster k: the n images (of `images`, or of the training data) it is most confident of,
         and n generated images with code k. Raises DataError when the training data cannot be read."""

@@ -726,7 +726,8 @@ def build() -> gr.Blocks:
                         frames = Slider(2, 32, value=8, step=1, label="Frames")
                         go_interp = gr.Button("Interpolate")
                     strip = gr.Image(label="Frames", type="pil", format="png", interactive=False)
-                    gif = File(label="Animated GIF", interactive=False)
+                    gif = gr.Image(label="Animated GIF (plays here; download it with the button)", type="filepath",
+                                   interactive=False, elem_id="interp-gif")  # served as the file: it animates inline
 
             with gr.Tab("Blobs", id="blobs"):
                 with gr.Row():

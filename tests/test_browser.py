@@ -65,6 +65,11 @@ def test_each_tab_in_chromium(served, tmp_path, model_dir):  # noqa: F811
         page.get_by_label("Seed").first.press("Enter")
         page.wait_for_function(f"() => document.querySelector('#sample-grid img').src !== {first!r}", timeout=60_000)
         page.screenshot(path=str(shots / "sample.png"), full_page=True)
+        # The interpolation GIF plays inline (an <img> of the .gif itself, not only a download).
+        page.get_by_text("Interpolate between two seeds").click()
+        page.get_by_role("button", name="Interpolate", exact=True).click()
+        page.wait_for_function("() => { const i = document.querySelector('#interp-gif img');"
+                               " return i !== null && i.src.includes('.gif'); }", timeout=60_000)
 
         page.get_by_role("tab", name="Blobs").click()
         page.locator("#blobs-button").click()

@@ -35,7 +35,7 @@ from gan_core import config as config_mod, hub, jobs, kinds, viz  # noqa: E402
 from gan_core.checkpoint import FILES, CheckpointError  # noqa: E402
 from gan_core.data import DataError, ImageDataset, decode_items, upload_items  # noqa: E402
 from gan_core.inference.blobs import BlobModel  # noqa: E402
-from gan_core.inference.cluster import ClusterModel  # noqa: E402
+from gan_core.inference.cluster import ClusterModel, skipped_rows  # noqa: E402
 from gan_core.inference.loading import load_model  # noqa: E402
 from gan_core.inference.model import Model  # noqa: E402
 from gan_core.models import blob_layout  # noqa: E402
@@ -484,8 +484,7 @@ def classify_batch(model, files):
     if skipped:  # nothing is dropped without a word: a toast, and a row per file left out
         names = ", ".join(name.split(":", 1)[-1] for name, _ in skipped[:3]) + (" ..." if len(skipped) > 3 else "")
         gr.Warning(f"{len(skipped)} file{'s' * (len(skipped) > 1)} in the zip left out: {names}")
-        result.rows.extend({"file": name, "cluster": f"(skipped: {why})", "confidence": 0.0, "top 3": ""}
-                           for name, why in skipped)
+        result.rows.extend(skipped_rows(skipped))
     counts = pd.DataFrame({"cluster": list(result.counts), "images": list(result.counts.values())})
     out = _scratch() / "assignments.csv"
     with out.open("w", newline="") as f:

@@ -80,6 +80,15 @@ def augment(x: torch.Tensor, gen: Optional[torch.Generator] = None, cfg: Augment
 DIFF_AUGMENT_OPS = ("color", "translation", "cutout")
 
 
+def diff_augment_ops(policy: str) -> list[str]:
+    """A DiffAugment policy ("color, translation,cutout") -> its ops; ValueError naming any unknown one."""
+    ops = [op.strip() for op in str(policy).split(",") if op.strip()]
+    unknown = set(ops) - set(DIFF_AUGMENT_OPS)
+    if unknown:
+        raise ValueError(f"unknown DiffAugment ops {sorted(unknown)} (known: {', '.join(DIFF_AUGMENT_OPS)})")
+    return ops
+
+
 def diff_augment(x: torch.Tensor, policy: str, gen: Optional[torch.Generator] = None) -> torch.Tensor:
     """Differentiable augmentation (DiffAugment, Zhao et al. 2020) of what D sees, real and fake alike,
     so D cannot memorise the training images while G still learns their distribution; gradients flow
@@ -88,10 +97,7 @@ def diff_augment(x: torch.Tensor, policy: str, gen: Optional[torch.Generator] = 
     - color: brightness shift in [-0.5, 0.5], saturation scale in [0, 2], contrast scale in [0.5, 1.5];
     - translation: a shift of up to 1/8 of the side in whole pixels, the uncovered border zero;
     - cutout: a zeroed square of half the side at a random centre."""
-    ops = [op.strip() for op in policy.split(",") if op.strip()]
-    unknown = set(ops) - set(DIFF_AUGMENT_OPS)
-    if unknown:
-        raise ValueError(f"unknown DiffAugment ops {sorted(unknown)} (known: {', '.join(DIFF_AUGMENT_OPS)})")
+    ops = diff_augment_ops(policy)
     n, _, h, w = x.shape
     dev, shape = x.device, (n, 1, 1, 1)
     for op in ops:

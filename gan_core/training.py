@@ -407,12 +407,16 @@ def train(cfg: config_mod.RunConfig, on_progress: Optional[ProgressFn] = None,
     start_step, t0 = step, time.perf_counter()
     window = _Window(t0)
     last_save_t = t0
+    alone = world == 1  # one process answers a stop request and saves on the clock at any step
+    calibrated_at: list[int] = []  # the step the EMA statistics were last measured at
 
     def standing_stats() -> None:
         """The EMA generator's BatchNorm statistics, measured on its own activations (not the live G's)
-        before it paints a grid or is saved; its own random stream, so training is unchanged."""
+        before it paints a grid or is saved (once a step: a grid and a save often share one); its own
+        random stream, so training is unchanged."""
         g_ema = m.ema.get(ckpt.GENERATOR)
-        if g_ema is not None:
+        if g_ema is not None and calibrated_at[-1:] != [step]:
+            calibrated_at[:] = [step]
             gen = step_generator(t.seed, STANDING_STATS_STREAM, step, device)
             recalibrate_batchnorm(g_ema, [kind.latent(cfg.model, STANDING_STATS_BATCH, gen, device)
                                           for _ in range(STANDING_STATS_BATCHES)])
@@ -439,9 +443,8 @@ def train(cfg: config_mod.RunConfig, on_progress: Optional[ProgressFn] = None,
             update_ema(ema, core, ema_decay_at(t.ema_decay, step))
         step += 1
         window.add(metrics)
-        # One process answers a stop request and saves on the clock at any step; under DDP both wait for
-        # a logging step, where every rank agrees.
-        alone = world == 1
+        # Alone, a stop request and a save on the clock act at any step; under DDP both wait for a logging
+        # step, where every rank agrees.
         stop_now = alone and should_stop is not None and should_stop()
         save_due = step % t.checkpoint_every == 0 or (
             alone and t.checkpoint_minutes > 0 and time.perf_counter() - last_save_t >= t.checkpoint_minutes * 60)

@@ -57,6 +57,12 @@ def assignment_rows(names: list[str], ok, pred: Prediction) -> list[dict]:
     return rows
 
 
+def skipped_rows(skipped: list[tuple[str, str]]) -> list[dict]:
+    """Rows, in `assignment_rows`' form, for files left out of an upload ([(name, why)], as
+    `data.upload_items` lists them): listed, never dropped without a word."""
+    return [{"file": name, "cluster": f"(skipped: {why})", "confidence": 0.0, "top 3": ""} for name, why in skipped]
+
+
 @dataclass
 class Exemplars:
     real: torch.Tensor  # uint8 (n, C, H, W): the training images the cluster is surest of, most confident first

@@ -19,6 +19,7 @@ from torch import nn
 
 from ..checkpoint import DISCRIMINATOR, GENERATOR, ema_role
 from ..config import RunConfig, check_ints
+from ..losses import r1_penalty
 
 
 # ---------------------------------------------------------------- what a training step sees
@@ -113,6 +114,19 @@ class Batch:
 
 
 StepFn = Callable[[Models, Batch], dict]
+
+
+def lazy_r1(d: nn.Module, real: torch.Tensor, gamma: float, every: int,
+            step: int) -> tuple[Optional[torch.Tensor], torch.Tensor]:
+    """R1 on the real images on every `every`-th step, scaled by `every` (lazy regularisation, StyleGAN2;
+    every = 1: each step), in fp32 as double backward wants. -> (gamma / 2 * every * R1, the term to add
+    to D's loss, or None on a step without it; the penalty as reported: scaled by `every` and zero on a
+    step without it, so a logging window's mean estimates it)."""
+    if step % every:
+        return None, torch.zeros((), device=real.device)
+    x = real.detach().float().requires_grad_(True)
+    r1 = r1_penalty(d(x, logits=True), x)
+    return gamma / 2 * every * r1, (r1 * every).detach().float()
 
 
 def g_update_and_metrics(m: Models, loss_d, loss_g, real_logits, fake_logits, gen_logits) -> dict[str, torch.Tensor]:

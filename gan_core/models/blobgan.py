@@ -18,9 +18,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import RunConfig, check_ints, check_numbers
-from ..losses import d_logistic_loss, g_nonsaturating_loss, r1_penalty
+from ..losses import d_logistic_loss, g_nonsaturating_loss
 from ..runtime import autocast
-from .base import Batch, Models, OptimizerSpec, check_widths, g_update_and_metrics
+from .base import Batch, Models, OptimizerSpec, check_widths, g_update_and_metrics, lazy_r1
 from .blob_layout import Layout, splat, splat_features
 
 
@@ -296,13 +296,12 @@ def train_step(m: Models, b: Batch) -> dict[str, torch.Tensor]:
         loss_d = d_logistic_loss(real_logits, fake_logits)
     r1 = torch.zeros((), device=real.device)
     total_d = loss_d
-    if cfg.r1_gamma > 0 and b.step % cfg.r1_every == 0:
-        # Lazy R1 (StyleGAN2): every r1_every steps, scaled by r1_every; in fp32, as double backward wants.
-        # (torch.compile cannot double-backward, so config validation refuses compile with R1.)
-        x = real.detach().float().requires_grad_(True)
-        r1 = r1_penalty(m.D(x, logits=True), x)
-        total_d = loss_d + cfg.r1_gamma / 2 * cfg.r1_every * r1
-        r1 = r1 * cfg.r1_every  # so a logging window's mean estimates the penalty (exactly when log_every % r1_every == 0)
+    if cfg.r1_gamma > 0:
+        # Lazy R1 (StyleGAN2); a logging window's mean estimates the penalty (exactly when log_every %
+        # r1_every == 0). (torch.compile cannot double-backward, so config validation refuses compile with R1.)
+        r1_term, r1 = lazy_r1(m.D, real, cfg.r1_gamma, cfg.r1_every, b.step)
+        if r1_term is not None:
+            total_d = loss_d + r1_term
     m.update(m.opt_d, total_d)
 
     m.d_core.requires_grad_(False)

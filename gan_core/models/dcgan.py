@@ -17,11 +17,11 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..augment import DIFF_AUGMENT_OPS, diff_augment, instance_noise
+from ..augment import DIFF_AUGMENT_OPS, diff_augment, diff_augment_ops, instance_noise
 from ..config import RunConfig, check_ints, check_numbers
-from ..losses import d_loss_bce, g_loss_bce, r1_penalty
+from ..losses import d_loss_bce, g_loss_bce
 from ..runtime import autocast
-from .base import Batch, Models, check_widths, g_update_and_metrics
+from .base import Batch, Models, check_widths, g_update_and_metrics, lazy_r1
 
 
 @dataclass
@@ -147,10 +147,11 @@ def validate(cfg: RunConfig) -> None:
     check_widths(cfg)
     check_numbers(("model.r1_gamma", cfg.model.r1_gamma, 0.0, 1000.0))
     check_ints(("model.r1_every", cfg.model.r1_every, 1, 10_000))
-    ops = [op.strip() for op in str(cfg.model.diffaugment).split(",") if op.strip()]
-    if any(op not in DIFF_AUGMENT_OPS for op in ops):
+    try:
+        diff_augment_ops(cfg.model.diffaugment)
+    except ValueError:
         raise ValueError(f"model.diffaugment takes comma-separated ops from {', '.join(DIFF_AUGMENT_OPS)}, "
-                         f"not {cfg.model.diffaugment!r}")
+                         f"not {cfg.model.diffaugment!r}") from None
     if cfg.train.compile and cfg.model.r1_gamma > 0:
         raise ValueError("model.r1_gamma needs a double backward, which torch.compile does not "
                          "support: set train.compile=false or model.r1_gamma=0")
@@ -176,13 +177,10 @@ def train_step(m: Models, b: Batch) -> dict[str, torch.Tensor]:
         loss_d = d_loss_bce(real_logits, fake_logits, b.real_label)
     total_d = loss_d
     gamma = getattr(m.model_cfg, "r1_gamma", 0.0)  # plug-in kinds reuse this step with their own configs
-    every = getattr(m.model_cfg, "r1_every", 1)
-    r1 = torch.zeros((), device=device)
-    if gamma > 0 and b.step % every == 0:  # in fp32, as double backward wants; on the clean real images
-        x = real.detach().float().requires_grad_(True)
-        r1 = r1_penalty(m.D(x, logits=True), x)
-        total_d = loss_d + gamma / 2 * every * r1
-        r1 = r1 * every  # so a logging window's mean estimates the penalty
+    if gamma > 0:  # on the clean real images
+        r1_term, r1 = lazy_r1(m.D, real, gamma, getattr(m.model_cfg, "r1_every", 1), b.step)
+        if r1_term is not None:
+            total_d = loss_d + r1_term
     m.update(m.opt_d, total_d)
 
     m.d_core.requires_grad_(False)  # G's gradient flows through D; D's own weight grads are not needed
@@ -191,5 +189,5 @@ def train_step(m: Models, b: Batch) -> dict[str, torch.Tensor]:
         loss_g = g_loss_bce(gen_logits)
     metrics = g_update_and_metrics(m, loss_d, loss_g, real_logits, fake_logits, gen_logits)
     if gamma > 0:
-        metrics["r1"] = r1.detach().float()
+        metrics["r1"] = r1
     return metrics

@@ -445,15 +445,39 @@ def _read_image(image) -> Image.Image:
 
 
 @gpu
-def classify(model, image):
-    """One image -> ({cluster name: probability}, its top 3 as text)."""
+def classify(model: str, image):
+    """Sort one image into one of a cluster model's clusters.
+
+    Args:
+        model: a cluster model's name from the Classify tab's picker (fashion-mnist-clusters, shapes-clusters, ...).
+        image: the image (any size; it is resized and converted as the model was trained).
+
+    Returns:
+        The cluster probabilities (the top 3), or "unsure" when the image looks unlike the model's training
+        images; and one line saying how familiar the image looks and, when unsure, the best guesses.
+    """
     cm = load(model, ClusterModel)
     try:
         pred = cm.predict([_read_image(image)])
     except UNREADABLE as e:
         raise gr.Error(f"Could not read that image: {_one_line(e)}") from None
-    top = "\n".join(f"{i + 1}. **{name}** {p:.1%}" for i, (name, p) in enumerate(pred.top(0, 3)))
-    return pred.labels(0), top
+    return (UNSURE_LABEL if pred.unsure(0) else pred.labels(0)), verdict(pred)
+
+
+UNSURE_LABEL = "unsure"
+
+
+def verdict(pred) -> str:
+    """One line under the label: how much the image looks like the training images."""
+    if pred.familiarity is None:
+        return "This model has no familiarity statistics, so an image unlike its training data is not flagged."
+    score, threshold = float(pred.familiarity[0]), pred.threshold
+    if pred.unsure(0):
+        guesses = ", ".join(f"{name} {p:.0%}" for name, p in pred.top(0, 3))
+        return (f"**Unsure:** this image looks unlike the model's training images (familiarity {score:.2f}; "
+                f"99% of training images reach {threshold:.2f}), so its cluster probabilities mean little. "
+                f"Best guesses: {guesses}.")
+    return f"Looks like the model's training images (familiarity {score:.2f}; 99% of training images reach {threshold:.2f})."
 
 
 def _uploaded(files, skipped: list | None = None) -> list:
@@ -606,8 +630,9 @@ def start_training(dataset, upload, text, kind, steps, batch, lr, size, channels
     checkpoint zip)."""
     cfg, dataset_fn = _run_config(dataset, upload, text, kind, steps, batch, lr, size, channels, k)
     name = (name or "").strip() or f"{kind}-{dataset.split()[0]}-{time.strftime('%Y%m%d-%H%M%S')}"
+    settings = dict(zip(FORM_FIELDS, (dataset, kind, steps, batch, lr, size, channels, k, name)))
     try:
-        JOB.start(cfg, name, dataset_fn)
+        JOB.start(cfg, name, dataset_fn, settings=settings)
     except jobs.JobBusy as e:
         raise gr.Error(f"Another training job is running. {e}") from None
     except (ValueError, OSError) as e:
@@ -622,6 +647,19 @@ def start_training(dataset, upload, text, kind, steps, batch, lr, size, channels
         time.sleep(1.0)
     if status.state == "failed":
         raise gr.Error(_no_paths(status.summary()))
+
+
+# The Train form's fields, in the order `job_form` fills them from the running job's settings.
+FORM_FIELDS = ("dataset", "kind", "steps", "batch", "lr", "size", "channels", "k", "name")
+
+
+def job_form():
+    """The running job's settings for the Train form (a visitor who opens the page during someone
+    else's job sees what runs, not the defaults); nothing changes when no job runs."""
+    status = JOB.status()
+    if not status.running or not status.settings:
+        return [gr.update() for _ in FORM_FIELDS]
+    return [gr.update(value=status.settings[f]) if f in status.settings else gr.update() for f in FORM_FIELDS]
 
 
 def stop_training():
@@ -687,7 +725,8 @@ def build() -> gr.Blocks:
                 with gr.Row():
                     losses = gr.LinePlot(x="step", y="value", color="loss", label="Losses", height=260)
                     samples = gr.Image(label="Samples", type="pil", format="png", interactive=False)
-                checkpoint_zip = File(label="Finished checkpoint (zip)", interactive=False)
+                with gr.Column(visible=False) as zip_box:  # shown once there is a checkpoint (no empty box)
+                    checkpoint_zip = File(label="Finished checkpoint (zip)", interactive=False)
                 with gr.Accordion("Push the trained model to the Hugging Face Hub", open=False):
                     with gr.Row():
                         repo = gr.Textbox(label="Repo id", placeholder="user/name")
@@ -761,7 +800,7 @@ def build() -> gr.Blocks:
                     c_image = ImageInput(label="One image", type="pil", elem_id="classify-image")
                     with gr.Column():
                         c_label = gr.Label(num_top_classes=3, label="Cluster", elem_id="classify-label")
-                        c_top = gr.Markdown()
+                        c_top = gr.Markdown(elem_id="classify-verdict")
                 c_go = gr.Button("Classify", variant="primary", elem_id="classify-button")
                 c_files = File(label="Many images or zips", file_count="multiple")
                 c_batch = gr.Button("Classify all")
@@ -790,6 +829,7 @@ def build() -> gr.Blocks:
                     ).then(refresh_pickers, [s_model, b_model, c_model], [s_model, b_model, c_model], **private)
         stop.click(stop_training, None, status, api_name="stop")
         gr.Timer(2.0).tick(job_view, None, [status, losses, samples, checkpoint_zip], **private)
+        checkpoint_zip.change(lambda f: gr.update(visible=bool(f)), checkpoint_zip, zip_box, **private)
         push.click(push_to_hub, [repo, token, hub_private], push_status, api_name="push_to_hub")
 
         sample_inputs = [s_model, seed, count, truncation, code, raw_z, as_gallery, *sliders]
@@ -826,6 +866,9 @@ def build() -> gr.Blocks:
         # Every page load reads the model folders again: a model saved since the server started (by any
         # visitor, or a run copied in) is in every picker after a reload.
         demo.load(refresh_pickers, [s_model, b_model, c_model], [s_model, b_model, c_model], **private)
+        # A visitor who arrives during a job sees it at once: its progress, and its settings in the form.
+        demo.load(job_view, None, [status, losses, samples, checkpoint_zip], **private)
+        demo.load(job_form, None, [dataset, kind, steps, batch, lr, size, channels, k, name], **private)
         demo.load(sample_images, sample_inputs, [grid, gallery], **private)
         if blob_choices:
             demo.load(sample_blobs, [b_model, b_seed], blob_outputs, **private)

@@ -128,10 +128,12 @@ def _optimizer_tensors(optimizers: dict[str, torch.optim.Optimizer]) -> tuple[di
 def write_folder(folder: Path, cfg: config_mod.RunConfig, step: int, modules: dict[str, nn.Module],
                  optimizers: Optional[dict[str, torch.optim.Optimizer]] = None, metrics: Optional[dict] = None,
                  dtype: Optional[torch.dtype] = None, model_card: Optional[str] = None,
-                 runtime: Optional[dict] = None, scaler: Optional[dict] = None) -> Path:
+                 runtime: Optional[dict] = None, scaler: Optional[dict] = None,
+                 extra: Optional[dict] = None) -> Path:
     """Write a complete checkpoint folder at `folder`, atomically (build aside, then rename).
     `runtime`: how the run executes (precision, memory format, how chosen), kept in config.json;
-    `scaler`: the fp16 gradient scaler's state, kept beside the optimizer state."""
+    `scaler`: the fp16 gradient scaler's state, kept beside the optimizer state; `extra`: more entries
+    for config.json (a kind's statistics, such as a cluster model's familiarity)."""
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))
@@ -146,7 +148,8 @@ def write_folder(folder: Path, cfg: config_mod.RunConfig, step: int, modules: di
         if model_card:
             (tmp / FILES["card"]).write_text(model_card)
         _write_json(tmp / FILES["config"], {"format": FORMAT, "step": step, "metrics": metrics or {},
-                                            "config": config_mod.to_dict(cfg), **({"runtime": runtime} if runtime else {})})
+                                            "config": config_mod.to_dict(cfg), **({"runtime": runtime} if runtime else {}),
+                                            **(extra or {})})
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o777 & ~umask)  # mkdtemp (and the safetensors writer) create private files
@@ -171,11 +174,11 @@ def write_folder(folder: Path, cfg: config_mod.RunConfig, step: int, modules: di
 def save_training_checkpoint(out_dir: str | Path, cfg: config_mod.RunConfig, step: int,
                              modules: dict[str, nn.Module], optimizers: dict[str, torch.optim.Optimizer],
                              metrics: Optional[dict] = None, keep: int = 2, runtime: Optional[dict] = None,
-                             scaler: Optional[dict] = None) -> Path:
+                             scaler: Optional[dict] = None, extra: Optional[dict] = None) -> Path:
     """Write `OUT/checkpoints/step_N`, then point `OUT/latest` at it, then prune old ones."""
     out_dir = Path(out_dir)
     folder = write_folder(out_dir / "checkpoints" / f"step_{step:08d}", cfg, step, modules, optimizers, metrics,
-                          runtime=runtime, scaler=scaler)
+                          runtime=runtime, scaler=scaler, extra=extra)
     write_text(out_dir / "latest", folder.name + "\n")
     done = sorted(p for p in (out_dir / "checkpoints").glob("step_*") if p.is_dir())
     for old in done[: max(0, len(done) - max(1, keep))]:

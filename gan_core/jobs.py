@@ -54,6 +54,7 @@ class JobStatus:
     sample_step: int = 0
     model_dir: Optional[Path] = None
     zip_path: Optional[Path] = None
+    settings: dict = field(default_factory=dict)  # what the caller started it with (the app's form), shown to others
 
     @property
     def running(self) -> bool:
@@ -107,9 +108,10 @@ class TrainingJob:
         with self._lock:
             self._status = replace(self._status, **changes)
 
-    def start(self, cfg, name: str, dataset_fn: Optional[Callable] = None) -> None:
+    def start(self, cfg, name: str, dataset_fn: Optional[Callable] = None, settings: Optional[dict] = None) -> None:
         """Start training `cfg` (a RunConfig) in the background as model `name`. `dataset_fn()`, when
-        given, returns the ImageDataset (uploads); otherwise `cfg.data` is loaded. The run folder and
+        given, returns the ImageDataset (uploads); otherwise `cfg.data` is loaded. `settings` (the form
+        that started it) is kept in the status, so whoever looks next sees what runs. The run folder and
         the exported model both live under the work folder, whatever `cfg.train.out_dir` said."""
         if not NAME_PATTERN.match(name or ""):
             raise ValueError("the model name may use letters, digits, '.', '-' and '_' (at most 64), "
@@ -123,7 +125,7 @@ class TrainingJob:
             check_output_folder(run_dir)  # OSError now, not a failed job later
             self._stop.clear()
             self._status = JobStatus(state="loading", name=name, kind=cfg.model.kind, steps=cfg.train.steps,
-                                     started_at=time.time())
+                                     started_at=time.time(), settings=dict(settings or {}))
             self._thread = threading.Thread(target=self._run, args=(cfg, name, dataset_fn), daemon=True,
                                             name=f"train-{name}")
             self._thread.start()

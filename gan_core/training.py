@@ -429,7 +429,8 @@ def train(cfg: config_mod.RunConfig, on_progress: Optional[ProgressFn] = None,
         standing_stats()
         folder = ckpt.save_training_checkpoint(out_dir, cfg, step, m.modules(), m.optimizers(),
                                                last_metrics, keep=t.keep_checkpoints, runtime=runtime_record,
-                                               scaler=m.scaler.state_dict() if m.scaler is not None else None)
+                                               scaler=m.scaler.state_dict() if m.scaler is not None else None,
+                                               extra=kind.checkpoint_meta(cfg.model, m.modules(), images))
         if on_checkpoint:
             on_checkpoint(step, folder)
         return folder

@@ -8,7 +8,8 @@ Always runs the baseline, k-means on raw pixels. With --checkpoint of a `cluster
 model's cluster head (EMA weights where saved); of a `dcgan` model, or with --features, it runs
 "discriminator features + k-means" (standardised trunk features of D). Scores: ACC with Hungarian
 matching at K = number of classes, NMI and ARI. Last stdout line:
-{"acc", "nmi", "ari", "n", "k", "kmeans_acc", "kmeans_nmi", ...} (acc/nmi/ari null without a checkpoint).
+{"acc", "nmi", "ari", "n", "k", "kmeans_acc", "kmeans_nmi", ...} (acc/nmi/ari null without a checkpoint);
+"unsure": the share of these held-out images a cluster model flags as unlike its training images.
 """
 from __future__ import annotations
 
@@ -106,6 +107,12 @@ def main(argv=None) -> dict:
             clusters, _ = predict_tensor(d, ds.images, sides=sides)
             method = f"cluster head {d.best_head()} ({cfg.model.objective})"
             result["views"] = len(sides)
+            if model.familiarity_stats is not None:  # share of these (in-distribution) images shown as unsure
+                from gan_core.models.cluster import familiarity_scores
+
+                centroids, threshold = model.familiarity_stats
+                result["unsure"] = round(float((familiarity_scores(d, ds.images, centroids) < threshold)
+                                               .float().mean()), 4)
         else:
             clusters = kmeans(discriminator_features(d, ds.images), k, args.seed)
             method = "discriminator features + k-means"

@@ -2,6 +2,7 @@
 needed, nothing downloaded)."""
 import csv
 import io
+import json
 import os
 import subprocess
 import sys
@@ -44,8 +45,12 @@ def _make(tmp, name, model, data):
 def model_dir(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("app-models")
     _make(tmp, "tiny-dcgan", DCGANConfig(nz=8, ngf=4, ndf=4), DataConfig(num_images=16, image_size=32))
-    _make(tmp, "tiny-cluster", ClusterConfig(nz=8, ngf=4, ndf=4, k=3, overcluster=6, subheads=2),
-          DataConfig(num_images=32, image_size=32, channels=3))
+    cluster = _make(tmp, "tiny-cluster", ClusterConfig(nz=8, ngf=4, ndf=4, k=3, overcluster=6, subheads=2),
+                    DataConfig(num_images=32, image_size=32, channels=3))
+    meta = json.loads((cluster / "config.json").read_text())
+    assert meta["familiarity"]["images"] == 32  # training recorded its familiarity statistics (and export kept them)
+    meta["familiarity"]["threshold"] = -1.0  # a one-step model: nothing is unsure unless a test says so
+    (cluster / "config.json").write_text(json.dumps(meta))
     folder = _make(tmp, "tiny-blobgan", BlobGANConfig(**TINY_BLOBGAN),
                    DataConfig(source="scenes", num_images=8, image_size=64, channels=3))
     cfg, _ = kinds.read_config(folder)
@@ -180,12 +185,20 @@ def test_bad_layouts_and_actions_are_user_errors(models):
 
 
 def test_classify_one_image(models):
-    labels, top = app.classify("tiny-cluster", Image.new("RGB", (50, 40), (0, 0, 255)))
+    image = Image.new("RGB", (50, 40), (0, 0, 255))
+    labels, line = app.classify("tiny-cluster", image)
     assert set(labels) == {"cluster 0", "cluster 1", "cluster 2"}
     assert sum(labels.values()) == pytest.approx(1.0, abs=1e-4)
-    assert top.startswith("1. **")
+    assert line.startswith("Looks like the model's training images") and "**" not in line  # the top 3 is not repeated
     with pytest.raises(gr.Error):
         app.classify("tiny-cluster", None)
+    cm = app.load("tiny-cluster", ClusterModel)
+    cm.meta["familiarity"] = {**cm.meta["familiarity"], "threshold": 1.5}  # above any cosine similarity: unsure
+    labels, line = app.classify("tiny-cluster", image)
+    assert labels == "unsure" and line.startswith("**Unsure:**") and "Best guesses: cluster" in line
+    del cm.meta["familiarity"]  # a checkpoint from before familiarity was recorded: probabilities, and a note
+    labels, line = app.classify("tiny-cluster", image)
+    assert isinstance(labels, dict) and "no familiarity statistics" in line
 
 
 def test_classify_batch_with_a_zip_and_a_bad_file(models, tmp_path):
@@ -458,3 +471,19 @@ def test_every_train_field_says_what_it_is_for(models):
     fields = {b.label: b for b in demo.blocks.values() if getattr(b, "label", None) in labels}
     assert set(fields) == labels
     assert all(getattr(b, "info", None) for b in fields.values()), [k for k, b in fields.items() if not b.info]
+
+
+def test_a_second_visitor_sees_the_running_job_and_its_settings(models):
+    from gan_core.jobs import JobStatus
+
+    assert all(update == {"__type__": "update"} for update in app.job_form())  # no job: the form is left alone
+    settings = {"dataset": "scenes", "kind": "blobgan", "steps": 1200, "batch": 32, "lr": 1e-4, "size": 64,
+                "channels": 3, "k": 10, "name": "someone-else"}
+    app.JOB._status = JobStatus(state="training", name="someone-else", kind="blobgan", step=40, steps=1200,
+                                settings=settings, losses=[{"step": 40, "loss": "loss_d", "value": 0.5}])
+    form = app.job_form()
+    assert [u["value"] for u in form] == [settings[f] for f in app.FORM_FIELDS]
+    summary, losses, _, _ = app.job_view()
+    assert "someone-else" in summary and "step 40 / 1,200" in summary and len(losses) == 1
+    app.JOB._status = JobStatus(state="done", name="someone-else", settings=settings)
+    assert all(update == {"__type__": "update"} for update in app.job_form())  # finished: the form is free again

@@ -14,7 +14,8 @@ from .. import checkpoint as ckpt
 from ..config import RunConfig, build_dataclass
 from ..data import decode_items, load_dataset, to_model_images
 from ..models.base import Kind
-from ..models.cluster import predict_tensor
+from ..models.cluster import (FAMILIARITY_IMAGES, decode_tensor, familiarity_record, familiarity_scores,
+                              predict_tensor)
 from .model import Model
 
 
@@ -27,6 +28,15 @@ class Prediction:
     ids: torch.Tensor  # int64 (N,): the cluster of each image
     probs: torch.Tensor  # float (N, K): the cluster probabilities
     names: list  # the K cluster names
+    # How much each image looks like the training images (cosine similarity of D's features to the
+    # nearest cluster's mean) and the score 99% of held-out training images reach; None where the
+    # checkpoint has no familiarity statistics.
+    familiarity: Optional[torch.Tensor] = None
+    threshold: Optional[float] = None
+
+    def unsure(self, i: int) -> bool:
+        """Image i looks unlike the training images (its probabilities then mean little)."""
+        return self.familiarity is not None and float(self.familiarity[i]) < self.threshold
 
     def labels(self, i: int) -> dict[str, float]:
         """{cluster name: probability} for image i (what a label widget shows)."""
@@ -38,20 +48,22 @@ class Prediction:
 
 
 UNREADABLE = "(unreadable)"
+UNSURE = "(unsure)"
 ROW_FIELDS = ["file", "cluster", "confidence", "top 3"]
 
 
 def assignment_rows(names: list[str], ok, pred: Prediction) -> list[dict]:
     """One row per input file (what Classify and scripts/classify.py write): file, cluster, confidence
     and the top 3. `ok` marks the files that were read; `pred` covers those only, in order. A file that
-    could not be read gets the cluster "(unreadable)"."""
+    could not be read gets the cluster "(unreadable)"; one unlike the training images gets "(unsure)"
+    (its top 3 are still listed)."""
     rows, j = [], 0
     for name, good in zip(names, ok):
         if not good:
             rows.append({"file": name, "cluster": UNREADABLE, "confidence": 0.0, "top 3": ""})
             continue
         top = pred.top(j, 3)
-        rows.append({"file": name, "cluster": top[0][0], "confidence": round(top[0][1], 4),
+        rows.append({"file": name, "cluster": UNSURE if pred.unsure(j) else top[0][0], "confidence": round(top[0][1], 4),
                      "top 3": ", ".join(f"{n} {p:.0%}" for n, p in top)})
         j += 1
     return rows
@@ -141,7 +153,40 @@ class ClusterModel(Model):
         if len(x) == 0:
             return Prediction(torch.empty(0, dtype=torch.long), torch.empty(0, self.k), self.names)
         ids, probs = predict_tensor(self.d, x, batch)
-        return Prediction(ids, probs, self.names)
+        stats = self.familiarity_stats
+        if stats is None:
+            return Prediction(ids, probs, self.names)
+        return Prediction(ids, probs, self.names, familiarity_scores(self.d, x, stats[0]), stats[1])
+
+    @property
+    def familiarity_stats(self) -> Optional[tuple[torch.Tensor, float]]:
+        """(cluster means of D's features, threshold) from the checkpoint's config.json; None where it
+        has none (a checkpoint saved before they were recorded: `fit_familiarity` measures them)."""
+        rec = self.meta.get("familiarity")
+        if not rec:
+            return None
+        if getattr(self, "_familiarity", None) is None or self._familiarity[0] is not rec:
+            self._familiarity = (rec, (decode_tensor(rec["centroids"]), float(rec["threshold"])))
+        return self._familiarity[1]
+
+    def fit_familiarity(self, images: Optional[torch.Tensor] = None, record: bool = False) -> dict:
+        """Measure the familiarity statistics on `images` (default: up to 2,000 training images, which
+        must be readable); `record` writes them into the checkpoint's config.json (atomically)."""
+        if images is None:  # (not kept: `training_images` keeps the larger set exemplars read)
+            pool = self._train_images if self._train_images is not None else load_dataset(
+                replace(self.cfg.data, limit=FAMILIARITY_IMAGES)).images
+        else:
+            pool = to_model_images(images, self.cfg.data.image_size, self.cfg.data.channels)
+        rec = familiarity_record(self.d, pool)
+        self.meta["familiarity"] = rec
+        if record:
+            target = Path(self.folder or "")
+            if not (target / ckpt.FILES["config"]).exists():
+                raise ValueError(f"no checkpoint at {target} to record into")
+            meta = ckpt.read_meta(target)
+            meta["familiarity"] = rec
+            ckpt.write_json(target / ckpt.FILES["config"], meta)
+        return rec
 
     def training_images(self, limit: int = 20000) -> torch.Tensor:
         """Up to `limit` images of the training data named in the config (read once, then kept)."""
@@ -183,7 +228,7 @@ class ClusterModel(Model):
         counts = {name: 0 for name in self.names}
         for row in rows:
             if row["cluster"] != UNREADABLE:
-                counts[row["cluster"]] += 1
+                counts[row["cluster"]] = counts.get(row["cluster"], 0) + 1  # (unsure) comes last when any
         return Assignments(rows, counts, int(ok.sum()), int((~ok).sum()))
 
 

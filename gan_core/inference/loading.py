@@ -43,6 +43,10 @@ def load_model(path_or_repo: str | Path, device: str | torch.device = "cpu", ema
     return facade(kind, cfg, load_modules(folder, cfg, device, ema), folder, meta)
 
 
+# config.json entries a shipped copy keeps: a kind's statistics and the figures recorded for the model
+KEPT_ON_EXPORT = ("familiarity", "sample_quality")
+
+
 def export(src: str | Path, dst: str | Path, dtype: torch.dtype = torch.float16,
            model_card: Optional[str] = None) -> Path:
     """Copy a checkpoint for shipping: every module's weights (no optimizer state), cast to `dtype`."""
@@ -56,5 +60,6 @@ def export(src: str | Path, dst: str | Path, dtype: torch.dtype = torch.float16,
             if stored_as in stored:
                 ckpt.load_weights(module, ckpt.weights_file(folder, stored_as))
                 modules[stored_as] = module
+    kept = {key: meta[key] for key in KEPT_ON_EXPORT if key in meta}
     return ckpt.write_folder(Path(dst), cfg, meta["step"], modules, metrics=meta.get("metrics"), dtype=dtype,
-                             model_card=model_card)
+                             model_card=model_card, extra=kept)

@@ -239,6 +239,10 @@ def _none_trained(_model_cfg) -> dict:
     return {}
 
 
+def _no_meta(_model_cfg, _modules, _images) -> dict:
+    return {}
+
+
 def _nothing_unused(_model_cfg) -> bool:
     return False
 
@@ -258,6 +262,8 @@ class Kind:
     extra_modules: Callable[[Any, nn.Module], dict] = _no_extra_modules  # (cfg, G) -> role -> module a checkpoint may hold
     trained_extras: Callable[[Any], dict] = _none_trained  # cfg -> role -> OptimizerSpec, for those trained with G and D
     unused_parameters: Callable[[Any], bool] = _nothing_unused  # DDP must expect parameters without gradients
+    # (cfg, role -> module, the training images) -> more entries for each checkpoint's config.json
+    checkpoint_meta: Callable[[Any, dict, torch.Tensor], dict] = _no_meta
     graph_safe: bool = True  # the step is the same every time (one CUDA graph can replay it: gan_core.graphs)
     facade: Optional[type] = None  # the inference class a loaded checkpoint becomes (gan_core.inference)
 

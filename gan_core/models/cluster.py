@@ -14,15 +14,18 @@ The classifier built on a trained model (names, exemplars, predictions for any i
 """
 from __future__ import annotations
 
+import base64
 import math
 from dataclasses import dataclass
 from typing import Optional
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ..augment import AugmentConfig, augment, border_median, instance_noise
+from ..checkpoint import DISCRIMINATOR, ema_role
 from ..config import IMAGE_SIZES, RunConfig, check_ints, check_numbers
 from ..data import to_float
 from ..losses import (catgan_d_loss, catgan_g_loss, code_ce, d_loss_bce, g_loss_bce, iic_loss, nearest_in_batch,
@@ -408,3 +411,75 @@ def predict_tensor(d: ClusterDiscriminator, images: torch.Tensor, batch: int = 5
     d.train(was_training)
     p = torch.cat(probs)
     return p.argmax(1), p
+
+
+# ---------------------------------------------------------------- familiarity: "does this image look like the training data?"
+# The cluster heads' softmax says 100% for noise or a screenshot as readily as for a real image, so a
+# prediction also gets a familiarity score: the cosine similarity of D's trunk features to the nearest
+# cluster's mean training features. The threshold is the score that 99% of held-out training images reach
+# (their lowest 1% fall below it, by construction); images under it are shown as "unsure".
+FAMILIARITY_IMAGES = 2000  # training images used: half for the cluster means, half for the threshold
+FAMILIARITY_QUANTILE = 0.01  # share of held-out training images that fall below the threshold
+
+
+def familiarity_features(d: ClusterDiscriminator, images: torch.Tensor, batch: int = 512) -> torch.Tensor:
+    """uint8 or [-1, 1] images -> (N, F) unit-length, flattened trunk features (float32, on the CPU)."""
+    was_training = d.training
+    d.eval()
+    device = next(d.parameters()).device
+    out = []
+    with torch.no_grad():
+        for i in range(0, len(images), batch):
+            x = images[i: i + batch]
+            x = (to_float(x) if x.dtype == torch.uint8 else x.float()).to(device)
+            out.append(F.normalize(d.features(x).float().flatten(1), dim=1).cpu())
+    d.train(was_training)
+    return torch.cat(out) if out else torch.empty(0, 0)
+
+
+def familiarity_scores(d: ClusterDiscriminator, images: torch.Tensor, centroids: torch.Tensor) -> torch.Tensor:
+    """(N,) cosine similarity of each image's features to the nearest cluster mean (1: typical)."""
+    return (familiarity_features(d, images) @ centroids.float().T).max(1).values
+
+
+def fit_familiarity(d: ClusterDiscriminator, images: torch.Tensor, n: int = FAMILIARITY_IMAGES,
+                    quantile: float = FAMILIARITY_QUANTILE) -> tuple[torch.Tensor, float]:
+    """Training images -> (K unit cluster means of their features, the threshold). Up to `n` images,
+    evenly spaced through the set (deterministic); the even ones give the means (grouped by predicted
+    cluster), the odd ones the threshold, so the threshold is measured on images the means never saw."""
+    if len(images) < 4:
+        raise ValueError(f"familiarity needs at least 4 training images, not {len(images)}")
+    picked = images[torch.linspace(0, len(images) - 1, min(n, len(images))).long().to(images.device)]
+    fit, held = picked[0::2], picked[1::2]
+    feats = familiarity_features(d, fit)
+    ids, _ = predict_tensor(d, fit)
+    k = d.k
+    centroids = torch.zeros(k, feats.shape[1])
+    centroids.index_add_(0, ids, feats)  # an empty cluster keeps a zero mean: never the nearest
+    centroids = F.normalize(centroids, dim=1)
+    threshold = float(familiarity_scores(d, held, centroids).quantile(quantile))
+    return centroids, threshold
+
+
+def encode_tensor(t: torch.Tensor) -> dict:
+    """A small tensor -> JSON (fp16 bytes in base64; config.json carries it with the weights)."""
+    return {"shape": list(t.shape), "fp16_base64": base64.b64encode(t.half().numpy().tobytes()).decode()}
+
+
+def decode_tensor(obj: dict) -> torch.Tensor:
+    data = np.frombuffer(base64.b64decode(obj["fp16_base64"]), dtype=np.float16)
+    return torch.from_numpy(data.copy()).float().view(*obj["shape"])
+
+
+def familiarity_record(d: ClusterDiscriminator, images: torch.Tensor) -> dict:
+    """What a checkpoint keeps in its config.json under "familiarity"."""
+    centroids, threshold = fit_familiarity(d, images)
+    return {"centroids": encode_tensor(centroids), "threshold": round(threshold, 5),
+            "quantile": FAMILIARITY_QUANTILE, "images": min(len(images), FAMILIARITY_IMAGES)}
+
+
+def checkpoint_meta(model_cfg: ClusterConfig, modules: dict, images: torch.Tensor) -> dict:
+    """Kind hook, at every save: the familiarity statistics of the discriminator inference will use
+    (the EMA copy where one is kept), fitted on the run's training images."""
+    d = modules.get(ema_role(DISCRIMINATOR), modules.get(DISCRIMINATOR))
+    return {"familiarity": familiarity_record(d, images)} if d is not None and len(images) >= 4 else {}

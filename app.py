@@ -7,11 +7,13 @@ Tabs: Train (one background job per app instance), Sample (seeds, truncation, GA
 interpolation), Blobs (BlobGAN layouts: see, edit, invert) and Classify (cluster models).
 Every event a client may call has a public api_name; the rest are private.
 Environment: GANLAB_HUB_MODELS (comma-separated Hub repo ids), GANLAB_WORK_DIR (trained models,
-uploads and Gradio's file cache; default runs/app), GANLAB_DEVICE, GANLAB_PUBLIC=1 (public mode, see README).
+uploads and Gradio's file cache; default runs/app), GANLAB_DEVICE, GANLAB_PUBLIC=1 (public mode, see README),
+GANLAB_MCP=0 (no MCP server).
 """
 from __future__ import annotations
 
 import functools
+import importlib.util
 import os
 import re
 import tempfile
@@ -72,6 +74,9 @@ PRECISION = os.environ.get("GANLAB_PRECISION", "auto")
 if PRECISION not in ("auto", *PRECISIONS):
     raise SystemExit(f"GANLAB_PRECISION must be auto, {', '.join(PRECISIONS)}, not {PRECISION!r}")
 UNREADABLE = (ValueError, OSError, Image.DecompressionBombError, Image.DecompressionBombWarning)
+# The public API is also an MCP server (tools: sample_images, classify, sample_blobs, ...) where Gradio's
+# `mcp` extra is installed; GANLAB_MCP=0 turns it off.
+MCP = os.environ.get("GANLAB_MCP", "1") != "0" and importlib.util.find_spec("mcp") is not None
 
 
 def _scratch() -> Path:
@@ -299,7 +304,14 @@ def sample_images(model: str, seed: int = 0, count: int = 16, truncation: float 
         code: for `cluster` models, "random" or a cluster's name to draw from that cluster only.
         raw_z: the direction sliders move z[i] itself instead of a principal direction.
         gallery: also return each image on its own.
-        direction_1: offset along the first principal direction (GANSpace), -3 to 3; likewise 2-8.
+        direction_1: offset along the first principal direction of the latent (GANSpace), -3 to 3.
+        direction_2: offset along the second principal direction of the latent (GANSpace), -3 to 3.
+        direction_3: offset along the third principal direction of the latent (GANSpace), -3 to 3.
+        direction_4: offset along the fourth principal direction of the latent (GANSpace), -3 to 3.
+        direction_5: offset along the fifth principal direction of the latent (GANSpace), -3 to 3.
+        direction_6: offset along the sixth principal direction of the latent (GANSpace), -3 to 3.
+        direction_7: offset along the seventh principal direction of the latent (GANSpace), -3 to 3.
+        direction_8: offset along the eighth principal direction of the latent (GANSpace), -3 to 3.
 
     Returns:
         One grid image (small images enlarged for display), and the single images or None.
@@ -321,8 +333,21 @@ def sample_images(model: str, seed: int = 0, count: int = 16, truncation: float 
 
 
 @gpu
-def interpolate(model, seed_a, seed_b, frames, truncation, code):
-    """-> (the frames side by side as one image, an animated GIF file)."""
+def interpolate(model: str, seed_a: int = 0, seed_b: int = 1, frames: int = 8, truncation: float = 1.0,
+                code: str = "random"):
+    """Walk from one seed's latent to another's and draw the frames.
+
+    Args:
+        model: a model name from the Sample tab's picker.
+        seed_a: the seed the walk starts from.
+        seed_b: the seed it ends at.
+        frames: how many frames, 2-32.
+        truncation: latent scale, 0-2 (1: as trained).
+        code: for `cluster` models, "random" or a cluster's name.
+
+    Returns:
+        The frames side by side as one image, and an animated GIF that goes there and back.
+    """
     m = load(model)
     n = _number(frames, "Frames", 2, 32)
     truncation = _number(truncation, "Truncation", 0.0, 2.0, integer=False)
@@ -376,17 +401,41 @@ def _layout_in(value) -> Layout:
 
 
 @gpu
-def sample_blobs(model, seed):
-    """-> (image, blob map, ellipses, layout JSON, blob picker)."""
+def sample_blobs(model: str, seed: int = 0):
+    """Draw a BlobGAN layout (soft ellipses, one per object) and the image painted from it.
+
+    Args:
+        model: a BlobGAN model's name from the Blobs tab's picker (scenes-blobgan is bundled).
+        seed: the random seed of the layout.
+
+    Returns:
+        The image, the blob map (each blob's area in its colour), the blobs drawn as numbered ellipses on
+        the image, the layout as JSON (pass it to edit_blob) and the selected blob (the most visible one).
+    """
     bm = load(model, BlobModel)
     layout = bm.sample_layout(_number(seed, "Seed", 0, 2**31 - 1))
     return _blob_outputs(bm, layout.to("cpu"))
 
 
 @gpu
-def edit_blob(model, layout_json, blob, action, dx, dy, ds, depth, source_seed):
-    """Apply one edit to blob `blob`: move (dx, dy), resize (ds), hide, show, restyle (its style from
-    the same blob of seed `source_seed`'s layout) or depth (move it to slot `depth`)."""
+def edit_blob(model: str, layout_json: dict, blob: int, action: str = "move", dx: float = 0.1, dy: float = 0.0,
+              ds: float = 1.0, depth: int = 7, source_seed: int = 1):
+    """Apply one edit to one blob of a layout and repaint the image.
+
+    Args:
+        model: the BlobGAN model the layout came from.
+        layout_json: a layout from sample_blobs, invert_image or an earlier edit_blob.
+        blob: the blob to edit (0 to the number of blobs - 1).
+        action: move, resize, hide, show, restyle or depth.
+        dx: for move: the horizontal shift, as a fraction of the image (-1 to 1).
+        dy: for move: the vertical shift (down is positive).
+        ds: for resize: the change in the blob's size (log scale; positive grows it).
+        depth: for depth: the slot to move the blob to (a higher slot is drawn in front).
+        source_seed: for restyle: the blob takes its style from the same blob of this seed's layout.
+
+    Returns:
+        The repainted image, blob map, ellipses, the new layout and the edited blob.
+    """
     bm = load(model, BlobModel)
     layout = _layout_in(layout_json)
     if layout.k != bm.cfg.model.blobs or layout.phi.shape[-1] != bm.cfg.model.feature_dim:
@@ -412,8 +461,16 @@ def edit_blob(model, layout_json, blob, action, dx, dy, ds, depth, source_seed):
 
 
 @gpu
-def invert_image(model, image):
-    """An uploaded image -> its layout through the model's encoder."""
+def invert_image(model: str, image):
+    """Read the layout of blobs out of any image with the model's encoder, and repaint it.
+
+    Args:
+        model: a BlobGAN model with an inversion encoder (scenes-blobgan).
+        image: the image to invert (any size; resized to the model's).
+
+    Returns:
+        The repainted image, blob map, ellipses, the layout (editable with edit_blob) and the selected blob.
+    """
     bm = load(model, BlobModel)
     if image is None:
         raise gr.Error("Upload an image to invert.")
@@ -498,8 +555,17 @@ def _uploaded(files, skipped: list | None = None) -> list:
 
 
 @gpu
-def classify_batch(model, files):
-    """Many images (or zips) -> (a row per image, counts per cluster, the rows as a CSV file)."""
+def classify_batch(model: str, files: list):
+    """Sort many images, or zips of images, into a cluster model's clusters.
+
+    Args:
+        model: a cluster model's name (fashion-mnist-clusters, shapes-clusters, ...).
+        files: image files and/or zip files of images.
+
+    Returns:
+        A row per file (file, cluster, confidence, top 3; "(unsure)", "(unreadable)" or "(skipped: why)"
+        where it applies), counts per cluster, and the rows as a CSV file.
+    """
     cm = load(model, ClusterModel)
     skipped: list = []
     result = cm.assign(_uploaded(files, skipped))
@@ -624,10 +690,26 @@ def _job_outputs(status: jobs.JobStatus):
     return _no_paths(status.summary()), losses, status.sample, download
 
 
-def start_training(dataset, upload, text, kind, steps, batch, lr, size, channels, k, name,
-                   progress=gr.Progress()):
-    """Start the app's one training job and follow it to the end. Yields (status, losses, samples,
-    checkpoint zip)."""
+def start_training(dataset: str, upload: list | None, text: str, kind: str, steps: int, batch: int, lr: float,
+                   size: int, channels: int, k: int, name: str, progress=gr.Progress()):
+    """Train a model (one job at a time per app) and follow it to the end.
+
+    Args:
+        dataset: shapes, scenes, fashion-mnist (where installed), upload, "Hub dataset" or "parquet path".
+        upload: for upload: image files or zips.
+        text: for "Hub dataset": a dataset id (user/name); for "parquet path": a file or folder.
+        kind: dcgan (samples), cluster (sorts images into K groups) or blobgan (editable layouts).
+        steps: training updates.
+        batch: images per step.
+        lr: Adam's learning rate (2e-4 as in DCGAN).
+        size: image size in pixels a side (32 or 64).
+        channels: 1 (greyscale) or 3 (colour).
+        k: for cluster models: how many clusters.
+        name: the model's name in the pickers (empty: automatic).
+
+    Returns:
+        The job's status line, the losses, the latest samples and, once saved, the checkpoint as a zip.
+    """
     cfg, dataset_fn = _run_config(dataset, upload, text, kind, steps, batch, lr, size, channels, k)
     name = (name or "").strip() or f"{kind}-{dataset.split()[0]}-{time.strftime('%Y%m%d-%H%M%S')}"
     settings = dict(zip(FORM_FIELDS, (dataset, kind, steps, batch, lr, size, channels, k, name)))
@@ -663,6 +745,11 @@ def job_form():
 
 
 def stop_training():
+    """Stop the running training job; it saves a checkpoint first.
+
+    Returns:
+        What happened, in one line.
+    """
     return "Stopping: the job saves a checkpoint first." if JOB.stop() else "No training job is running."
 
 
@@ -670,9 +757,17 @@ def job_view():
     return _job_outputs(JOB.status())
 
 
-def push_to_hub(repo_id, token, private):
-    """Upload the last trained model to the Hub. The token is used for this call only: never logged,
-    never stored."""
+def push_to_hub(repo_id: str, token: str, private: bool = True):
+    """Upload the last model trained in this app to the Hugging Face Hub.
+
+    Args:
+        repo_id: the Hub repository, user/name.
+        token: a Hub token with write access; used for this call only, never logged or stored.
+        private: create the repository as private.
+
+    Returns:
+        The repository's address.
+    """
     status = JOB.status()
     if status.model_dir is None or not status.model_dir.exists():
         raise gr.Error("Train a model first: there is nothing to push yet.")
@@ -879,4 +974,4 @@ def build() -> gr.Blocks:
 
 if __name__ == "__main__":
     build().queue(default_concurrency_limit=4).launch(
-        max_file_size=f"{MAX_UPLOAD_MB:g}mb" if MAX_UPLOAD_MB else None)
+        max_file_size=f"{MAX_UPLOAD_MB:g}mb" if MAX_UPLOAD_MB else None, mcp_server=MCP)

@@ -80,3 +80,40 @@ def test_every_public_endpoint(client, tmp_path):
 def test_errors_reach_the_client_as_one_line(client):
     with pytest.raises(Exception, match="Unknown model .nope."):
         client.predict("nope", 1, 4, 1.0, "random", False, False, *N_SLIDERS_ZERO, api_name="/sample")
+
+
+def test_the_api_is_an_mcp_server(models):
+    """Where Gradio's mcp extra is installed (requirements.txt asks for it), the public endpoints are MCP
+    tools with described, named parameters; an MCP client lists them and calls one."""
+    pytest.importorskip("mcp")
+    import asyncio
+
+    from mcp import ClientSession
+    from mcp.client.sse import sse_client
+
+    assert app.MCP  # the app turns it on by itself
+    demo = app.build()
+    demo.queue().launch(prevent_thread_lock=True, server_name="127.0.0.1", quiet=True, mcp_server=app.MCP)
+
+    async def session():
+        async with sse_client(demo.local_url + "gradio_api/mcp/sse") as (read, write):
+            async with ClientSession(read, write) as s:
+                await s.initialize()
+                tools = {t.name: t for t in (await s.list_tools()).tools}
+                drawn = await s.call_tool("sample_images", {"model": "tiny-dcgan", "seed": 1, "count": 2})
+                blobs = await s.call_tool("sample_blobs", {"model": "tiny-blobgan", "seed": 0})
+                return tools, drawn, blobs
+
+    try:
+        tools, drawn, blobs = asyncio.run(session())
+    finally:
+        demo.close()
+    for name in ("sample_images", "classify", "sample_blobs", "edit_blob", "invert_image", "classify_batch"):
+        assert name in tools, name
+        props = tools[name].inputSchema["properties"]
+        assert props and not any(p.startswith("param_") for p in props), (name, list(props))
+        assert all(p.get("description") for p in props.values()), name  # from the docstrings' Args
+    assert list(tools["sample_images"].inputSchema["properties"])[:3] == ["model", "seed", "count"]
+    # Gradio 6.31 returns a tool with several outputs as one text item, the images as file URLs an agent fetches
+    for result in (drawn, blobs):
+        assert not result.isError and "gradio_api/file=" in result.content[0].text, result

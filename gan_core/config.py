@@ -18,10 +18,10 @@ IMAGE_SIZES = (32, 64, 128)
 
 @dataclass
 class DataConfig:
-    source: str = "shapes"  # one of SOURCES
+    source: str = "shapes"  # shapes | scenes (built in) | folder | zip | parquet | hub | idx (need data.path)
     path: Optional[str] = None  # folder / zip / parquet / IDX folder / Hub dataset id
-    image_size: int = 64
-    channels: int = 3
+    image_size: int = 64  # pixels a side (32, 64 or 128): the one image size to set; the model's follows it
+    channels: int = 3  # 1 (greyscale) or 3 (colour); the model's follows it
     split: str = "train"  # for idx, hub and parquet sources
     num_images: int = 20000  # for the procedural sources (shapes, scenes)
     seed: int = 0  # for the procedural sources
@@ -33,31 +33,31 @@ class DataConfig:
 
 @dataclass
 class TrainConfig:
-    steps: int = 2000
-    batch_size: int = 128
-    lr: float = 2e-4
+    steps: int = 2000  # training updates (each sees one batch)
+    batch_size: int = 128  # images per step
+    lr: float = 2e-4  # Adam's learning rate (G's, and D's unless lr_d is set)
     lr_d: Optional[float] = None  # D's learning rate (None: lr); higher than lr is TTUR (Heusel et al. 2017)
-    beta1: float = 0.5
-    beta2: float = 0.999
-    seed: int = 0
+    beta1: float = 0.5  # Adam's beta1 (0.5 as in DCGAN)
+    beta2: float = 0.999  # Adam's beta2
+    seed: int = 0  # seeds the weights, the batches and the sample grid's latents
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     precision: str = "auto"  # auto (the fastest, timed on this machine) | fp32 | bf16 | fp16 (with a gradient scaler)
     channels_last: Optional[bool] = None  # None: whichever memory format times faster here
     compile: bool = False  # torch.compile G and D (CUDA mostly)
     compile_mode: str = "default"  # default | reduce-overhead (CUDA graphs by inductor) | max-autotune
     cuda_graph: Optional[bool] = None  # the whole step as one CUDA graph; None: on CUDA where it times faster
-    ema_decay: float = 0.0  # 0 disables the EMA copy of G
+    ema_decay: float = 0.0  # keep an exponential moving average of G (0.999 is common); samples use it. 0: none
     # Stabilisers, off by default (off = the tutorial's algorithm exactly):
     real_label: float = 1.0  # one-sided label smoothing when < 1 (Salimans et al. 2016 use 0.9)
     instance_noise: float = 0.0  # std of Gaussian noise added to every D input, in [-1, 1] image units
     instance_noise_steps: int = 0  # anneal that std linearly to 0 over this many steps (0: constant)
     log_every: int = 50  # metrics are copied to the host only every N steps
-    sample_every: int = 500
-    checkpoint_every: int = 500
+    sample_every: int = 500  # write a sample grid to OUT/samples every N steps
+    checkpoint_every: int = 500  # save a checkpoint to OUT/checkpoints every N steps
     checkpoint_minutes: float = 10.0  # also save after this much wall time since the last save (0: steps only; one process only)
-    keep_checkpoints: int = 2
-    out_dir: str = "runs/dcgan"
-    resume: bool = False
+    keep_checkpoints: int = 2  # older checkpoints are deleted
+    out_dir: str = "runs/dcgan"  # the run folder (OUT)
+    resume: bool = False  # continue from OUT's latest checkpoint (the model config must match)
 
 
 @dataclass
@@ -66,6 +66,41 @@ class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     logger: str = "none"  # none | wandb
+
+
+def field_help(cls: type) -> dict[str, str]:
+    """field name -> its description, read from the comments beside (and just above) each field in the
+    dataclass's source: the comments are the documentation, so `--help` cannot drift from them."""
+    import inspect
+    import io
+    import tokenize
+
+    try:
+        lines = inspect.getsource(cls).splitlines()
+    except (OSError, TypeError):
+        return {}
+    names = {f.name for f in dataclasses.fields(cls)}
+    comments = {}  # line index -> comment text
+    try:
+        for tok in tokenize.generate_tokens(io.StringIO("\n".join(lines) + "\n").readline):
+            if tok.type == tokenize.COMMENT:
+                comments[tok.start[0] - 1] = tok.string.lstrip("#").strip()
+    except (tokenize.TokenError, IndentationError):
+        return {}
+    out, above = {}, []
+    for i, line in enumerate(lines):
+        stripped = line.strip()
+        if stripped.startswith("#"):
+            if not comments.get(i, "").endswith(":"):  # a heading over several fields is not one field's help
+                above.append(comments.get(i, ""))
+            continue
+        name = stripped.split(":", 1)[0].strip()
+        if name in names and ":" in stripped:
+            text = " ".join([*above, comments.get(i, "")]).strip()
+            if text:
+                out[name] = text
+        above = []
+    return out
 
 
 def check_ints(*checks: tuple) -> None:

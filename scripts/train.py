@@ -60,6 +60,47 @@ def progress_text(metrics: dict, batch_size: int) -> str:
             f"loss_d {metrics['loss_d']:.3f}, loss_g {metrics['loss_g']:.3f}")
 
 
+def help_text(argv: list[str]) -> str:
+    """`--help`: usage and every field with its default and description (from the config dataclasses'
+    comments), for the kind named by `model=KIND` in `argv` (default: dcgan)."""
+    import dataclasses
+    import textwrap
+
+    kind = next((a.split("=", 1)[1] for a in argv if a.startswith("model=")), kinds.DEFAULT_KIND)
+    if kind not in kinds.KINDS:
+        return f"unknown model kind {kind!r}: model= takes {', '.join(kinds.KINDS)}"
+    out = [(__doc__ or "").strip(), "",
+           f"Fields (group.field=value; these are model={kind}'s, model=KIND --help shows another kind's, "
+           f"--hydra-help shows Hydra's own help). Kinds: {', '.join(kinds.KINDS)}."]
+    groups = (("model", kinds.KINDS[kind].config), ("data", config_mod.DataConfig), ("train", config_mod.TrainConfig))
+    for group, cls in groups:
+        out += ["", f"{group}:"]
+        described = config_mod.field_help(cls)
+        for f in dataclasses.fields(cls):
+            default = f.default if f.default is not dataclasses.MISSING else (
+                f.default_factory() if f.default_factory is not dataclasses.MISSING else None)
+            head = f"  {group}.{f.name}={'null' if default is None else default}"
+            text = described.get(f.name, "")
+            out += textwrap.wrap(text, width=110, initial_indent=f"{head:<40} ", subsequent_indent=" " * 41) or [head]
+    out += ["", f"{'  logger=none':<40} none | wandb (Weights & Biases; WANDB_MODE=offline works)"]
+    return "\n".join(out)
+
+
+def one_geometry(cfg_dict: dict, overrides: list[str]) -> dict:
+    """data.image_size / data.channels are the ones to set; model.image_size / model.channels follow them.
+    A model.* size given on the command line is taken as the data's (it would otherwise be overwritten);
+    both given and different is an error."""
+    given = {o.split("=", 1)[0].lstrip("+") for o in overrides}
+    for name in ("image_size", "channels"):
+        if f"model.{name}" in given:
+            wanted = cfg_dict["model"][name]
+            if f"data.{name}" in given and cfg_dict["data"][name] != wanted:
+                raise ValueError(f"model.{name}={wanted} and data.{name}={cfg_dict['data'][name]} differ: set "
+                                 f"data.{name} only (the model follows the data)")
+            cfg_dict["data"][name] = wanted
+    return cfg_dict
+
+
 # Hydra's own output folder and logging are not wanted: the run folder is train.out_dir.
 HYDRA_DEFAULTS = ["hydra.run.dir=.", "hydra.output_subdir=null", "hydra/job_logging=none",
                   "hydra/hydra_logging=none"]
@@ -89,8 +130,11 @@ def main(raw) -> None:
     from gan_core.training import train as run_training
     from gan_core.viz import image_grid
 
+    from hydra.core.hydra_config import HydraConfig
+
     cfg_dict = OmegaConf.to_container(raw, resolve=True)
     try:
+        cfg_dict = one_geometry(cfg_dict, list(HydraConfig.get().overrides.task))
         cfg = kinds.validate(config_mod.sync_model_to_data(kinds.config_from_dict(cfg_dict)))
     except ValueError as e:
         fail(str(e))
@@ -184,5 +228,10 @@ def main(raw) -> None:
 
 
 if __name__ == "__main__":
+    if "--help" in sys.argv[1:] or "-h" in sys.argv[1:]:
+        print(help_text(sys.argv[1:]))
+        sys.exit(0)
+    if "--hydra-help" in sys.argv[1:]:
+        sys.argv[sys.argv.index("--hydra-help")] = "--help"
     sys.argv[1:1] = [a for a in HYDRA_DEFAULTS if a.split("=")[0] not in " ".join(sys.argv[1:])]
     main()

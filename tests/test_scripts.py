@@ -204,3 +204,14 @@ def test_cluster_run_scores_every_checkpoint_and_exports_a_sheet_ready_model(tmp
     img = Image.open(tmp_path / "sheet.png")
     assert img.size == (2 * (7 * 34 + 2), 2 * (10 * 34 + 2))  # 10 rows of 3 + gap + 3 tiles, zoom 2
     assert len(sheet["clusters"]) == 10 and sum(c["images"] for c in sheet["clusters"]) == 48
+
+
+def test_train_cli_help_lists_described_fields_and_model_image_size_sets_the_size(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "scripts.train", "model=cluster", "--help"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and "model.k=10" in proc.stdout and "how many clusters" in proc.stdout
+    out = tmp_path / "run"
+    tiny = [a for a in TINY if not a.startswith("data.image_size")]
+    proc, result = run_script(["scripts/train.py", *tiny, "model.image_size=32", "train.steps=1", f"train.out_dir={out}"])
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert load_model(result["checkpoint"]).cfg.data.image_size == 32  # not silently 64

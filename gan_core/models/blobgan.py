@@ -29,20 +29,20 @@ class BlobGANConfig:
     """BlobGAN at DCGAN scale: a layout net (noise -> K blobs + background), a painter that starts from
     the splatted structure features at image_size/4 and is modulated per pixel by the splatted
     styles, and a BatchNorm-free discriminator trained with the logistic loss and lazy R1."""
-    kind: str = "blobgan"
-    image_size: int = 64
-    channels: int = 3
-    nz: int = 64
+    kind: str = "blobgan"  # the model kind (model=blobgan)
+    image_size: int = 64  # follows data.image_size (set that one)
+    channels: int = 3  # follows data.channels (set that one)
+    nz: int = 64  # noise dimensions (the layout net's input)
     ngf: int = 16  # painter width: 4ngf at image_size/4, 2ngf at /2, ngf at full size
-    ndf: int = 32
-    blobs: int = 8
+    ndf: int = 32  # discriminator width
+    blobs: int = 8  # how many blobs a layout has
     min_axis: float = 0.2  # elongation a, b in [min_axis, 1]: axis ratio at most sqrt(1/min_axis) (0.2: ~2.2)
     feature_dim: int = 128  # structure feature phi per blob
     style_dim: int = 64  # style feature psi per blob
-    layout_hidden: int = 256
+    layout_hidden: int = 256  # the layout net's hidden width
     jitter: float = 0.02  # std of the noise on blob centres during training (image fractions)
-    r1_gamma: float = 0.1
-    r1_every: int = 16
+    r1_gamma: float = 0.1  # R1 penalty weight on real images
+    r1_every: int = 16  # lazy R1: the penalty every N steps (scaled by N)
     encoder_ndf: int = 32  # inversion encoder width (DCGAN-style trunk)
     # > 0: an encoder trains alongside the GAN (the inversion loss without LPIPS), and the painter also
     # gets this x MSE(x, G(E(x))) on real images, so it must redraw real scenes from blobs it is given.

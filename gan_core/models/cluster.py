@@ -40,18 +40,18 @@ from .dcgan import DCGANConfig
 class ClusterConfig:
     """A DCGAN whose generator also takes a categorical code and whose discriminator trunk also
     feeds K-way cluster heads (plus over-clustering heads), each with a few sub-heads."""
-    kind: str = "cluster"
-    image_size: int = 32
-    channels: int = 1
+    kind: str = "cluster"  # the model kind (model=cluster)
+    image_size: int = 32  # follows data.image_size (set that one)
+    channels: int = 1  # follows data.channels (set that one)
     nz: int = 64  # noise dimensions; the one-hot code (k) is appended
-    ngf: int = 64
-    ndf: int = 64
-    k: int = 10
+    ngf: int = 64  # generator width (as dcgan)
+    ndf: int = 64  # discriminator trunk width (as dcgan)
+    k: int = 10  # how many clusters
     overcluster: int = 50  # ~5K ways: more clusters than classes help IIC find finer structure
     subheads: int = 5  # the one with the lowest IIC loss is used for prediction
     head_hidden: int = 0  # >0: the heads read a shared hidden layer of this width (ReLU) instead of the trunk
     objective: str = "iic"  # iic | catgan | none (code cross-entropy only: "ours without IIC")
-    iic_weight: float = 1.0
+    iic_weight: float = 1.0  # weight of the IIC mutual-information term in D's loss
     iic_repeats: int = 1  # augmented views per real image for IIC (pairs: the image with each view)
     aug_rotate_deg: float = 15.0  # IIC views: rotation range (180 where orientation is a nuisance)
     aug_scale_min: float = 0.6  # IIC views: area of the random crop relative to the image ...
@@ -76,17 +76,17 @@ class ClusterConfig:
     # head, to tell which two augmented views come from the same real image (SimCLR's NT-Xent), so its
     # features group images by content, not only by real vs fake. 0 turns it off (no projection head).
     contrastive_weight: float = 0.0
-    contrastive_temperature: float = 0.2
+    contrastive_temperature: float = 0.2  # NT-Xent temperature
     contrastive_dim: int = 64  # the projection head's output width
     # SCAN (Van Gansbeke et al. 2020) in the batch: each real image's cluster probabilities should agree
     # with those of its nearest other image in the contrastive embedding (needs contrastive_weight > 0),
     # while the batch uses every cluster (entropy). 0: off.
     scan_weight: float = 0.0
-    scan_entropy_weight: float = 5.0
+    scan_entropy_weight: float = 5.0  # SCAN: weight of the batch's cluster-usage entropy
     # Self-labelling: a confident prediction on the real image (max probability > threshold) is the
     # class-balanced target for its augmented IIC view (needs objective=iic). 0: off.
     self_label_weight: float = 0.0
-    self_label_threshold: float = 0.99
+    self_label_threshold: float = 0.99  # self-labelling: the confidence a prediction needs to become a target
 
 
 def validate(cfg: RunConfig) -> None:

@@ -26,12 +26,12 @@ from .base import Batch, Models, check_widths, g_update_and_metrics, lazy_r1
 
 @dataclass
 class DCGANConfig:
-    kind: str = "dcgan"
-    image_size: int = 64
-    channels: int = 3
-    nz: int = 100
-    ngf: int = 64
-    ndf: int = 64
+    kind: str = "dcgan"  # the model kind (model=dcgan)
+    image_size: int = 64  # follows data.image_size (set that one)
+    channels: int = 3  # follows data.channels (set that one)
+    nz: int = 100  # noise dimensions (the latent z)
+    ngf: int = 64  # generator width: 8ngf channels at 4x4, halving each stage to ngf
+    ndf: int = 64  # discriminator width: ndf channels at the first stage, doubling each stage
     # R1 (Mescheder et al. 2018): gamma / 2 * E||grad_x D(x)||^2 on real images added to D's loss at
     # every step (so the step stays the same each time). 0: the seed's update.
     r1_gamma: float = 0.0

@@ -374,22 +374,23 @@ def code_choices(model):
 
 # ---------------------------------------------------------------- Blobs
 
-def _blob_views(model: BlobModel, layout: Layout):
+def _blob_views(model: BlobModel, layout: Layout, before: Layout | None = None, local: bool = True):
     with model.painting():
-        image = model.render(layout)[0]
+        image = (model.render(layout) if before is None else model.render_edit(before, layout, local))[0].float().cpu()
     size = model.cfg.data.image_size
     plain = viz.image_grid(image[None], nrow=1, padding=0).resize((size * VIEW_SCALE,) * 2, Image.NEAREST)
     bmap = viz.blob_map(layout, size=size, scale=VIEW_SCALE)
     ellipses = viz.draw_blobs(image, layout, scale=VIEW_SCALE)
-    return plain, bmap, ellipses
+    return plain, bmap, ellipses, image
 
 
-def _blob_outputs(model, layout: Layout, selected=None):
-    plain, bmap, ellipses = _blob_views(model, layout)
+def _blob_outputs(model, layout: Layout, selected=None, before: Layout | None = None, local: bool = True):
+    plain, bmap, ellipses, image = _blob_views(model, layout, before, local)
     visible = layout.visible()[0].tolist()
     choices = [(f"blob {k}" + ("" if visible[k] else " (hidden)"), k) for k in range(layout.k)]
-    first_visible = next((k for k in range(layout.k) if visible[k]), 0)
-    value = selected if selected in range(layout.k) else first_visible
+    # selected by default: the blob that paints the most of the picture (not one with nothing to show)
+    biggest = blob_layout.most_visible(layout, model.cfg.data.image_size, image[None])
+    value = selected if selected in range(layout.k) else (biggest if biggest is not None else 0)
     return plain, bmap, ellipses, layout.to_dict(), gr.update(choices=choices, value=value)
 
 
@@ -419,7 +420,7 @@ def sample_blobs(model: str, seed: int = 0):
 
 @gpu
 def edit_blob(model: str, layout_json: dict, blob: int, action: str = "move", dx: float = 0.1, dy: float = 0.0,
-              ds: float = 1.0, depth: int = 7, source_seed: int = 1):
+              ds: float = 1.0, depth: int = 7, source_seed: int = 1, local: bool = True):
     """Apply one edit to one blob of a layout and repaint the image.
 
     Args:
@@ -432,12 +433,14 @@ def edit_blob(model: str, layout_json: dict, blob: int, action: str = "move", dx
         ds: for resize: the change in the blob's size (log scale; positive grows it).
         depth: for depth: the slot to move the blob to (a higher slot is drawn in front).
         source_seed: for restyle: the blob takes its style from the same blob of this seed's layout.
+        local: repaint only where the edit changes the blobs (the rest stays exactly as it was);
+            false: the generator draws the whole image again.
 
     Returns:
         The repainted image, blob map, ellipses, the new layout and the edited blob.
     """
     bm = load(model, BlobModel)
-    layout = _layout_in(layout_json)
+    layout = before = _layout_in(layout_json)
     if layout.k != bm.cfg.model.blobs or layout.phi.shape[-1] != bm.cfg.model.feature_dim:
         raise gr.Error("That layout belongs to another model: sample or invert one with this model first.")
     k = _number(blob, "Blob", 0, layout.k - 1)
@@ -457,7 +460,7 @@ def edit_blob(model: str, layout_json: dict, blob: int, action: str = "move", dx
         k = _number(depth, "Depth", 0, layout.k - 1)
     else:
         raise gr.Error(f"Unknown action {action!r}: move, resize, hide, show, restyle or depth")
-    return _blob_outputs(bm, layout, k)
+    return _blob_outputs(bm, layout, k, before=before, local=bool(local))
 
 
 @gpu
@@ -882,7 +885,10 @@ def build() -> gr.Blocks:
                     ds = Slider(-4, 4, value=1.0, step=0.1, label="size change")
                     depth = Slider(0, 7, value=7, step=1, label="depth (slot)")
                     style_seed = Number(value=1, precision=0, label="style from seed")
-                apply = gr.Button("Apply edit", elem_id="apply-edit")
+                with gr.Row():
+                    apply = gr.Button("Apply edit", elem_id="apply-edit")
+                    local = gr.Checkbox(value=True, label="Repaint only what the edit touches",
+                                        info="Off: the generator draws the whole picture again")
                 with gr.Row():
                     to_invert = ImageInput(label="Invert an image into a layout", type="pil")
                     b_invert = gr.Button("Invert")
@@ -944,7 +950,7 @@ def build() -> gr.Blocks:
 
         blob_outputs = [b_image, b_map, b_ellipses, layout, blob]
         b_go.click(sample_blobs, [b_model, b_seed], blob_outputs, api_name="blobs")
-        apply.click(edit_blob, [b_model, layout, blob, action, dx, dy, ds, depth, style_seed], blob_outputs,
+        apply.click(edit_blob, [b_model, layout, blob, action, dx, dy, ds, depth, style_seed, local], blob_outputs,
                     api_name="edit_blob")
         b_invert.click(invert_image, [b_model, to_invert], blob_outputs, api_name="invert")
         b_image.select(pick_blob, [b_model, layout], blob, **private)

@@ -54,19 +54,42 @@ def blob_map(layout, size: int = 64, scale: int = 4) -> Image.Image:
 def draw_blobs(image: torch.Tensor, layout, scale: int = 4, labels: bool = True) -> Image.Image:
     """One image (C, H, W) in [-1, 1] with the first layout's blobs drawn over it: each visible blob's
     50%-opacity contour as a rotated ellipse in its palette colour, in slot order (back to front),
-    labelled with its index at its centre."""
+    labelled with its index near its centre (moved aside where it would cover another label)."""
     base = image_grid(image[None], nrow=1, padding=0)
     side = base.width * scale
     base = base.resize((side, side), Image.NEAREST)
     draw = ImageDraw.Draw(base)
     lay = layout.index(0)
     contours = ellipse_contour(lay, points=64)[0].cpu()  # (K, P, 2)
-    for k in range(lay.k):
-        if not bool(lay.visible()[0, k]):
-            continue
+    shown = [k for k in range(lay.k) if bool(lay.visible()[0, k])]
+    for k in shown:
         pts = [(float(x) * side, float(y) * side) for x, y in contours[k]]
         draw.line(pts + pts[:1], fill=blob_colour(k), width=max(1, scale // 2))
-        if labels:
-            cx, cy = (float(v) * side for v in lay.xy[0, k].cpu())
-            draw.text((cx, cy), str(k), fill=blob_colour(k), anchor="mm", stroke_width=1, stroke_fill=(0, 0, 0))
+    if labels:
+        centres = [tuple(float(v) * side for v in lay.xy[0, k].cpu()) for k in shown]
+        for k, (x, y) in zip(shown, label_positions(centres, side, gap=LABEL_GAP)):
+            draw.text((x, y), str(k), fill=blob_colour(k), anchor="mm", stroke_width=1, stroke_fill=(0, 0, 0))
     return base
+
+
+LABEL_GAP = 14  # pixels between label centres (a digit with its outline is about 8 x 11)
+
+
+def label_positions(centres: list[tuple[float, float]], side: int, gap: float = LABEL_GAP) -> list[tuple[float, float]]:
+    """Where to print each label: at its centre, or the nearest spot on rings around it that is at least
+    `gap` from every label placed before it and inside the picture (first come, first placed)."""
+    placed: list[tuple[float, float]] = []
+    margin = gap / 2
+
+    def free(p) -> bool:
+        return (margin <= p[0] <= side - margin and margin <= p[1] <= side - margin
+                and all((p[0] - q[0]) ** 2 + (p[1] - q[1]) ** 2 >= gap * gap for q in placed))
+
+    for cx, cy in centres:
+        spot = (min(max(cx, margin), side - margin), min(max(cy, margin), side - margin))
+        if not free(spot):
+            rings = ((cx + r * math.cos(a * math.pi / 6), cy + r * math.sin(a * math.pi / 6))
+                     for r in (gap, 1.5 * gap, 2 * gap, 3 * gap) for a in range(12))
+            spot = next((p for p in rings if free(p)), spot)  # crowded beyond that: overlap at the centre
+        placed.append(spot)
+    return placed

@@ -23,6 +23,7 @@ from gan_core.inference.blobs import BlobModel
 from gan_core.inference.cluster import ClusterModel
 from gan_core.inference.loading import export, load_model
 from gan_core.jobs import TrainingJob
+from gan_core.models import blob_layout
 from gan_core.models.blob_layout import Layout
 from gan_core.models.blobgan import BlobGANConfig
 from gan_core.models.cluster import ClusterConfig
@@ -162,6 +163,16 @@ def test_blobs_sample_edit_and_invert(models):
     assert torch.equal(after.xy[0, 0], before.xy[0, 0])
     *_, hidden, picker = app.edit_blob("tiny-blobgan", layout, 2, "hide", 0, 0, 0, 0, 1)
     assert not Layout.from_dict(hidden).visible()[0, 2] and "hidden" in picker["choices"][2][0]
+    # local (the default): only what the edit touches is repainted; the rest is the picture from before
+    reference, *_ = app.edit_blob("tiny-blobgan", layout, 1, "move", 0, 0, 0, 0, 1)  # no change: the layout as sent
+    for k, action in ((1, "move"), (2, "hide"), (0, "resize")):
+        edited_image, *_, edited, _ = app.edit_blob("tiny-blobgan", layout, k, action, 0.2, 0.1, 1.5, 0, 1)
+        untouched = blob_layout.edit_mask(before, Layout.from_dict(edited), 64)[0, 0] == 0
+        untouched = untouched.repeat_interleave(app.VIEW_SCALE, 0).repeat_interleave(app.VIEW_SCALE, 1).numpy()
+        same = np.asarray(edited_image)[untouched] == np.asarray(reference)[untouched]
+        assert untouched.any() and same.all(), action
+        full, *_ = app.edit_blob("tiny-blobgan", layout, k, action, 0.2, 0.1, 1.5, 0, 1, False)
+        assert isinstance(full, Image.Image)
     *_, shown, _ = app.edit_blob("tiny-blobgan", hidden, 2, "show", 0, 0, 0, 0, 1)
     assert torch.equal(Layout.from_dict(shown).size, before.size)
     *_, deep, picker = app.edit_blob("tiny-blobgan", layout, 0, "depth", 0, 0, 0, 2, 1)

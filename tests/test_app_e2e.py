@@ -46,7 +46,7 @@ def test_every_public_endpoint(client, tmp_path):
         assert im.format == "GIF"
 
     image, bmap, ellipses, layout, blob = client.predict("tiny-blobgan", 0, api_name="/blobs")
-    assert set(layout) >= {"xy", "ab", "angle", "size", "phi", "psi", "bg_phi", "bg_psi"} and blob["value"] == 0
+    assert set(layout) >= {"xy", "ab", "angle", "size", "phi", "psi", "bg_phi", "bg_psi"} and blob["value"] in range(3)  # the most visible blob
     *_, moved, blob = client.predict("tiny-blobgan", layout, 1, "move", 0.2, 0.0, 0, 0, 1, api_name="/edit_blob")
     assert moved["xy"][0][1][0] == pytest.approx(min(1.0, layout["xy"][0][1][0] + 0.2), abs=1e-3) and blob["value"] == 1
 

@@ -444,3 +444,49 @@ def test_a_run_saved_before_recon_weight_existed_resumes_with_a_fresh_encoder(tm
     result = train(cfg)
     assert result["steps_run"] == 1 and "enc_mse_real" in result["metrics"]
     assert (checkpoint.latest_checkpoint(tmp_path) / "encoder.safetensors").exists()
+
+
+def test_edit_mask_covers_what_an_edit_changes_and_blending_keeps_the_rest():
+    lay = layout([[0.25, 0.25], [0.75, 0.75]], size=[4.0, 4.0], d=8)
+    assert blob_layout.edit_mask(lay, lay, 64).sum() == 0  # no edit: nothing to repaint
+    moved = blob_layout.move(lay, 0, dx=0.0, dy=0.3)
+    mask = blob_layout.edit_mask(lay, moved, 64)[0, 0]
+    old_region = blob_layout.splat(lay, 64)[0, 1] > 0.5
+    new_region = blob_layout.splat(moved, 64)[0, 1] > 0.5
+    assert (mask[old_region] == 1).all() and (mask[new_region] == 1).all()  # where it was and where it went
+    exact = blob_layout.edit_mask(lay, moved, 64, grow=0)[0, 0]
+    assert (exact[blob_layout.splat(lay, 64)[0, 2] > 0.9] == 0).all()  # the other blob is untouched
+    restyled = blob_layout.restyle(lay, 1, layout([[0.1, 0.1], [0.9, 0.9]], d=8).__class__(
+        **{**lay.__dict__, "psi": lay.psi + 1}))
+    assert blob_layout.edit_mask(lay, restyled, 64)[0, 0][blob_layout.splat(lay, 64)[0, 2] > 0.5].min() == 1
+    before, after = torch.zeros(1, 3, 64, 64), torch.ones(1, 3, 64, 64)
+    blended = blob_layout.blend_edit(before, after, blob_layout.edit_mask(lay, moved, 64))
+    assert (blended[0, :, mask == 0] == 0).all() and (blended[0, :, mask == 1] == 1).all()
+
+
+def test_most_visible_blob_is_the_largest_shown_one():
+    lay = layout([[0.25, 0.25], [0.7, 0.7], [0.5, 0.5]], size=[1.0, 6.0, -1.0], d=4)
+    area = blob_layout.visible_area(lay, 32)[0]
+    assert area[2] == 0 and area[1] > area[0] > 0
+    assert blob_layout.most_visible(lay, 32) == 1
+    assert blob_layout.most_visible(blob_layout.hide(lay, 1), 32) == 0
+    assert blob_layout.most_visible(layout([[0.5, 0.5]], size=[-2.0]), 32) is None
+
+
+def test_ellipse_labels_do_not_overlap():
+    from gan_core.viz import LABEL_GAP, label_positions
+
+    spots = label_positions([(100.0, 100.0), (102.0, 101.0), (99.0, 98.0), (5.0, 250.0)], 256)
+    assert spots[0] == (100.0, 100.0)  # the first stays at its centre
+    for i, p in enumerate(spots):
+        assert LABEL_GAP / 2 <= p[0] <= 256 - LABEL_GAP / 2 and LABEL_GAP / 2 <= p[1] <= 256 - LABEL_GAP / 2
+        for q in spots[:i]:
+            assert math.dist(p, q) >= LABEL_GAP - 1e-6
+
+
+def test_most_visible_counts_what_a_blob_paints_unlike_the_background():
+    lay = layout([[0.25, 0.25], [0.75, 0.75]], size=[8.0, 3.0], d=4)  # blob 0 is the larger
+    owner = blob_layout.splat(lay, 32).argmax(1)[0]
+    image = torch.zeros(1, 3, 32, 32)
+    image[0, :, owner == 2] = 1.0  # only blob 1's area differs from the background colour
+    assert blob_layout.most_visible(lay, 32) == 0 and blob_layout.most_visible(lay, 32, image) == 1

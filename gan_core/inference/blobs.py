@@ -11,6 +11,7 @@ from ..checkpoint import GENERATOR
 from ..config import RunConfig
 from ..data import to_float, to_model_images
 from ..models.base import Kind
+from ..models import blob_layout
 from ..models.blob_layout import Layout
 from .model import Model
 
@@ -42,6 +43,17 @@ class BlobModel(Model):
     def render(self, layout: Layout) -> torch.Tensor:
         """(N, C, H, W) images in [-1, 1]."""
         return self.g.render(layout.to(self.device)).float()
+
+    @torch.no_grad()
+    def render_edit(self, before: Layout, after: Layout, local: bool = True) -> torch.Tensor:
+        """The picture of `after`, an edit of `before`. `local`: repainted only where the edit changes
+        the blobs' compositing (`blob_layout.edit_mask`), the image of `before` everywhere else, so a
+        moved blob cannot disturb the rest of the scene; otherwise the whole image is drawn again."""
+        image = self.render(after)
+        if not local:
+            return image
+        mask = blob_layout.edit_mask(before.to(self.device), after.to(self.device), self.image_size)
+        return blob_layout.blend_edit(self.render(before), image, mask)
 
     @torch.no_grad()
     def invert(self, images, float_range=None) -> Layout:

@@ -236,3 +236,66 @@ def reorder(layout: Layout, k: int, position: int) -> Layout:
     per_blob = {f.name: getattr(layout, f.name)[:, idx] for f in fields(layout)
                 if not f.name.startswith("bg_") and getattr(layout, f.name) is not None}
     return replace(layout, **per_blob)
+
+
+def visible_area(layout: Layout, size: int = 64, image: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """(N, K) the share of the image each blob paints (the pixels where its compositing weight is the
+    largest, the background included among the rivals). With the painted `image` (N, C, size, size) in
+    [-1, 1], each pixel counts by how far its colour is from the background's (the median colour of the
+    pixels the background owns), so a blob that paints nothing but background scores about 0."""
+    owner = splat(layout, size).argmax(1)  # (N, H, W): 0 background, k + 1 blob k
+    weight = torch.ones(owner.shape, dtype=torch.float32, device=owner.device)
+    if image is not None:
+        x = image.float().to(owner.device).flatten(2)  # (N, C, HW)
+        weight = torch.empty_like(weight)
+        for i in range(len(x)):
+            bg = owner[i].flatten() == 0
+            ref = (x[i][:, bg] if bg.any() else x[i]).median(1).values  # (C,)
+            weight[i] = (x[i] - ref[:, None]).abs().mean(0).view(owner.shape[1:])
+    return torch.stack([((owner == k + 1) * weight).mean((1, 2)) for k in range(layout.k)], 1)
+
+
+def most_visible(layout: Layout, size: int = 64, image: Optional[torch.Tensor] = None) -> Optional[int]:
+    """The first image's blob that paints the most (with `image`: the most unlike the background), or
+    None when no blob paints anything."""
+    area = visible_area(layout.index(0), size, None if image is None else image[:1])[0]
+    return int(area.argmax()) if float(area.max()) > 0 else None
+
+
+EDIT_MASK_FLOOR = 0.05  # a blob's weight below this is not "its area" (opacity tails never reach 0)
+
+
+def edit_mask(before: Layout, after: Layout, size: int, grow: int = 2) -> torch.Tensor:
+    """(N, 1, size, size) in [0, 1]: where an edit from `before` to `after` changes the picture: the whole
+    area (before and after) of every blob the edit changed (its place, shape, size, visibility or
+    features: the painter draws an object relative to its blob, so all of it is drawn again), plus
+    wherever the compositing weights changed (half their L1 difference: what a moved blob uncovers or
+    covers of the others), grown by `grow` pixels and softened. Repainting only there (`blend_edit`)
+    leaves the rest of the image exactly as it was."""
+    w0, w1 = splat(before, size), splat(after, size)
+    mask = 0.5 * (w1 - w0).abs().sum(1, keepdim=True)
+
+    def differs(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:  # (N, K, ...) -> (N, K)
+        return (a != b).flatten(2).any(-1) if a.dim() > 2 else a != b
+
+    blob = (differs(before.xy, after.xy) | differs(before.ab, after.ab) | differs(before.angle, after.angle)
+            | differs(before.drawn_size(), after.drawn_size()) | differs(before.phi, after.phi)
+            | differs(before.psi, after.psi))
+    background = ((before.bg_phi != after.bg_phi).any(-1) | (before.bg_psi != after.bg_psi).any(-1))[:, None]
+    changed = torch.cat([background, blob], 1).to(w0.dtype)  # (N, K + 1)
+    mask = mask + (torch.maximum(w0, w1) * changed[..., None, None]).sum(1, keepdim=True)
+    mask = torch.where(mask < EDIT_MASK_FLOOR, torch.zeros_like(mask), mask)  # the sigmoid tails reach everywhere
+    mask = (2 * mask).clamp(0, 1)  # a pixel half changed is repainted in full
+    if grow > 0:
+        mask = F.max_pool2d(mask, 2 * grow + 1, stride=1, padding=grow)
+        mask = F.avg_pool2d(mask, 3, stride=1, padding=1, count_include_pad=False)
+    return mask
+
+
+def blend_edit(before_image: torch.Tensor, after_image: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """The edited picture repainted only inside `mask` (images (N, C, H, W), mask (N, 1, h, w), resized
+    to the images): outside it, the image before the edit, pixel for pixel."""
+    if mask.shape[-1] != after_image.shape[-1]:
+        mask = F.interpolate(mask, size=after_image.shape[-2:], mode="bilinear", align_corners=False)
+    mask = mask.to(after_image.dtype)
+    return before_image + mask * (after_image - before_image)

@@ -624,6 +624,47 @@ def save_cluster_names(model, table):
     return f"Saved {len(names)} names with {model}.", gr.update(choices=cm.names, value=cm.names[0])
 
 
+# ---------------------------------------------------------------- example images
+
+EXAMPLE_SIDE = 128  # example pictures are written enlarged (nearest neighbour) so their thumbnails are readable
+
+
+def example_images() -> dict[str, list[tuple[str, str]]]:
+    """Example pictures for Classify and Blobs, written once into the work folder from the built-in
+    datasets (and Fashion-MNIST's test split where it is installed): {"classify" | "blobs": [(path, caption)]}.
+    Nothing is downloaded; a source that cannot be read is left out."""
+    from gan_core.config import DataConfig
+    from gan_core.data import load_dataset
+
+    folder = JOB.work_dir / "examples"
+    folder.mkdir(parents=True, exist_ok=True)
+
+    def save(images, stem: str) -> list[str]:
+        paths = []
+        for i, x in enumerate(images):
+            path = folder / f"{stem}-{i}.png"
+            if not path.exists():
+                viz.image_grid(x[None].float() / 127.5 - 1, nrow=1, padding=0).resize(
+                    (EXAMPLE_SIDE, EXAMPLE_SIDE), Image.NEAREST).save(path)
+            paths.append(str(path))
+        return paths
+
+    out: dict[str, list[tuple[str, str]]] = {"classify": [], "blobs": []}
+    try:
+        if (FMNIST / "t10k-images-idx3-ubyte.gz").exists():
+            test = load_dataset(DataConfig(source="idx", path=str(FMNIST), split="test", image_size=32, channels=1,
+                                           limit=100))
+            picks = [int((test.labels == c).nonzero()[0]) for c in (0, 1, 7, 8)]  # a top, trousers, a sneaker, a bag
+            out["classify"] += [(p, "Fashion-MNIST test image") for p in save(test.images[picks], "fashion")]
+        shapes = load_dataset(DataConfig(source="shapes", num_images=3, seed=20_000, image_size=64, channels=3))
+        out["classify"] += [(p, "built-in shape") for p in save(shapes.images, "shape")]
+        scenes = load_dataset(DataConfig(source="scenes", num_images=4, seed=20_000, image_size=64, channels=3))
+        out["blobs"] += [(p, "built-in scene") for p in save(scenes.images, "scene")]
+    except (DataError, OSError, ValueError) as e:
+        warnings.warn(f"example images left out: {e}")
+    return out
+
+
 # ---------------------------------------------------------------- Train
 
 DATASETS = ["shapes", "scenes"] + (["fashion-mnist"] if (FMNIST / "train-images-idx3-ubyte.gz").exists() else []) \
@@ -791,6 +832,7 @@ def push_to_hub(repo_id: str, token: str, private: bool = True):
 def build() -> gr.Blocks:
     sample_choices, blob_choices, classify_choices = (model_choices(*TAB_NEEDS[tab])
                                                       for tab in ("sample", "blobs", "classify"))
+    examples = example_images()
     with gr.Blocks(title="GAN Lab") as demo:
         gr.Markdown("# GAN Lab\nTrain GANs on your images, sample and edit them, and sort images into "
                     "clusters without labels." + (" *Public mode: limited training.*" if PUBLIC else ""))
@@ -890,8 +932,11 @@ def build() -> gr.Blocks:
                     local = gr.Checkbox(value=True, label="Repaint only what the edit touches",
                                         info="Off: the generator draws the whole picture again")
                 with gr.Row():
-                    to_invert = ImageInput(label="Invert an image into a layout", type="pil")
+                    to_invert = ImageInput(label="Invert an image into a layout", type="pil", elem_id="invert-image")
                     b_invert = gr.Button("Invert")
+                invert_examples = gr.Examples([[p] for p, _ in examples["blobs"]], [to_invert],
+                                              label="Built-in scenes (click one to invert it)", api_name=None, elem_id="invert-examples",
+                                              api_visibility="private") if examples["blobs"] else None
                 layout = JSON(label="Layout", visible=False)
 
             with gr.Tab("Classify", id="classify"):
@@ -902,6 +947,11 @@ def build() -> gr.Blocks:
                     with gr.Column():
                         c_label = gr.Label(num_top_classes=3, label="Cluster", elem_id="classify-label")
                         c_top = gr.Markdown(elem_id="classify-verdict")
+                classify_examples = gr.Examples([[p] for p, _ in examples["classify"]], [c_image],
+                                                label=" + ".join(dict.fromkeys(c + "s" for _, c in examples["classify"]))
+                                                + " (click one to classify it; a shape is no garment, so the "
+                                                  "Fashion-MNIST model is unsure of it)", elem_id="classify-examples",
+                                                api_name=None, api_visibility="private") if examples["classify"] else None
                 c_go = gr.Button("Classify", variant="primary", elem_id="classify-button")
                 c_files = File(label="Many images or zips", file_count="multiple")
                 c_batch = gr.Button("Classify all")
@@ -909,7 +959,8 @@ def build() -> gr.Blocks:
                     c_table = Dataframe(headers=["file", "cluster", "confidence", "top 3"], label="Per image",
                                            interactive=False)
                     c_counts = Dataframe(headers=["cluster", "images"], label="Per cluster", interactive=False)
-                c_csv = File(label="Assignments (CSV)", interactive=False)
+                with gr.Column(visible=False) as csv_box:  # shown once there is a CSV (no empty box)
+                    c_csv = File(label="Assignments (CSV)", interactive=False)
                 with gr.Accordion("Clusters: exemplars and names", open=False):
                     with gr.Row():
                         c_cluster = gr.Dropdown([], label="Cluster")
@@ -959,7 +1010,12 @@ def build() -> gr.Blocks:
         # An upload is classified at once; clearing the image clears its result (never a stale one beside a new image).
         c_image.upload(classify, [c_model, c_image], [c_label, c_top], trigger_mode="always_last", **private)
         c_image.clear(lambda: (None, ""), None, [c_label, c_top], **private)
+        if classify_examples is not None:  # an example clicked is classified like an upload
+            classify_examples.load_input_event.then(classify, [c_model, c_image], [c_label, c_top], **private)
+        if invert_examples is not None:
+            invert_examples.load_input_event.then(invert_image, [b_model, to_invert], blob_outputs, **private)
         c_batch.click(classify_batch, [c_model, c_files], [c_table, c_counts, c_csv], api_name="classify_batch")
+        c_csv.change(lambda f: gr.update(visible=bool(f)), c_csv, csv_box, **private)
         c_model.change(cluster_names, c_model, [c_names, c_cluster], **private)
         c_show.click(exemplar_gallery, [c_model, c_cluster], c_gallery, **private)
         c_save.click(save_cluster_names, [c_model, c_names], [c_saved, c_cluster], **private)

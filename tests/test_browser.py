@@ -77,14 +77,25 @@ def test_each_tab_in_chromium(served, tmp_path, model_dir):  # noqa: F811
         before = _img_src(page, "blob-image")
         page.locator("#apply-edit").click()  # "move" by dx = 0.1 is the default edit
         page.wait_for_function(f"() => document.querySelector('#blob-image img').src !== {before!r}", timeout=60_000)
+
+        # An example scene clicked is inverted at once (gr.Examples from the built-in scenes).
+        before = _img_src(page, "blob-image")
+        page.locator("#invert-examples img").first.click()
+        page.wait_for_function(f"() => document.querySelector('#blob-image img').src !== {before!r}", timeout=60_000)
         page.screenshot(path=str(shots / "blobs.png"), full_page=True)
 
         page.get_by_role("tab", name="Classify").click()
         page.locator("#classify-image input[type=file]").set_input_files(str(photo))
         page.wait_for_function("() => document.querySelector('#classify-image img') !== null", timeout=60_000)
-        label = page.locator("#classify-label")  # classified on upload, no button pressed
-        label.get_by_text("%").first.wait_for(timeout=60_000)  # the confidence bars
+        # classified on upload, no button pressed: a flat grey picture is nothing like the training images
+        verdict = page.locator("#classify-verdict")
+        verdict.get_by_text("familiarity").first.wait_for(timeout=60_000)
+        label = page.locator("#classify-label")
         names = app.load(app.default_model("classify", app.model_choices(app.ClusterModel)), app.ClusterModel).names
+        assert "unsure" in label.inner_text() or any(name in label.inner_text() for name in names)
+        # An example clicked is classified too: a test image of the training data, with its confidence bars.
+        page.locator("#classify-examples img").first.click()  # Fashion-MNIST's, or a shape where it is absent
+        label.get_by_text("%").first.wait_for(timeout=60_000)
         assert any(name in label.inner_text() for name in names)
         page.screenshot(path=str(shots / "classify.png"), full_page=True)
 

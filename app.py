@@ -38,7 +38,7 @@ from gan_core.checkpoint import FILES, CheckpointError  # noqa: E402
 from gan_core.data import DataError, ImageDataset, decode_items, upload_items  # noqa: E402
 from gan_core.inference.blobs import BlobModel  # noqa: E402
 from gan_core.inference.cluster import ClusterModel, skipped_rows  # noqa: E402
-from gan_core.inference.loading import load_model  # noqa: E402
+from gan_core.inference.loading import load_model, unpack_model_zip  # noqa: E402
 from gan_core.inference.model import Model  # noqa: E402
 from gan_core.models import blob_layout  # noqa: E402
 from gan_core.models.blob_layout import Layout  # noqa: E402
@@ -143,7 +143,8 @@ def model_sources() -> dict[str, str]:
     out = {}
     for base in (CHECKPOINTS, JOB.models_dir):
         if base.is_dir():
-            out.update((p.name, str(p)) for p in sorted(base.iterdir()) if (p / FILES["config"]).exists())
+            out.update((p.name, str(p)) for p in sorted(base.iterdir())
+                       if not p.name.startswith(".") and (p / FILES["config"]).exists())  # (not a half-written one)
     for repo in os.environ.get("GANLAB_HUB_MODELS", "").split(","):
         if repo.strip():
             out[repo.strip()] = repo.strip()
@@ -260,6 +261,28 @@ def refresh_pickers(sample_model, blob_model, classify_model):
         choices = model_choices(*TAB_NEEDS[tab])
         out.append(gr.update(choices=choices, value=value if value in choices else default_model(tab, choices)))
     return out
+
+
+def open_model_zip(file, sample_model, blob_model, classify_model):
+    """A checkpoint zip uploaded by a visitor -> a model in every picker that fits it (selected there).
+    Untrusted: `loading.unpack_model_zip` takes only a checkpoint's own files, caps sizes and loads it
+    (safetensors only) before it is listed."""
+    if not file:
+        return ("", *(gr.update() for _ in range(3)))
+    path = file if isinstance(file, str) else getattr(file, "name", file)
+    limit = int((MAX_UPLOAD_MB or 512) * 2**20)
+    try:
+        folder = unpack_model_zip(path, JOB.models_dir, max_bytes=limit)
+    except CheckpointError as e:
+        raise gr.Error(f"Could not open that model: {_no_paths(_one_line(e))}") from None
+    facade = model_facade(str(folder))
+    updates = refresh_pickers(sample_model, blob_model, classify_model)
+    for i, tab in enumerate(("sample", "blobs", "classify")):
+        if facade is not None and (not TAB_NEEDS[tab] or issubclass(facade, TAB_NEEDS[tab])):
+            updates[i]["value"] = folder.name
+    kind = kinds.read_config(folder)[0].model.kind
+    return (f"Opened **{folder.name}** ({kind}); it is in the pickers of every tab it fits, for every visitor.",
+            *updates)
 
 
 def _number(value, name: str, lo: float, hi: float, integer: bool = True):
@@ -836,6 +859,14 @@ def build() -> gr.Blocks:
     with gr.Blocks(title="GAN Lab") as demo:
         gr.Markdown("# GAN Lab\nTrain GANs on your images, sample and edit them, and sort images into "
                     "clusters without labels." + (" *Public mode: limited training.*" if PUBLIC else ""))
+        with gr.Accordion("Open a model: a checkpoint zip" + ("" if PUBLIC else ", or a folder on this machine"),
+                          open=False):
+            gr.Markdown("Upload a checkpoint zip (the Train tab's download, or any GAN Lab checkpoint folder "
+                        "zipped) and it joins the model pickers." + ("" if PUBLIC else
+                        " A command-line run opens too: type its run folder (or one of its checkpoint folders) "
+                        "into any model picker, e.g. `runs/shapes`."))
+            model_zip = File(label="Checkpoint zip", file_types=[".zip"], elem_id="model-zip")
+            model_zip_status = gr.Markdown()
         with gr.Tabs(selected="sample"):  # a visitor sees samples first
             with gr.Tab("Train", id="train"):
                 with gr.Row():
@@ -1020,6 +1051,8 @@ def build() -> gr.Blocks:
         c_show.click(exemplar_gallery, [c_model, c_cluster], c_gallery, **private)
         c_save.click(save_cluster_names, [c_model, c_names], [c_saved, c_cluster], **private)
 
+        model_zip.upload(open_model_zip, [model_zip, s_model, b_model, c_model],
+                         [model_zip_status, s_model, b_model, c_model], **private)
         # Every page load reads the model folders again: a model saved since the server started (by any
         # visitor, or a run copied in) is in every picker after a reload.
         demo.load(refresh_pickers, [s_model, b_model, c_model], [s_model, b_model, c_model], **private)

@@ -498,3 +498,59 @@ def test_a_second_visitor_sees_the_running_job_and_its_settings(models):
     assert "someone-else" in summary and "step 40 / 1,200" in summary and len(losses) == 1
     app.JOB._status = JobStatus(state="done", name="someone-else", settings=settings)
     assert all(update == {"__type__": "update"} for update in app.job_form())  # finished: the form is free again
+
+
+def _zip_folder(folder, archive, prefix="", extra=None):
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as z:
+        for f in sorted(folder.iterdir()):
+            z.write(f, prefix + f.name)
+        for name, data in (extra or {}).items():
+            z.writestr(name, data)
+    return archive
+
+
+def test_a_checkpoint_zip_opens_in_the_pickers(models, model_dir, tmp_path):
+    source = model_dir / "checkpoints" / "tiny-cluster"
+    archive = _zip_folder(source, tmp_path / "download.zip", "my-clusters/", {"my-clusters/notes.txt": "ignored"})
+    line, sample, blobs, classify = app.open_model_zip(str(archive), "tiny-dcgan", "tiny-blobgan", "tiny-cluster")
+    assert "my-clusters" in line and (app.JOB.models_dir / "my-clusters" / "config.json").exists()
+    assert not (app.JOB.models_dir / "my-clusters" / "notes.txt").exists()  # only a checkpoint's own files
+    assert sample["value"] == classify["value"] == "my-clusters" and "my-clusters" in classify["choices"]
+    assert blobs["value"] == "tiny-blobgan"  # not a BlobGAN: that picker keeps its model
+    labels, _ = app.classify("my-clusters", Image.new("RGB", (8, 8)))
+    assert labels  # it classifies
+    # the same zip again gets a name of its own; flat zips (files at the top) open too
+    assert "my-clusters-2" in app.open_model_zip(str(archive), None, None, None)[0]
+    flat = _zip_folder(source, tmp_path / "flat.zip")
+    assert "**flat**" in app.open_model_zip(str(flat), None, None, None)[0]
+
+
+@pytest.mark.parametrize("case", ["traversal", "no-config", "pickle", "not-a-zip", "too-big", "two-folders", "twice"])
+def test_a_bad_checkpoint_zip_is_refused_and_leaves_nothing(models, model_dir, tmp_path, case):
+    source = model_dir / "checkpoints" / "tiny-dcgan"
+    archive = tmp_path / f"{case}.zip"
+    if case == "traversal":
+        _zip_folder(source, archive, extra={"../escape.safetensors": b"x"})
+    elif case == "no-config":
+        with zipfile.ZipFile(archive, "w") as z:
+            z.write(source / "generator.safetensors", "generator.safetensors")
+    elif case == "pickle":  # torch.save bytes under a safetensors name: never unpickled
+        buf = io.BytesIO()
+        torch.save({"w": torch.zeros(2)}, buf)
+        with zipfile.ZipFile(archive, "w") as z:
+            z.write(source / "config.json", "config.json")
+            z.writestr("generator.safetensors", buf.getvalue())
+    elif case == "not-a-zip":
+        archive.write_bytes(b"PK not really")
+    elif case == "too-big":
+        with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as z:
+            z.write(source / "config.json", "config.json")
+            z.writestr("generator.safetensors", b"\0" * (64 * 2**20))  # a 64 MB member that compresses to nothing
+    elif case == "twice":
+        _zip_folder(source, archive, "a/", {"a/sub/config.json": "{}"})
+    else:
+        _zip_folder(source, archive, "a/", {"b/config.json": "{}"})
+    with pytest.raises(gr.Error) as e:
+        app.open_model_zip(str(archive), None, None, None)
+    assert "\n" not in str(e.value) and str(tmp_path) not in str(e.value)
+    assert not app.JOB.models_dir.exists() or not any(app.JOB.models_dir.iterdir())  # nothing left behind

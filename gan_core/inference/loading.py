@@ -2,7 +2,11 @@
 checkpoint table (no file name is spelled here)."""
 from __future__ import annotations
 
-from pathlib import Path
+import re
+import shutil
+import tempfile
+import zipfile
+from pathlib import Path, PurePosixPath
 from typing import Optional
 
 import torch
@@ -63,3 +67,66 @@ def export(src: str | Path, dst: str | Path, dtype: torch.dtype = torch.float16,
     kept = {key: meta[key] for key in KEPT_ON_EXPORT if key in meta}
     return ckpt.write_folder(Path(dst), cfg, meta["step"], modules, metrics=meta.get("metrics"), dtype=dtype,
                              model_card=model_card, extra=kept)
+
+
+MODEL_ZIP_MAX_FILES = 64
+MODEL_ZIP_MAX_RATIO = 200  # a member that inflates more than this is refused (a zip bomb)
+MODEL_NAME = re.compile(r"[^A-Za-z0-9_.-]+")
+
+
+def unpack_model_zip(zip_path: str | Path, models_dir: str | Path, max_bytes: int = 512 * 2**20,
+                     name: Optional[str] = None) -> Path:
+    """A checkpoint zip (as the app's download button or `export` + zip make it: the checkpoint's files,
+    at the top or in one folder) -> a new checkpoint folder under `models_dir`, checked by loading it.
+    Treated as untrusted: only a checkpoint's own files (config.json, *.safetensors, README.md, *.png)
+    are taken, no path leaves its folder, sizes and member count are capped, the weights must be
+    safetensors matching the config, and nothing is left behind when any check fails. The folder is
+    named after `name`, the zip's folder or its file name (made unique). Raises CheckpointError."""
+    zip_path, models_dir = Path(zip_path), Path(models_dir)
+    try:
+        archive = zipfile.ZipFile(zip_path)
+    except (zipfile.BadZipFile, OSError) as e:
+        raise ckpt.CheckpointError(f"not a zip file: {e}") from None
+    with archive:
+        members = [m for m in archive.infolist() if not m.is_dir()]
+        if not members or len(members) > MODEL_ZIP_MAX_FILES:
+            raise ckpt.CheckpointError(f"a checkpoint zip holds 2-{MODEL_ZIP_MAX_FILES} files, this one {len(members)}")
+        parts = [PurePosixPath(m.filename.replace("\\", "/")).parts for m in members]
+        if any(p[0] in ("/", "..") or ".." in p or ":" in m.filename for p, m in zip(parts, members)):
+            raise ckpt.CheckpointError("the zip has paths outside its folder: refused")
+        tops = {p[0] for p in parts if len(p) > 1}
+        nested = len(tops) == 1 and all(len(p) == 2 for p in parts)
+        if not nested and any(len(p) != 1 for p in parts):
+            raise ckpt.CheckpointError("a checkpoint zip holds the checkpoint's files, at its top or in one folder")
+        wanted = {}
+        for m, p in zip(members, parts):
+            base = p[-1]
+            if base == ckpt.FILES["config"] or any(PurePosixPath(base).match(pat) for pat in ckpt.SHIPPED_PATTERNS):
+                if m.file_size > MODEL_ZIP_MAX_RATIO * max(m.compress_size, 1) and m.file_size > 2**20:
+                    raise ckpt.CheckpointError(f"{base} inflates {m.file_size // max(m.compress_size, 1)}x: refused")
+                if base in wanted:
+                    raise ckpt.CheckpointError(f"the zip holds {base} twice: refused")
+                wanted[base] = m
+        if ckpt.FILES["config"] not in wanted:
+            raise ckpt.CheckpointError("the zip has no config.json: not a GAN Lab checkpoint")
+        total = sum(m.file_size for m in wanted.values())
+        if total > max_bytes:
+            raise ckpt.CheckpointError(f"the checkpoint is {total / 2**20:.0f} MB; at most {max_bytes / 2**20:.0f} MB here")
+        stem = MODEL_NAME.sub("-", name or (next(iter(tops)) if nested else zip_path.stem)).strip("-.")[:60] or "model"
+        models_dir.mkdir(parents=True, exist_ok=True)
+        target, i = models_dir / stem, 2
+        while target.exists():
+            target, i = models_dir / f"{stem}-{i}", i + 1
+        staging = Path(tempfile.mkdtemp(prefix=f".{stem}.upload-", dir=models_dir))
+        try:
+            for base, m in wanted.items():
+                with archive.open(m) as src, open(staging / base, "wb") as dst:
+                    copied = shutil.copyfileobj(src, dst, 2**20) or dst.tell()
+                if copied > m.file_size:  # a lying header
+                    raise ckpt.CheckpointError(f"{base} is larger than its zip entry says: refused")
+            load_model(staging)  # the config and every weight file checked (safetensors only, shapes matched)
+            staging.rename(target)
+        except (ckpt.CheckpointError, ValueError, OSError, RuntimeError) as e:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise ckpt.CheckpointError(f"not a usable checkpoint: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+    return target

@@ -6,11 +6,14 @@
    `/classify` of one image, `/blobs`.
 3. Round trips through gradio_client for the same three, beside the round trip of a trivial handler
    with the same output components returning same-sized values (Gradio's own floor), in the same run.
+4. A live slider drag: 20 consecutive redraws of the Sample tab's 16 images, each with the first
+   direction slider at a new value (what letting go of the slider asks for), in-process and through
+   gradio_client; their 95th percentiles beside the floor's.
 
     python -m scripts.benchmark_app [--repeats 20]
 
 Last line: one JSON object. Targets (issue 5, these CPUs): start < 10 s; compute < 100 / 30 / 150 ms;
-round trip <= 1.5x the floor.
+round trip <= 1.5x the floor; a slider drag's p95 compute < 100 ms and p95 round trip <= 1.5x the floor's p95.
 """
 from __future__ import annotations
 
@@ -66,6 +69,20 @@ def median_ms(fn, repeats: int) -> float:
     return round(statistics.median(times), 2)
 
 
+def p95_ms(fns) -> float:
+    """The 95th percentile (ms) of calling each of `fns` once, in order (after one warm-up call)."""
+    fns[0]()
+    times = []
+    for fn in fns:
+        t0 = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t0) * 1000)
+    return round(statistics.quantiles(times, n=20, method="inclusive")[-1], 2)
+
+
+DRAG = [round(-3 + 6 * i / 19, 2) for i in range(20)]  # the first slider swept from -3 to 3 in 20 changes
+
+
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--repeats", type=int, default=20)
@@ -102,6 +119,8 @@ def main(argv=None) -> dict:
         calls["blobs"] = lambda: app.sample_blobs(blob_model, 0)
     compute = {name: median_ms(fn, args.repeats) for name, fn in calls.items()}
     result["compute_ms"] = compute
+    drag_compute = p95_ms([lambda a=a: app.sample_images(sample_model, 0, 16, 1.0, "random", False, False, a,
+                                                         *zeros[1:]) for a in DRAG])
 
     # Round trips: the app, and a floor app whose handlers return ready-made values of the same
     # components and sizes.
@@ -138,6 +157,11 @@ def main(argv=None) -> dict:
             r, f = median_ms(real, args.repeats), median_ms(trivial, args.repeats)
             round_trip[name] = {"app_ms": r, "floor_ms": f, "ratio": round(r / f, 3)}
         result["round_trip"] = round_trip
+        drag_app = p95_ms([lambda a=a: c_app.predict(sample_model, 0, 16, 1.0, "random", False, False, a, *zeros[1:],
+                                                     api_name="/sample") for a in DRAG])
+        drag_floor = p95_ms([lambda: c_floor.predict("x", api_name="/sample")] * len(DRAG))
+        result["slider_drag"] = {"changes": len(DRAG), "compute_p95_ms": drag_compute, "app_p95_ms": drag_app,
+                                 "floor_p95_ms": drag_floor, "ratio": round(drag_app / drag_floor, 3)}
     finally:
         served.close()
         floor.close()
@@ -146,6 +170,8 @@ def main(argv=None) -> dict:
         "startup": result.get("startup_s", 0) < 10,
         **{f"compute_{k}": v < targets[k] for k, v in compute.items()},
         **{f"round_trip_{k}": v["ratio"] <= 1.5 for k, v in result["round_trip"].items()},
+        "slider_drag_compute": result["slider_drag"]["compute_p95_ms"] < 100,
+        "slider_drag_round_trip": result["slider_drag"]["ratio"] <= 1.5,
     }
     result["models"] = {"sample": sample_model, "classify": cluster_model, "blobs": blob_model}
     print(json.dumps(result))

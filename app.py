@@ -615,7 +615,7 @@ def exemplar_gallery(model, cluster, progress=gr.Progress()):
         raise gr.Error("Pick a cluster.")
     k = cm.names.index(cluster)
     if not cm.training_images_scored:  # say why the first call takes a while
-        progress(0, desc="Scoring the model's training images once (tens of seconds on a CPU); "
+        progress(0, desc="Scoring the model's training images once (a few seconds on a CPU); "
                          "every cluster after this is instant")
     try:
         ex = cm.exemplars(k, n=8)

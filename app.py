@@ -285,6 +285,19 @@ def open_model_zip(file, sample_model, blob_model, classify_model):
             *updates)
 
 
+PICKER_POLL_S = 5.0  # an open page looks for new models this often
+
+
+def pickers_if_changed(known: list | None, sample_model, blob_model, classify_model):
+    """For an open page's timer: new picker choices only when the set of models changed since `known`
+    (a model saved by any visitor or copied in reaches pages that are already open); otherwise no
+    update at all, so a picker being used is left alone."""
+    names = sorted(model_sources())
+    if known is not None and names == sorted(known):
+        return known, gr.update(), gr.update(), gr.update()
+    return names, *refresh_pickers(sample_model, blob_model, classify_model)
+
+
 def _number(value, name: str, lo: float, hi: float, integer: bool = True):
     try:
         v = float(value)
@@ -1056,6 +1069,9 @@ def build() -> gr.Blocks:
         # Every page load reads the model folders again: a model saved since the server started (by any
         # visitor, or a run copied in) is in every picker after a reload.
         demo.load(refresh_pickers, [s_model, b_model, c_model], [s_model, b_model, c_model], **private)
+        known_models = gr.State(None)  # this page's view of the model folders, for the timer below
+        gr.Timer(PICKER_POLL_S).tick(pickers_if_changed, [known_models, s_model, b_model, c_model],
+                                     [known_models, s_model, b_model, c_model], **private)
         # A visitor who arrives during a job sees it at once: its progress, and its settings in the form.
         demo.load(job_view, None, [status, losses, samples, checkpoint_zip], **private)
         demo.load(job_form, None, [dataset, kind, steps, batch, lr, size, channels, k, name], **private)

@@ -554,3 +554,16 @@ def test_a_bad_checkpoint_zip_is_refused_and_leaves_nothing(models, model_dir, t
         app.open_model_zip(str(archive), None, None, None)
     assert "\n" not in str(e.value) and str(tmp_path) not in str(e.value)
     assert not app.JOB.models_dir.exists() or not any(app.JOB.models_dir.iterdir())  # nothing left behind
+
+
+def test_open_pages_pick_up_new_models_only_when_the_set_changes(models, model_dir):
+    known, *updates = app.pickers_if_changed(None, "tiny-dcgan", "tiny-blobgan", "tiny-cluster")
+    assert "tiny-dcgan" in known and updates[0]["value"] == "tiny-dcgan"
+    again, *updates = app.pickers_if_changed(known, "tiny-dcgan", "tiny-blobgan", "tiny-cluster")
+    assert again == known and all(u == {"__type__": "update"} for u in updates)  # nothing new: untouched
+    (app.CHECKPOINTS / "copied-in").symlink_to(model_dir / "checkpoints" / "tiny-dcgan")
+    try:
+        now, sample, *_ = app.pickers_if_changed(known, "tiny-dcgan", "tiny-blobgan", "tiny-cluster")
+        assert "copied-in" in now and "copied-in" in sample["choices"] and sample["value"] == "tiny-dcgan"
+    finally:
+        (app.CHECKPOINTS / "copied-in").unlink()

@@ -107,6 +107,12 @@ def test_each_tab_in_chromium(served, tmp_path, model_dir):  # noqa: F811
         visitor.get_by_label("Model").first.click()
         visitor.get_by_role("option", name="saved-while-serving").wait_for(timeout=30_000)
         visitor.close()
+        # ... and the page that was open all along, without a reload (its timer looks for new models).
+        page.get_by_role("tab", name="Sample").click()
+        page.wait_for_timeout(app.PICKER_POLL_S * 1000 + 1500)
+        page.get_by_label("Model").first.click()
+        page.get_by_role("option", name="saved-while-serving").wait_for(timeout=30_000)
+        page.keyboard.press("Escape")
 
         page.get_by_role("tab", name="Train").click()
         page.get_by_text("No training job yet.").wait_for(timeout=30_000)

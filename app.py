@@ -16,6 +16,7 @@ import functools
 import importlib.util
 import os
 import re
+import shutil
 import tempfile
 import time
 import warnings
@@ -29,6 +30,7 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("GRADIO_TEMP_DIR", str(WORK_DIR / "gradio-cache"))
 
 import gradio as gr  # noqa: E402
+import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
@@ -138,10 +140,19 @@ Number, Slider, ImageInput, File, Dataframe, JSON = map(_one_line_inputs, (gr.Nu
 
 # ---------------------------------------------------------------- models: one registry for every picker
 
+def uploads_dir() -> Path:
+    """Where checkpoint zips opened by visitors are unpacked."""
+    return JOB.work_dir / "uploaded-models"
+
+
+# Public mode keeps at most this many uploaded models (the oldest go first), so uploads cannot fill the disk.
+MAX_UPLOADED_MODELS = int(os.environ.get("GANLAB_MAX_UPLOADED_MODELS", "20"))
+
+
 def model_sources() -> dict[str, str]:
     """name -> local folder or Hub repo id: bundled checkpoints, models trained here, GANLAB_HUB_MODELS."""
     out = {}
-    for base in (CHECKPOINTS, JOB.models_dir):
+    for base in (uploads_dir(), CHECKPOINTS, JOB.models_dir):  # (uploads first: they never shadow another model)
         if base.is_dir():
             out.update((p.name, str(p)) for p in sorted(base.iterdir())
                        if not p.name.startswith(".") and (p / FILES["config"]).exists())  # (not a half-written one)
@@ -272,9 +283,15 @@ def open_model_zip(file, sample_model, blob_model, classify_model):
     path = file if isinstance(file, str) else getattr(file, "name", file)
     limit = int((MAX_UPLOAD_MB or 512) * 2**20)
     try:
-        folder = unpack_model_zip(path, JOB.models_dir, max_bytes=limit)
+        folder = unpack_model_zip(path, uploads_dir(), max_bytes=limit, taken=set(model_sources()))
     except CheckpointError as e:
         raise gr.Error(f"Could not open that model: {_no_paths(_one_line(e))}") from None
+    if PUBLIC:  # the oldest uploads make room
+        kept = sorted((p for p in uploads_dir().iterdir() if p.is_dir() and not p.name.startswith(".")),
+                      key=lambda p: p.stat().st_mtime, reverse=True)
+        for old in kept[MAX_UPLOADED_MODELS:]:
+            if old != folder:
+                shutil.rmtree(old, ignore_errors=True)
     facade = model_facade(str(folder))
     updates = refresh_pickers(sample_model, blob_model, classify_model)
     for i, tab in enumerate(("sample", "blobs", "classify")):
@@ -410,9 +427,22 @@ def code_choices(model):
 
 # ---------------------------------------------------------------- Blobs
 
-def _blob_views(model: BlobModel, layout: Layout, before: Layout | None = None, local: bool = True):
+def _shown_image(shown, size: int) -> torch.Tensor | None:
+    """The Blobs tab's picture as the model drew it ((1, C, size, size) in [-1, 1]), from the enlarged view
+    the browser sends back; None when it is not that view (another size, none, or not an image)."""
+    if not isinstance(shown, Image.Image) or shown.size != (size * VIEW_SCALE,) * 2:
+        return None
+    small = np.asarray(shown.convert("RGB").resize((size, size), Image.NEAREST), dtype=np.float32)
+    return torch.from_numpy(small).permute(2, 0, 1)[None] / 127.5 - 1
+
+
+def _blob_views(model: BlobModel, layout: Layout, before: Layout | None = None, local: bool = True, shown=None):
     with model.painting():
-        image = (model.render(layout) if before is None else model.render_edit(before, layout, local))[0].float().cpu()
+        if before is None:
+            image = model.render(layout)[0].float().cpu()
+        else:
+            kept = _shown_image(shown, model.cfg.data.image_size) if model.channels == 3 else None
+            image = model.render_edit(before, layout, local, kept)[0].float().cpu()
     size = model.cfg.data.image_size
     plain = viz.image_grid(image[None], nrow=1, padding=0).resize((size * VIEW_SCALE,) * 2, Image.NEAREST)
     bmap = viz.blob_map(layout, size=size, scale=VIEW_SCALE)
@@ -420,8 +450,8 @@ def _blob_views(model: BlobModel, layout: Layout, before: Layout | None = None, 
     return plain, bmap, ellipses, image
 
 
-def _blob_outputs(model, layout: Layout, selected=None, before: Layout | None = None, local: bool = True):
-    plain, bmap, ellipses, image = _blob_views(model, layout, before, local)
+def _blob_outputs(model, layout: Layout, selected=None, before: Layout | None = None, local: bool = True, shown=None):
+    plain, bmap, ellipses, image = _blob_views(model, layout, before, local, shown)
     visible = layout.visible()[0].tolist()
     choices = [(f"blob {k}" + ("" if visible[k] else " (hidden)"), k) for k in range(layout.k)]
     # selected by default: the blob that paints the most of the picture (not one with nothing to show)
@@ -456,7 +486,7 @@ def sample_blobs(model: str, seed: int = 0):
 
 @gpu
 def edit_blob(model: str, layout_json: dict, blob: int, action: str = "move", dx: float = 0.1, dy: float = 0.0,
-              ds: float = 1.0, depth: int = 7, source_seed: int = 1, local: bool = True):
+              ds: float = 1.0, depth: int = 7, source_seed: int = 1, local: bool = True, shown=None):
     """Apply one edit to one blob of a layout and repaint the image.
 
     Args:
@@ -471,6 +501,8 @@ def edit_blob(model: str, layout_json: dict, blob: int, action: str = "move", dx
         source_seed: for restyle: the blob takes its style from the same blob of this seed's layout.
         local: repaint only where the edit changes the blobs (the rest stays exactly as it was);
             false: the generator draws the whole image again.
+        shown: the picture being edited, as this function returned it (so a chain of local edits keeps
+            what none of them touched); without it, the layout's own picture.
 
     Returns:
         The repainted image, blob map, ellipses, the new layout and the edited blob.
@@ -496,7 +528,7 @@ def edit_blob(model: str, layout_json: dict, blob: int, action: str = "move", dx
         k = _number(depth, "Depth", 0, layout.k - 1)
     else:
         raise gr.Error(f"Unknown action {action!r}: move, resize, hide, show, restyle or depth")
-    return _blob_outputs(bm, layout, k, before=before, local=bool(local))
+    return _blob_outputs(bm, layout, k, before=before, local=bool(local), shown=shown)
 
 
 @gpu
@@ -1017,9 +1049,10 @@ def build() -> gr.Blocks:
 
         # ---- events
         private = {"api_visibility": "private"}
-        dataset.change(lambda d: (gr.update(visible=d == "upload"), gr.update(visible=d in ("Hub dataset", "parquet path")),
-                                  gr.update(value=1 if d == "fashion-mnist" else 3)),
-                       dataset, [upload_box, text_box, channels], **private)
+        dataset.change(lambda d: (gr.update(visible=d == "upload"), gr.update(visible=d in ("Hub dataset", "parquet path"))),
+                       dataset, [upload_box, text_box], **private)
+        # the channels follow a dataset the visitor picks (not one filled in from a running job's settings)
+        dataset.input(lambda d: gr.update(value=1 if d == "fashion-mnist" else 3), dataset, channels, **private)
         start.click(start_training, [dataset, upload, text, kind, steps, batch, lr, size, channels, k, name],
                     [status, losses, samples, checkpoint_zip], api_name="train", concurrency_limit=None
                     ).then(refresh_pickers, [s_model, b_model, c_model], [s_model, b_model, c_model], **private)
@@ -1045,7 +1078,7 @@ def build() -> gr.Blocks:
 
         blob_outputs = [b_image, b_map, b_ellipses, layout, blob]
         b_go.click(sample_blobs, [b_model, b_seed], blob_outputs, api_name="blobs")
-        apply.click(edit_blob, [b_model, layout, blob, action, dx, dy, ds, depth, style_seed, local], blob_outputs,
+        apply.click(edit_blob, [b_model, layout, blob, action, dx, dy, ds, depth, style_seed, local, b_image], blob_outputs,
                     api_name="edit_blob")
         b_invert.click(invert_image, [b_model, to_invert], blob_outputs, api_name="invert")
         b_image.select(pick_blob, [b_model, layout], blob, **private)

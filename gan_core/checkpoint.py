@@ -49,6 +49,19 @@ GENERATOR, DISCRIMINATOR = "generator", "discriminator"
 EMA_SUFFIX = "_ema"
 
 
+# An uploaded checkpoint's data source may not point at this machine's disk: its training images (read for
+# exemplars and familiarity) are only ever read from a built-in or Hub source.
+UPLOAD_READABLE_SOURCES = ("shapes", "scenes", "hub")
+UPLOADED = "uploaded"  # config.json key marking a checkpoint that came in as an upload
+
+
+def training_data_readable(cfg: config_mod.RunConfig, meta: dict) -> bool:
+    """Whether the training data a checkpoint names may be read here: always for a checkpoint of this
+    machine; for an uploaded one only from a built-in or Hub source (its path could point anywhere on
+    this machine's disk, which a visitor may not read)."""
+    return not meta.get(UPLOADED) or cfg.data.source in UPLOAD_READABLE_SOURCES
+
+
 def ema_role(role: str) -> str:
     """The role an EMA copy of `role` is stored under (generator -> generator_ema)."""
     return role + EMA_SUFFIX

@@ -4,6 +4,7 @@ import csv
 import io
 import json
 import os
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -173,6 +174,14 @@ def test_blobs_sample_edit_and_invert(models):
         assert untouched.any() and same.all(), action
         full, *_ = app.edit_blob("tiny-blobgan", layout, k, action, 0.2, 0.1, 1.5, 0, 1, False)
         assert isinstance(full, Image.Image)
+    # a chain of edits, each given the picture the last one returned: what none of them touched never moves
+    first_image, *_, first, _ = app.edit_blob("tiny-blobgan", layout, 1, "move", 0.2, 0.1, 0, 0, 1, True, reference)
+    second_image, *_, second, _ = app.edit_blob("tiny-blobgan", first, 0, "move", -0.1, 0.2, 0, 0, 1, True, first_image)
+    masks = [blob_layout.edit_mask(before, Layout.from_dict(first), 64), blob_layout.edit_mask(
+        Layout.from_dict(first), Layout.from_dict(second), 64)]
+    untouched = ((masks[0] + masks[1])[0, 0] == 0).repeat_interleave(app.VIEW_SCALE, 0).repeat_interleave(
+        app.VIEW_SCALE, 1).numpy()
+    assert untouched.any() and (np.asarray(second_image)[untouched] == np.asarray(reference)[untouched]).all()
     *_, shown, _ = app.edit_blob("tiny-blobgan", hidden, 2, "show", 0, 0, 0, 0, 1)
     assert torch.equal(Layout.from_dict(shown).size, before.size)
     *_, deep, picker = app.edit_blob("tiny-blobgan", layout, 0, "depth", 0, 0, 0, 2, 1)
@@ -207,9 +216,14 @@ def test_classify_one_image(models):
     cm.meta["familiarity"] = {**cm.meta["familiarity"], "threshold": 1.5}  # above any cosine similarity: unsure
     labels, line = app.classify("tiny-cluster", image)
     assert labels == "unsure" and line.startswith("**Unsure:**") and "Best guesses: cluster" in line
-    del cm.meta["familiarity"]  # a checkpoint from before familiarity was recorded: probabilities, and a note
+    saved = cm.meta.pop("familiarity")  # a checkpoint from before familiarity was recorded: probabilities, and a note
     labels, line = app.classify("tiny-cluster", image)
     assert isinstance(labels, dict) and "no familiarity statistics" in line
+    cm.meta["familiarity"] = {**saved, "centroids": {"shape": [2, 2], "fp16_base64": "AAAA"}}  # malformed (an upload)
+    with pytest.warns(UserWarning, match="familiarity statistics ignored"):
+        labels, line = app.classify("tiny-cluster", image)
+    assert isinstance(labels, dict) and "no familiarity statistics" in line
+    cm.meta["familiarity"] = saved
 
 
 def test_classify_batch_with_a_zip_and_a_bad_file(models, tmp_path):
@@ -513,8 +527,8 @@ def test_a_checkpoint_zip_opens_in_the_pickers(models, model_dir, tmp_path):
     source = model_dir / "checkpoints" / "tiny-cluster"
     archive = _zip_folder(source, tmp_path / "download.zip", "my-clusters/", {"my-clusters/notes.txt": "ignored"})
     line, sample, blobs, classify = app.open_model_zip(str(archive), "tiny-dcgan", "tiny-blobgan", "tiny-cluster")
-    assert "my-clusters" in line and (app.JOB.models_dir / "my-clusters" / "config.json").exists()
-    assert not (app.JOB.models_dir / "my-clusters" / "notes.txt").exists()  # only a checkpoint's own files
+    assert "my-clusters" in line and (app.uploads_dir() / "my-clusters" / "config.json").exists()
+    assert not (app.uploads_dir() / "my-clusters" / "notes.txt").exists()  # only a checkpoint's own files
     assert sample["value"] == classify["value"] == "my-clusters" and "my-clusters" in classify["choices"]
     assert blobs["value"] == "tiny-blobgan"  # not a BlobGAN: that picker keeps its model
     labels, _ = app.classify("my-clusters", Image.new("RGB", (8, 8)))
@@ -525,7 +539,8 @@ def test_a_checkpoint_zip_opens_in_the_pickers(models, model_dir, tmp_path):
     assert "**flat**" in app.open_model_zip(str(flat), None, None, None)[0]
 
 
-@pytest.mark.parametrize("case", ["traversal", "no-config", "pickle", "not-a-zip", "too-big", "two-folders", "twice"])
+@pytest.mark.parametrize("case", ["traversal", "no-config", "pickle", "not-a-zip", "too-big", "two-folders", "twice",
+                                  "lying-size", "corrupt", "dot", "huge-config", "link"])
 def test_a_bad_checkpoint_zip_is_refused_and_leaves_nothing(models, model_dir, tmp_path, case):
     source = model_dir / "checkpoints" / "tiny-dcgan"
     archive = tmp_path / f"{case}.zip"
@@ -546,14 +561,56 @@ def test_a_bad_checkpoint_zip_is_refused_and_leaves_nothing(models, model_dir, t
         with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as z:
             z.write(source / "config.json", "config.json")
             z.writestr("generator.safetensors", b"\0" * (64 * 2**20))  # a 64 MB member that compresses to nothing
+    elif case == "lying-size":  # the header says fewer bytes than the member holds
+        _zip_folder(source, archive)
+        data = bytearray(archive.read_bytes())
+        name = b"generator.safetensors"
+        with zipfile.ZipFile(archive) as z:
+            info = z.getinfo("generator.safetensors")
+        local = info.header_offset
+        data[local + 22: local + 26] = (info.file_size // 2).to_bytes(4, "little")  # local header: uncompressed size
+        central = data.find(b"PK\x01\x02", 0)
+        while central != -1:
+            if data[central + 46: central + 46 + len(name)] == name:
+                data[central + 24: central + 28] = (info.file_size // 2).to_bytes(4, "little")
+            central = data.find(b"PK\x01\x02", central + 4)
+        archive.write_bytes(bytes(data))
+    elif case == "corrupt":  # a deflate stream cut in the middle
+        _zip_folder(source, archive)
+        with zipfile.ZipFile(archive) as z:
+            info = z.getinfo("generator.safetensors")
+        data = bytearray(archive.read_bytes())
+        start = info.header_offset + 30 + len(info.filename) + len(info.extra)
+        data[start + 10: start + 60] = bytes(50)
+        archive.write_bytes(bytes(data))
+    elif case == "dot":
+        with zipfile.ZipFile(archive, "w") as z:
+            z.writestr(".", b"x")
+    elif case == "huge-config":  # a tiny config.json asking for networks of many GB: refused before building
+        meta = json.loads((source / "config.json").read_text())
+        meta["config"]["model"].update(ngf=1024, ndf=1024, nz=4096)
+        meta["config"]["data"]["image_size"] = meta["config"]["model"]["image_size"] = 128
+        with zipfile.ZipFile(archive, "w") as z:
+            z.writestr("config.json", json.dumps(meta))
+            z.write(source / "generator.safetensors", "generator.safetensors")
+    elif case == "link":
+        with zipfile.ZipFile(archive, "w") as z:
+            z.write(source / "config.json", "config.json")
+            link = zipfile.ZipInfo("generator.safetensors")
+            link.external_attr = (0o120777 << 16)
+            z.writestr(link, "/etc/passwd")
     elif case == "twice":
         _zip_folder(source, archive, "a/", {"a/sub/config.json": "{}"})
     else:
         _zip_folder(source, archive, "a/", {"b/config.json": "{}"})
     with pytest.raises(gr.Error) as e:
         app.open_model_zip(str(archive), None, None, None)
-    assert "\n" not in str(e.value) and str(tmp_path) not in str(e.value)
-    assert not app.JOB.models_dir.exists() or not any(app.JOB.models_dir.iterdir())  # nothing left behind
+    why = {"traversal": "outside its folder", "no-config": "no config.json", "pickle": "generator.safetensors is a pickle",
+           "not-a-zip": "not a zip", "too-big": "inflates", "two-folders": "in one folder", "twice": "in one folder",
+           "lying-size": "CRC", "corrupt": "decompressing", "dot": "outside its folder",
+           "huge-config": "far larger than its weight files", "link": "symbolic link"}[case]
+    assert why in str(e.value) and "\n" not in str(e.value) and str(tmp_path) not in str(e.value)
+    assert not app.uploads_dir().exists() or not any(app.uploads_dir().iterdir())  # nothing left behind
 
 
 def test_open_pages_pick_up_new_models_only_when_the_set_changes(models, model_dir):
@@ -567,3 +624,38 @@ def test_open_pages_pick_up_new_models_only_when_the_set_changes(models, model_d
         assert "copied-in" in now and "copied-in" in sample["choices"] and sample["value"] == "tiny-dcgan"
     finally:
         (app.CHECKPOINTS / "copied-in").unlink()
+
+
+def test_uploaded_models_never_shadow_read_no_server_data_and_are_capped(models, model_dir, tmp_path, monkeypatch):
+    source = model_dir / "checkpoints" / "tiny-cluster"
+    meta = json.loads((source / "config.json").read_text())
+    meta["config"]["data"].update(source="folder", path=str(app.ROOT / "docs" / "screenshots"))  # a server folder
+    folder = tmp_path / "tiny-dcgan"  # named like a bundled model
+    shutil.copytree(source, folder)
+    (folder / "config.json").write_text(json.dumps(meta))
+    line, sample, *_ = app.open_model_zip(str(_zip_folder(folder, tmp_path / "tiny-dcgan.zip", "tiny-dcgan/")),
+                                          None, None, None)
+    assert "**tiny-dcgan-2**" in line and app.model_sources()["tiny-dcgan"].endswith("checkpoints/tiny-dcgan")
+    cm = app.load("tiny-dcgan-2", ClusterModel)
+    with pytest.raises(gr.Error, match="uploaded"):  # exemplars would show the server folder's images
+        app.exemplar_gallery("tiny-dcgan-2", cm.names[0], progress=lambda *a, **k: None)
+    with pytest.raises(gr.Error, match="at most 0 MB"):
+        monkeypatch.setattr(app, "MAX_UPLOAD_MB", 0.0001)
+        app.open_model_zip(str(_zip_folder(source, tmp_path / "big.zip")), None, None, None)
+    monkeypatch.setattr(app, "MAX_UPLOAD_MB", None)
+    monkeypatch.setattr(app, "PUBLIC", True)
+    monkeypatch.setattr(app, "MAX_UPLOADED_MODELS", 2)
+    for i in range(3):
+        app.open_model_zip(str(_zip_folder(source, tmp_path / f"m{i}.zip")), None, None, None)
+    kept = sorted(p.name for p in app.uploads_dir().iterdir() if not p.name.startswith("."))
+    assert len(kept) == 2 and "m2" in kept  # the oldest went first
+
+
+def test_fit_familiarity_records_into_the_checkpoint(models, model_dir, tmp_path):
+    folder = tmp_path / "copy"
+    shutil.copytree(model_dir / "checkpoints" / "tiny-cluster", folder)
+    cm = load_model(folder)
+    rec = cm.fit_familiarity(record=True)
+    saved = json.loads((folder / "config.json").read_text())["familiarity"]
+    assert saved == rec and rec["images"] == 32 and -1 <= rec["threshold"] <= 1
+    assert load_model(folder).familiarity_stats[0].shape[0] == 3  # K cluster means, read back

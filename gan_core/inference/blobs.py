@@ -45,15 +45,19 @@ class BlobModel(Model):
         return self.g.render(layout.to(self.device)).float()
 
     @torch.no_grad()
-    def render_edit(self, before: Layout, after: Layout, local: bool = True) -> torch.Tensor:
+    def render_edit(self, before: Layout, after: Layout, local: bool = True,
+                    before_image: Optional[torch.Tensor] = None) -> torch.Tensor:
         """The picture of `after`, an edit of `before`. `local`: repainted only where the edit changes
-        the blobs' compositing (`blob_layout.edit_mask`), the image of `before` everywhere else, so a
-        moved blob cannot disturb the rest of the scene; otherwise the whole image is drawn again."""
+        the blobs' compositing (`blob_layout.edit_mask`) and kept everywhere else, so a moved blob cannot
+        disturb the rest of the scene; otherwise the whole image is drawn again. What is kept is
+        `before_image` ((N, C, H, W) in [-1, 1]: the picture being edited, so a chain of edits keeps
+        what none of them touched) or, without it, the picture of `before`."""
         image = self.render(after)
         if not local:
             return image
         mask = blob_layout.edit_mask(before.to(self.device), after.to(self.device), self.image_size)
-        return blob_layout.blend_edit(self.render(before), image, mask)
+        kept = self.render(before) if before_image is None else before_image.to(image.device, image.dtype)
+        return blob_layout.blend_edit(kept, image, mask)
 
     @torch.no_grad()
     def invert(self, images, float_range=None) -> Layout:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Optional, TextIO
@@ -12,10 +13,10 @@ from torch import nn
 
 from .. import checkpoint as ckpt
 from ..config import RunConfig, build_dataclass
-from ..data import decode_items, load_dataset, to_model_images
+from ..data import DataError, decode_items, load_dataset, to_model_images
 from ..models.base import Kind
-from ..models.cluster import (FAMILIARITY_IMAGES, decode_tensor, familiarity_record, familiarity_scores,
-                              predict_tensor)
+from ..models.cluster import (FAMILIARITY_IMAGES, decode_tensor, familiarity_features, familiarity_record,
+                              familiarity_scores, predict_tensor)
 from .model import Model
 
 
@@ -171,15 +172,24 @@ class ClusterModel(Model):
         if not rec:
             return None
         if getattr(self, "_familiarity", None) is None or self._familiarity[0] is not rec:
-            self._familiarity = (rec, (decode_tensor(rec["centroids"]), float(rec["threshold"])))
+            try:  # config.json may come from anywhere (an upload): a malformed record means no statistics
+                centroids, threshold = decode_tensor(rec["centroids"]), float(rec["threshold"])
+                width = familiarity_features(self.d, torch.zeros(1, self.channels, self.image_size, self.image_size)).shape[1]
+                if centroids.shape != (self.k, width) or not torch.isfinite(centroids).all() or threshold != threshold:
+                    raise ValueError(f"centroids {tuple(centroids.shape)}, expected {(self.k, width)}")
+                stats = (centroids, threshold)
+            except (KeyError, TypeError, ValueError, RuntimeError) as e:
+                warnings.warn(f"{self.folder}: familiarity statistics ignored ({e})")
+                stats = None
+            self._familiarity = (rec, stats)
         return self._familiarity[1]
 
     def fit_familiarity(self, images: Optional[torch.Tensor] = None, record: bool = False) -> dict:
         """Measure the familiarity statistics on `images` (default: up to 2,000 training images, which
         must be readable); `record` writes them into the checkpoint's config.json (atomically)."""
         if images is None:  # (not kept: `training_images` keeps the larger set exemplars read)
-            pool = self._train_images if self._train_images is not None else load_dataset(
-                replace(self.cfg.data, limit=FAMILIARITY_IMAGES)).images
+            pool = self._train_images if self._train_images is not None else self._read_training_data(
+                FAMILIARITY_IMAGES)
         else:
             pool = to_model_images(images, self.cfg.data.image_size, self.cfg.data.channels)
         rec = familiarity_record(self.d, pool)
@@ -196,8 +206,14 @@ class ClusterModel(Model):
     def training_images(self, limit: int = EXEMPLAR_POOL) -> torch.Tensor:
         """Up to `limit` images of the training data named in the config (read once, then kept)."""
         if self._train_images is None:
-            self._train_images = load_dataset(replace(self.cfg.data, limit=limit)).images
+            self._train_images = self._read_training_data(limit)
         return self._train_images
+
+    def _read_training_data(self, limit: int) -> torch.Tensor:
+        if not ckpt.training_data_readable(self.cfg, self.meta):
+            raise DataError(f"this model was uploaded; its training data ({self.cfg.data.source}) is not read from "
+                            "this machine")
+        return load_dataset(replace(self.cfg.data, limit=limit)).images
 
     @property
     def training_images_scored(self) -> bool:

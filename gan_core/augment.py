@@ -128,6 +128,20 @@ def diff_augment(x: torch.Tensor, policy: str, gen: Optional[torch.Generator] = 
     return x
 
 
+def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    """x blurred by a Gaussian of `sigma` pixels (separable, reflected at the border, radius 3 sigma);
+    x itself when sigma <= 0. Differentiable."""
+    if sigma <= 0:
+        return x
+    radius = max(1, min(int(math.ceil(3 * sigma)), min(x.shape[-2:]) - 1))
+    t = torch.arange(-radius, radius + 1, device=x.device, dtype=torch.float32)
+    k = torch.exp(-0.5 * (t / sigma) ** 2)
+    k = (k / k.sum()).to(x.dtype)
+    c = x.shape[1]
+    y = F.conv2d(F.pad(x, (radius, radius, 0, 0), mode="reflect"), k.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
+    return F.conv2d(F.pad(y, (0, 0, radius, radius), mode="reflect"), k.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
+
+
 def instance_noise(x: torch.Tensor, std: float, gen: Optional[torch.Generator] = None) -> torch.Tensor:
     """x plus Gaussian noise of `std` (drawn from `gen`); x itself when std <= 0."""
     if std <= 0:

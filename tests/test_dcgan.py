@@ -178,3 +178,38 @@ def test_lazy_r1_runs_on_every_nth_step_scaled_and_blocks_the_graph():
         validate(RunConfig(model=DCGANConfig(r1_every=0)))
     assert "lazy R1" in graph_blocker(RunConfig(model=DCGANConfig(r1_gamma=1.0, r1_every=16)), "bf16")
     assert graph_blocker(RunConfig(model=DCGANConfig(r1_gamma=1.0)), "bf16") is None
+
+
+def test_d_input_blur_fades_keeps_flat_images_and_changes_what_d_sees():
+    from gan_core import kinds
+    from gan_core import training as train_mod
+    from gan_core.augment import gaussian_blur
+    from gan_core.config import DataConfig, RunConfig, TrainConfig
+    from gan_core.graphs import graph_blocker
+    from gan_core.kinds import validate
+    from gan_core.models.base import Batch
+
+    x = torch.rand(2, 3, 16, 16)
+    assert torch.equal(gaussian_blur(x, 0.0), x)
+    flat = torch.full((1, 3, 16, 16), 0.3)
+    assert torch.allclose(gaussian_blur(flat, 2.0), flat, atol=1e-6)  # a flat image stays flat, also at the border
+    edge = torch.zeros(1, 1, 16, 16)
+    edge[..., 8:] = 1
+    blurred = gaussian_blur(edge, 1.5)
+    assert blurred[0, 0, 0, 7] > 0.1 and blurred[0, 0, 0, 8] < 0.9  # the step is softened
+    assert torch.allclose(blurred.mean(), edge.mean(), atol=0.02)
+    cfg = DCGANConfig(d_blur=4.0, d_blur_steps=1000)
+    assert dcgan.d_blur_sigma(cfg, 0) == 4.0 and dcgan.d_blur_sigma(cfg, 500) == 2.0 and dcgan.d_blur_sigma(cfg, 2000) == 0
+    assert dcgan.d_blur_sigma(DCGANConfig(d_blur=1.0), 10**6) == 1.0  # no fade: constant
+    with pytest.raises(ValueError, match="d_blur"):
+        validate(RunConfig(model=DCGANConfig(d_blur=-1.0)))
+    assert "blur" in graph_blocker(RunConfig(model=cfg), "bf16")
+    real, noise = torch.rand(4, 3, 32, 32) * 2 - 1, torch.randn(4, 8, 1, 1)
+    losses = []
+    for sigma in (0.0, 3.0):
+        run = RunConfig(model=DCGANConfig(nz=8, ngf=4, ndf=4, image_size=32, d_blur=sigma, d_blur_steps=100),
+                        data=DataConfig(image_size=32), train=TrainConfig(precision="fp32"))
+        torch.manual_seed(0)
+        m = train_mod.build_models(run, torch.device("cpu"))
+        losses.append(kinds.KINDS["dcgan"].train_step(m, Batch(real, noise, None, 10))["loss_d"])
+    assert losses[0] != losses[1]

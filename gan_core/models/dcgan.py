@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..augment import DIFF_AUGMENT_OPS, diff_augment, diff_augment_ops, instance_noise
+from ..augment import DIFF_AUGMENT_OPS, diff_augment, diff_augment_ops, gaussian_blur, instance_noise
 from ..config import RunConfig, check_ints, check_numbers
 from ..losses import d_loss_bce, g_loss_bce
 from ..runtime import autocast
@@ -42,6 +42,11 @@ class DCGANConfig:
     # DiffAugment (Zhao et al. 2020): comma-separated ops from gan_core.augment.DIFF_AUGMENT_OPS applied to
     # every image D sees, real and fake ("color,translation,cutout" is the paper's). "": none, the seed's update.
     diffaugment: str = ""
+    # D-input blur (StyleGAN3's blur_init_sigma): every image D sees, real and fake, blurred by a Gaussian
+    # of this many pixels, faded linearly to 0 over d_blur_steps, so D first judges the layout and the
+    # silhouettes before edges and texture. 0: none, the seed's update.
+    d_blur: float = 0.0
+    d_blur_steps: int = 0  # steps over which d_blur fades to 0 (0 with d_blur > 0: constant)
 
 
 class BatchNorm2d(nn.BatchNorm2d):
@@ -146,7 +151,8 @@ def build(cfg: DCGANConfig) -> tuple[Generator, Discriminator]:
 def validate(cfg: RunConfig) -> None:
     check_widths(cfg)
     check_numbers(("model.r1_gamma", cfg.model.r1_gamma, 0.0, 1000.0))
-    check_ints(("model.r1_every", cfg.model.r1_every, 1, 10_000))
+    check_ints(("model.r1_every", cfg.model.r1_every, 1, 10_000), ("model.d_blur_steps", cfg.model.d_blur_steps, 0, 10**8))
+    check_numbers(("model.d_blur", cfg.model.d_blur, 0.0, 32.0))
     try:
         diff_augment_ops(cfg.model.diffaugment)
     except ValueError:
@@ -157,15 +163,26 @@ def validate(cfg: RunConfig) -> None:
                          "support: set train.compile=false or model.r1_gamma=0")
 
 
+def d_blur_sigma(model_cfg, step: int) -> float:
+    """The D-input blur's sigma at `step` (model.d_blur faded linearly over model.d_blur_steps)."""
+    sigma, steps = getattr(model_cfg, "d_blur", 0.0), getattr(model_cfg, "d_blur_steps", 0)
+    if sigma <= 0 or steps <= 0:
+        return max(0.0, sigma)
+    return sigma * max(0.0, 1.0 - step / steps)
+
+
 def train_step(m: Models, b: Batch) -> dict[str, torch.Tensor]:
     """One DCGAN update of D then G. Returns detached metric tensors (no host sync).
 
     With the defaults this is the tutorial's update. `b.real_label` < 1 smooths the real target;
     `b.input_noise_std` > 0 adds Gaussian instance noise (drawn from `b.gen`) to every image D sees;
     `model.r1_gamma` > 0 adds R1 on the real images to D's loss (`loss_d` is reported without it, as `r1`);
-    `model.diffaugment` augments every image D sees (after the noise), from `b.gen`."""
+    `model.diffaugment` augments every image D sees (after the noise), from `b.gen`; `model.d_blur` blurs
+    every image D sees first (R1 then applies to the blurred real images, which are what D judges)."""
     real, device = b.real, b.real.device
     policy = getattr(m.model_cfg, "diffaugment", "")  # plug-in kinds reuse this step with their own configs
+    sigma = d_blur_sigma(m.model_cfg, b.step)
+    real = gaussian_blur(real, sigma)
 
     def noisy(x: torch.Tensor) -> torch.Tensor:
         return diff_augment(instance_noise(x, b.input_noise_std, b.gen), policy, b.gen)
@@ -173,7 +190,8 @@ def train_step(m: Models, b: Batch) -> dict[str, torch.Tensor]:
     with autocast(device, m.autocast_dtype):
         real_logits = m.D(noisy(real), logits=True)
         fake = m.G(b.noise)
-        fake_logits = m.D(noisy(fake.detach()), logits=True)
+        fake_d = gaussian_blur(fake, sigma)  # (what D sees of the fakes)
+        fake_logits = m.D(noisy(fake_d.detach()), logits=True)
         loss_d = d_loss_bce(real_logits, fake_logits, b.real_label)
     total_d = loss_d
     gamma = getattr(m.model_cfg, "r1_gamma", 0.0)  # plug-in kinds reuse this step with their own configs
@@ -185,7 +203,7 @@ def train_step(m: Models, b: Batch) -> dict[str, torch.Tensor]:
 
     m.d_core.requires_grad_(False)  # G's gradient flows through D; D's own weight grads are not needed
     with autocast(device, m.autocast_dtype):
-        gen_logits = m.d_for_g(noisy(fake), logits=True)
+        gen_logits = m.d_for_g(noisy(fake_d), logits=True)
         loss_g = g_loss_bce(gen_logits)
     metrics = g_update_and_metrics(m, loss_d, loss_g, real_logits, fake_logits, gen_logits)
     if gamma > 0:

@@ -292,11 +292,10 @@ def open_model_zip(file, sample_model, blob_model, classify_model):
         for old in kept[MAX_UPLOADED_MODELS:]:
             if old != folder:
                 shutil.rmtree(old, ignore_errors=True)
-    facade = model_facade(str(folder))
     updates = refresh_pickers(sample_model, blob_model, classify_model)
-    for i, tab in enumerate(("sample", "blobs", "classify")):
-        if facade is not None and (not TAB_NEEDS[tab] or issubclass(facade, TAB_NEEDS[tab])):
-            updates[i]["value"] = folder.name
+    for update in updates:  # selected in every picker whose choices (filtered by kind) include it
+        if folder.name in update["choices"]:
+            update["value"] = folder.name
     kind = kinds.read_config(folder)[0].model.kind
     return (f"Opened **{folder.name}** ({kind}); it is in the pickers of every tab it fits, for every visitor.",
             *updates)
@@ -438,11 +437,9 @@ def _shown_image(shown, size: int) -> torch.Tensor | None:
 
 def _blob_views(model: BlobModel, layout: Layout, before: Layout | None = None, local: bool = True, shown=None):
     with model.painting():
-        if before is None:
-            image = model.render(layout)[0].float().cpu()
-        else:
-            kept = _shown_image(shown, model.cfg.data.image_size) if model.channels == 3 else None
-            image = model.render_edit(before, layout, local, kept)[0].float().cpu()
+        kept = _shown_image(shown, model.cfg.data.image_size) if before is not None and model.channels == 3 else None
+        drawn = model.render(layout) if before is None else model.render_edit(before, layout, local, kept)
+    image = drawn[0].float().cpu()
     size = model.cfg.data.image_size
     plain = viz.image_grid(image[None], nrow=1, padding=0).resize((size * VIEW_SCALE,) * 2, Image.NEAREST)
     bmap = viz.blob_map(layout, size=size, scale=VIEW_SCALE)

@@ -36,6 +36,15 @@ def g_nonsaturating_loss(fake_logits: torch.Tensor) -> torch.Tensor:
     return F.softplus(-fake_logits.float()).mean()
 
 
+def reconstruction_loss(redrawn: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
+    """Mean squared error between a redrawing (N, C, s, s) and the image it redraws, the image first
+    area-averaged to the redrawing's size (the self-supervised D's loss, FastGAN)."""
+    target = image.float()
+    if target.shape[-1] != redrawn.shape[-1]:
+        target = F.adaptive_avg_pool2d(target, redrawn.shape[-2:])
+    return F.mse_loss(redrawn.float(), target)
+
+
 def r1_penalty(real_logits: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
     """R1 (Mescheder et al. 2018): the mean over images of ||grad_x D(x)||^2 on real images.
     `real` must require grad and `real_logits` must come from it; the graph is kept for backward."""

@@ -1,3 +1,4 @@
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -213,3 +214,57 @@ def test_d_input_blur_fades_keeps_flat_images_and_changes_what_d_sees():
         m = train_mod.build_models(run, torch.device("cpu"))
         losses.append(kinds.KINDS["dcgan"].train_step(m, Batch(real, noise, None, 10))["loss_d"])
     assert losses[0] != losses[1]
+
+
+def test_d_norm_none_judges_each_image_alone():
+    """model.d_norm=none drops D's BatchNorm (same layer indices), so an image's logit no longer
+    depends on the other images in its batch; the seed's D (batch) does in training mode."""
+    from gan_core.config import RunConfig
+    from gan_core.kinds import validate
+    cfg = DCGANConfig(nz=8, ngf=4, ndf=4, image_size=32)
+    x = torch.rand(6, 3, 32, 32) * 2 - 1
+    for norm, alone in (("batch", False), ("none", True)):
+        torch.manual_seed(0)
+        _, d = dcgan.build(dataclasses.replace(cfg, d_norm=norm))
+        d.train()
+        assert any(isinstance(m, torch.nn.BatchNorm2d) for m in d.modules()) is not alone
+        assert len(d.main) == len(dcgan.build(cfg)[1].main)  # checkpoints keep the seed's key names
+        whole, half = d(x, logits=True), d(x[:3], logits=True)
+        assert torch.allclose(whole[:3], half, atol=1e-5) is alone
+    with pytest.raises(ValueError, match="d_norm"):
+        validate(RunConfig(model=DCGANConfig(d_norm="layer")))
+
+
+
+def test_self_supervised_d_redraws_real_images():
+    """model.d_recon > 0 gives D a decoder that redraws each real image from D's last feature map; the
+    loss compares it with the image area-averaged to the decoder's size (at most 32 px); D's update
+    lowers it on a fixed batch, and the seed's D (0) has no decoder."""
+    from gan_core import kinds
+    from gan_core import training as train_mod
+    from gan_core.config import DataConfig, RunConfig, TrainConfig
+    from gan_core.losses import reconstruction_loss
+    from gan_core.models.base import Batch
+
+    img = torch.rand(2, 3, 64, 64) * 2 - 1
+    assert reconstruction_loss(torch.nn.functional.avg_pool2d(img, 2), img) < 1e-10  # same picture at 32 px
+    assert reconstruction_loss(-torch.nn.functional.avg_pool2d(img, 2), img) > 0.1
+    assert dcgan.build(DCGANConfig())[1].decoder is None
+
+    cfg = DCGANConfig(nz=8, ngf=8, ndf=8, image_size=64, d_recon=1.0)
+    _, d = dcgan.build(cfg)
+    logits, redrawn = d(img, logits=True, redraw=True)
+    assert logits.shape == (2,) and redrawn.shape == (2, 3, 32, 32)
+    assert torch.allclose(logits, d(img, logits=True), atol=1e-5)
+
+    run = RunConfig(model=dataclasses.replace(cfg, image_size=32), data=DataConfig(image_size=32),
+                    train=TrainConfig(precision="fp32"))
+    torch.manual_seed(0)
+    m = train_mod.build_models(run, torch.device("cpu"))
+    real = (torch.rand(8, 3, 1, 1) * 2 - 1).expand(8, 3, 32, 32).clone()  # flat colours: easy to redraw
+    real[:4, :, 8:20, 8:20] = -real[:4, :, 8:20, 8:20]
+    recons = [float(kinds.KINDS["dcgan"].train_step(m, Batch(real, torch.randn(8, 8, 1, 1), None, i))["recon"])
+              for i in range(60)]
+    assert recons[-1] < 0.7 * recons[0]
+    with pytest.raises(ValueError, match="d_recon"):
+        kinds.validate(RunConfig(model=DCGANConfig(d_recon=-1.0)))

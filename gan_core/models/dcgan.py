@@ -18,8 +18,8 @@ import torch
 from torch import nn
 
 from ..augment import DIFF_AUGMENT_OPS, diff_augment, diff_augment_ops, gaussian_blur, instance_noise
-from ..config import RunConfig, check_ints, check_numbers
-from ..losses import d_loss_bce, g_loss_bce
+from ..config import RunConfig, check_choice, check_ints, check_numbers
+from ..losses import d_loss_bce, g_loss_bce, reconstruction_loss
 from ..runtime import autocast
 from .base import Batch, Models, check_widths, g_update_and_metrics, lazy_r1
 
@@ -47,6 +47,18 @@ class DCGANConfig:
     # silhouettes before edges and texture. 0: none, the seed's update.
     d_blur: float = 0.0
     d_blur_steps: int = 0  # steps over which d_blur fades to 0 (0 with d_blur > 0: constant)
+    # D's normalisation: "batch" (the seed's BatchNorm, fed real and fake batches apart, so D can judge a
+    # batch's statistics as well as each image) or "none" (each image judged alone, as StyleGAN2's D; pair
+    # it with model.r1_gamma).
+    d_norm: str = "batch"
+    # Self-supervised D (FastGAN, Liu et al. 2021): a small decoder redraws each real image (at up to 32 px)
+    # from D's last feature map, and D's loss adds d_recon times the mean squared error, so D's features
+    # must keep the whole image (outline, position, colour), not only what tells real from fake today.
+    # 0: no decoder, the seed's D.
+    d_recon: float = 0.0
+
+
+D_NORMS = ("batch", "none")
 
 
 class BatchNorm2d(nn.BatchNorm2d):
@@ -113,7 +125,7 @@ class Discriminator(nn.Module):
         for _ in range(n - 1):  # 32 -> 16 -> 8 -> 4 at 64x64
             layers += [
                 nn.Conv2d(cfg.ndf * mult, cfg.ndf * mult * 2, 4, 2, 1, bias=False),
-                BatchNorm2d(cfg.ndf * mult * 2),
+                BatchNorm2d(cfg.ndf * mult * 2) if getattr(cfg, "d_norm", "batch") == "batch" else nn.Identity(),
                 nn.LeakyReLU(0.2, inplace=True),
             ]
             mult *= 2
@@ -122,14 +134,40 @@ class Discriminator(nn.Module):
             nn.Sigmoid(),
         ]
         self.main = nn.Sequential(*layers)
+        self.decoder = Decoder(cfg.ndf * mult, cfg.channels, min(cfg.image_size, 32)) \
+            if getattr(cfg, "d_recon", 0.0) > 0 else None
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """The trunk's last feature map, (N, ndf*mult, 4, 4)."""
         return self.main[:-2](x)
 
-    def forward(self, x: torch.Tensor, logits: bool = False) -> torch.Tensor:
-        body = self.main[:-1] if logits else self.main
-        return body(x).flatten()  # (N,)
+    def forward(self, x: torch.Tensor, logits: bool = False, redraw: bool = False):
+        """(N,) probabilities (or logits) that x is real; `redraw=True` (with the decoder): the logits
+        and the decoder's redrawing of x from the same features, (N, C, s, s)."""
+        if not redraw:
+            body = self.main[:-1] if logits else self.main
+            return body(x).flatten()  # (N,)
+        feats = self.main[:-2](x)
+        return self.main[-2](feats).flatten(), self.decoder(feats)
+
+
+class Decoder(nn.Module):
+    """D's 4x4 feature map -> an image of `size` px: stride-2 transposed convs halving the width, then
+    a 3x3 conv to the image's channels and tanh (the self-supervised D's redrawing)."""
+
+    def __init__(self, width: int, channels: int, size: int):
+        super().__init__()
+        layers: list[nn.Module] = []
+        for _ in range(_stages(size)):  # 4 -> 8 -> 16 -> 32
+            layers += [nn.ConvTranspose2d(width, width // 2, 4, 2, 1, bias=False), BatchNorm2d(width // 2),
+                       nn.ReLU(True)]
+            width //= 2
+        layers += [nn.Conv2d(width, channels, 3, 1, 1), nn.Tanh()]
+        self.main = nn.Sequential(*layers)
+        self.size = size
+
+    def forward(self, feats: torch.Tensor) -> torch.Tensor:
+        return self.main(feats)
 
 
 def weights_init(m: nn.Module) -> None:
@@ -153,6 +191,8 @@ def validate(cfg: RunConfig) -> None:
     check_numbers(("model.r1_gamma", cfg.model.r1_gamma, 0.0, 1000.0))
     check_ints(("model.r1_every", cfg.model.r1_every, 1, 10_000), ("model.d_blur_steps", cfg.model.d_blur_steps, 0, 10**8))
     check_numbers(("model.d_blur", cfg.model.d_blur, 0.0, 32.0))
+    check_choice("model.d_norm", cfg.model.d_norm, D_NORMS)
+    check_numbers(("model.d_recon", cfg.model.d_recon, 0.0, 1000.0))
     try:
         diff_augment_ops(cfg.model.diffaugment)
     except ValueError:
@@ -187,18 +227,26 @@ def train_step(m: Models, b: Batch) -> dict[str, torch.Tensor]:
     def noisy(x: torch.Tensor) -> torch.Tensor:
         return diff_augment(instance_noise(x, b.input_noise_std, b.gen), policy, b.gen)
 
+    recon_weight = getattr(m.model_cfg, "d_recon", 0.0)
     with autocast(device, m.autocast_dtype):
-        real_logits = m.D(noisy(real), logits=True)
+        real_in = noisy(real)
+        if recon_weight > 0:
+            real_logits, redrawn = m.D(real_in, logits=True, redraw=True)
+        else:
+            real_logits = m.D(real_in, logits=True)
         fake = m.G(b.noise)
         fake_d = gaussian_blur(fake, sigma)  # (what D sees of the fakes)
         fake_logits = m.D(noisy(fake_d.detach()), logits=True)
         loss_d = d_loss_bce(real_logits, fake_logits, b.real_label)
     total_d = loss_d
+    if recon_weight > 0:  # the redrawing is judged against the image D was shown, at the decoder's size
+        recon = reconstruction_loss(redrawn, real_in)
+        total_d = total_d + recon_weight * recon
     gamma = getattr(m.model_cfg, "r1_gamma", 0.0)  # plug-in kinds reuse this step with their own configs
     if gamma > 0:  # on the clean real images
         r1_term, r1 = lazy_r1(m.D, real, gamma, getattr(m.model_cfg, "r1_every", 1), b.step)
         if r1_term is not None:
-            total_d = loss_d + r1_term
+            total_d = total_d + r1_term
     m.update(m.opt_d, total_d)
 
     m.d_core.requires_grad_(False)  # G's gradient flows through D; D's own weight grads are not needed
@@ -208,4 +256,6 @@ def train_step(m: Models, b: Batch) -> dict[str, torch.Tensor]:
     metrics = g_update_and_metrics(m, loss_d, loss_g, real_logits, fake_logits, gen_logits)
     if gamma > 0:
         metrics["r1"] = r1
+    if recon_weight > 0:
+        metrics["recon"] = recon.detach()
     return metrics

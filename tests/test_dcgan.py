@@ -217,8 +217,9 @@ def test_d_input_blur_fades_keeps_flat_images_and_changes_what_d_sees():
 
 
 def test_d_norm_none_judges_each_image_alone():
-    """model.d_norm=none drops D's BatchNorm (same layer indices), so an image's logit no longer
-    depends on the other images in its batch; the seed's D (batch) does in training mode."""
+    """model.d_norm=none drops D's BatchNorm (same layer indices) and gives its convs biases instead, so
+    an image's logit no longer depends on the other images in its batch; the seed's D (batch) does in
+    training mode."""
     from gan_core.config import RunConfig
     from gan_core.kinds import validate
     cfg = DCGANConfig(nz=8, ngf=4, ndf=4, image_size=32)
@@ -231,6 +232,8 @@ def test_d_norm_none_judges_each_image_alone():
         assert len(d.main) == len(dcgan.build(cfg)[1].main)  # checkpoints keep the seed's key names
         whole, half = d(x, logits=True), d(x[:3], logits=True)
         assert torch.allclose(whole[:3], half, atol=1e-5) is alone
+        convs = [m for m in d.main if isinstance(m, torch.nn.Conv2d)][:-1]  # without BatchNorm's shift, a bias
+        assert all((c.bias is not None) is alone for c in convs)
     with pytest.raises(ValueError, match="d_norm"):
         validate(RunConfig(model=DCGANConfig(d_norm="layer")))
 
@@ -238,8 +241,8 @@ def test_d_norm_none_judges_each_image_alone():
 
 def test_self_supervised_d_redraws_real_images():
     """model.d_recon > 0 gives D a decoder that redraws each real image from D's last feature map; the
-    loss compares it with the image area-averaged to the decoder's size (at most 32 px); D's update
-    lowers it on a fixed batch, and the seed's D (0) has no decoder."""
+    loss compares it with the image D was shown, area-averaged to the decoder's size (at most 32 px);
+    D's updates lower it on a fixed batch, and the seed's D (0) has no decoder."""
     from gan_core import kinds
     from gan_core import training as train_mod
     from gan_core.config import DataConfig, RunConfig, TrainConfig
@@ -257,14 +260,28 @@ def test_self_supervised_d_redraws_real_images():
     assert logits.shape == (2,) and redrawn.shape == (2, 3, 32, 32)
     assert torch.allclose(logits, d(img, logits=True), atol=1e-5)
 
+    with pytest.raises(ValueError, match="no decoder"):
+        dcgan.build(DCGANConfig(nz=8, ngf=8, ndf=8))[1](img, redraw=True)
+
     run = RunConfig(model=dataclasses.replace(cfg, image_size=32), data=DataConfig(image_size=32),
                     train=TrainConfig(precision="fp32"))
-    torch.manual_seed(0)
     m = train_mod.build_models(run, torch.device("cpu"))
     real = (torch.rand(8, 3, 1, 1) * 2 - 1).expand(8, 3, 32, 32).clone()  # flat colours: easy to redraw
     real[:4, :, 8:20, 8:20] = -real[:4, :, 8:20, 8:20]
-    recons = [float(kinds.KINDS["dcgan"].train_step(m, Batch(real, torch.randn(8, 8, 1, 1), None, i))["recon"])
-              for i in range(60)]
-    assert recons[-1] < 0.7 * recons[0]
+    step = kinds.KINDS["dcgan"].train_step
+    # the target is the image D was shown (here with instance noise), not the clean batch
+    shown, targets = [], []
+    hook = m.d_core.register_forward_pre_hook(lambda mod, args, kwargs: shown.append(args[0].detach().clone()),
+                                              with_kwargs=True)
+    real_loss = dcgan.reconstruction_loss
+    dcgan.reconstruction_loss = lambda redrawn, image: targets.append(image.detach().clone()) or real_loss(redrawn, image)
+    try:
+        step(m, Batch(real, torch.randn(8, 8, 1, 1), torch.Generator().manual_seed(0), 0, 1.0, 0.2))
+    finally:
+        dcgan.reconstruction_loss = real_loss
+        hook.remove()
+    assert torch.equal(targets[0], shown[0]) and not torch.equal(targets[0], real)
+    recons = [float(step(m, Batch(real, torch.randn(8, 8, 1, 1), None, i))["recon"]) for i in range(1, 121)]
+    assert sum(recons[-10:]) / 10 < 0.7 * recons[0]
     with pytest.raises(ValueError, match="d_recon"):
         kinds.validate(RunConfig(model=DCGANConfig(d_recon=-1.0)))

@@ -48,8 +48,8 @@ class DCGANConfig:
     d_blur: float = 0.0
     d_blur_steps: int = 0  # steps over which d_blur fades to 0 (0 with d_blur > 0: constant)
     # D's normalisation: "batch" (the seed's BatchNorm, fed real and fake batches apart, so D can judge a
-    # batch's statistics as well as each image) or "none" (each image judged alone, as StyleGAN2's D; pair
-    # it with model.r1_gamma).
+    # batch's statistics as well as each image) or "none" (no normalisation, and D's convs get biases:
+    # each image judged alone, as in StyleGAN2's D; pair it with model.r1_gamma).
     d_norm: str = "batch"
     # Self-supervised D (FastGAN, Liu et al. 2021): a small decoder redraws each real image (at up to 32 px)
     # from D's last feature map, and D's loss adds d_recon times the mean squared error, so D's features
@@ -117,15 +117,17 @@ class Discriminator(nn.Module):
     def __init__(self, cfg: DCGANConfig):
         super().__init__()
         n = _stages(cfg.image_size)
+        batch_norm = getattr(cfg, "d_norm", "batch") == "batch"
+        bias = not batch_norm  # the seed's convs rely on BatchNorm's shift; without it they keep a bias
         layers: list[nn.Module] = [
-            nn.Conv2d(cfg.channels, cfg.ndf, 4, 2, 1, bias=False),  # (N, 64, 32, 32)
+            nn.Conv2d(cfg.channels, cfg.ndf, 4, 2, 1, bias=bias),  # (N, 64, 32, 32)
             nn.LeakyReLU(0.2, inplace=True),
         ]
         mult = 1
         for _ in range(n - 1):  # 32 -> 16 -> 8 -> 4 at 64x64
             layers += [
-                nn.Conv2d(cfg.ndf * mult, cfg.ndf * mult * 2, 4, 2, 1, bias=False),
-                BatchNorm2d(cfg.ndf * mult * 2) if getattr(cfg, "d_norm", "batch") == "batch" else nn.Identity(),
+                nn.Conv2d(cfg.ndf * mult, cfg.ndf * mult * 2, 4, 2, 1, bias=bias),
+                BatchNorm2d(cfg.ndf * mult * 2) if batch_norm else nn.Identity(),
                 nn.LeakyReLU(0.2, inplace=True),
             ]
             mult *= 2
@@ -143,21 +145,27 @@ class Discriminator(nn.Module):
 
     def forward(self, x: torch.Tensor, logits: bool = False, redraw: bool = False):
         """(N,) probabilities (or logits) that x is real; `redraw=True` (with the decoder): the logits
-        and the decoder's redrawing of x from the same features, (N, C, s, s)."""
+        (always logits) and the decoder's redrawing of x from the same features, (N, C, s, s)."""
         if not redraw:
             body = self.main[:-1] if logits else self.main
             return body(x).flatten()  # (N,)
+        if self.decoder is None:
+            raise ValueError("this discriminator has no decoder to redraw with (model.d_recon is 0)")
         feats = self.main[:-2](x)
         return self.main[-2](feats).flatten(), self.decoder(feats)
 
 
 class Decoder(nn.Module):
-    """D's 4x4 feature map -> an image of `size` px: stride-2 transposed convs halving the width, then
-    a 3x3 conv to the image's channels and tanh (the self-supervised D's redrawing)."""
+    """D's 4x4 feature map -> an image of `size` px (the self-supervised D's redrawing): a 1x1 conv
+    down to a quarter of the features' width, stride-2 transposed convs halving it, then a 3x3 conv to
+    the image's channels and tanh. About a tenth of D's weights. Its BatchNorm mixes a batch only in
+    the redrawing; D's logits stay per image with model.d_norm=none."""
 
     def __init__(self, width: int, channels: int, size: int):
         super().__init__()
-        layers: list[nn.Module] = []
+        narrow = max(16, width // 4)
+        layers: list[nn.Module] = [nn.Conv2d(width, narrow, 1, bias=False), BatchNorm2d(narrow), nn.ReLU(True)]
+        width = narrow
         for _ in range(_stages(size)):  # 4 -> 8 -> 16 -> 32
             layers += [nn.ConvTranspose2d(width, width // 2, 4, 2, 1, bias=False), BatchNorm2d(width // 2),
                        nn.ReLU(True)]
@@ -171,9 +179,11 @@ class Decoder(nn.Module):
 
 
 def weights_init(m: nn.Module) -> None:
-    """DCGAN paper init: convs N(0, 0.02); BatchNorm scale N(1, 0.02), shift 0."""
+    """DCGAN paper init: convs N(0, 0.02) (a bias, where there is one, 0); BatchNorm scale N(1, 0.02), shift 0."""
     if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
         nn.init.normal_(m.weight, 0.0, 0.02)
+        if m.bias is not None:
+            nn.init.zeros_(m.bias)
     elif isinstance(m, nn.BatchNorm2d):
         nn.init.normal_(m.weight, 1.0, 0.02)
         nn.init.zeros_(m.bias)
@@ -218,7 +228,9 @@ def train_step(m: Models, b: Batch) -> dict[str, torch.Tensor]:
     `b.input_noise_std` > 0 adds Gaussian instance noise (drawn from `b.gen`) to every image D sees;
     `model.r1_gamma` > 0 adds R1 on the real images to D's loss (`loss_d` is reported without it, as `r1`);
     `model.diffaugment` augments every image D sees (after the noise), from `b.gen`; `model.d_blur` blurs
-    every image D sees first (R1 then applies to the blurred real images, which are what D judges)."""
+    every image D sees first (R1 then applies to the blurred real images, which are what D judges);
+    `model.d_recon` > 0 adds to D's loss the error of its decoder's redrawing of each real image as D saw
+    it (reported as `recon`)."""
     real, device = b.real, b.real.device
     policy = getattr(m.model_cfg, "diffaugment", "")  # plug-in kinds reuse this step with their own configs
     sigma = d_blur_sigma(m.model_cfg, b.step)

@@ -238,8 +238,7 @@ def test_d_norm_none_judges_each_image_alone():
         validate(RunConfig(model=DCGANConfig(d_norm="layer")))
 
 
-
-def test_self_supervised_d_redraws_real_images():
+def test_self_supervised_d_redraws_real_images(monkeypatch):
     """model.d_recon > 0 gives D a decoder that redraws each real image from D's last feature map; the
     loss compares it with the image D was shown, area-averaged to the decoder's size (at most 32 px);
     D's updates lower it on a fixed batch, and the seed's D (0) has no decoder."""
@@ -273,13 +272,11 @@ def test_self_supervised_d_redraws_real_images():
     shown, targets = [], []
     hook = m.d_core.register_forward_pre_hook(lambda mod, args, kwargs: shown.append(args[0].detach().clone()),
                                               with_kwargs=True)
-    real_loss = dcgan.reconstruction_loss
-    dcgan.reconstruction_loss = lambda redrawn, image: targets.append(image.detach().clone()) or real_loss(redrawn, image)
-    try:
+    with monkeypatch.context() as patch:
+        patch.setattr(dcgan, "reconstruction_loss",
+                      lambda redrawn, image: targets.append(image.detach().clone()) or reconstruction_loss(redrawn, image))
         step(m, Batch(real, torch.randn(8, 8, 1, 1), torch.Generator().manual_seed(0), 0, 1.0, 0.2))
-    finally:
-        dcgan.reconstruction_loss = real_loss
-        hook.remove()
+    hook.remove()
     assert torch.equal(targets[0], shown[0]) and not torch.equal(targets[0], real)
     recons = [float(step(m, Batch(real, torch.randn(8, 8, 1, 1), None, i))["recon"]) for i in range(1, 121)]
     assert sum(recons[-10:]) / 10 < 0.7 * recons[0]

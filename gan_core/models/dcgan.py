@@ -117,7 +117,7 @@ class Discriminator(nn.Module):
     def __init__(self, cfg: DCGANConfig):
         super().__init__()
         n = _stages(cfg.image_size)
-        batch_norm = getattr(cfg, "d_norm", "batch") == "batch"
+        batch_norm = cfg.d_norm == "batch"
         bias = not batch_norm  # the seed's convs rely on BatchNorm's shift; without it they keep a bias
         layers: list[nn.Module] = [
             nn.Conv2d(cfg.channels, cfg.ndf, 4, 2, 1, bias=bias),  # (N, 64, 32, 32)
@@ -136,8 +136,7 @@ class Discriminator(nn.Module):
             nn.Sigmoid(),
         ]
         self.main = nn.Sequential(*layers)
-        self.decoder = Decoder(cfg.ndf * mult, cfg.channels, min(cfg.image_size, 32)) \
-            if getattr(cfg, "d_recon", 0.0) > 0 else None
+        self.decoder = Decoder(cfg.ndf * mult, cfg.channels, min(cfg.image_size, 32)) if cfg.d_recon > 0 else None
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """The trunk's last feature map, (N, ndf*mult, 4, 4)."""
@@ -151,7 +150,7 @@ class Discriminator(nn.Module):
             return body(x).flatten()  # (N,)
         if self.decoder is None:
             raise ValueError("this discriminator has no decoder to redraw with (model.d_recon is 0)")
-        feats = self.main[:-2](x)
+        feats = self.features(x)
         return self.main[-2](feats).flatten(), self.decoder(feats)
 
 
@@ -172,7 +171,6 @@ class Decoder(nn.Module):
             width //= 2
         layers += [nn.Conv2d(width, channels, 3, 1, 1), nn.Tanh()]
         self.main = nn.Sequential(*layers)
-        self.size = size
 
     def forward(self, feats: torch.Tensor) -> torch.Tensor:
         return self.main(feats)

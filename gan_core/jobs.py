@@ -66,6 +66,8 @@ class JobStatus:
             return "No training job yet."
         if self.state == "loading" or (self.state == "training" and self.step == 0 and self.message):
             return f"Training {self.name} ({self.kind}): {self.message or 'loading the dataset'}"
+        if self.running and self.steps and self.step >= self.steps and self.message:  # the kind's last stage
+            return f"Training {self.name} ({self.kind}): {self.steps:,} steps done; {self.message}"
         if self.running:
             eta = f", about {format_duration(self.eta_s)} left" if self.eta_s is not None else ""
             ends = (f" (ends near {time.strftime('%H:%M', time.localtime(time.time() + self.eta_s))})"
@@ -153,6 +155,11 @@ class TrainingJob:
                                    images_per_s=float(metrics.get("images_per_s", 0.0)),
                                    eta_s=float(metrics["eta_s"]) if "eta_s" in metrics else None)
 
+    def _on_stage(self, stage: str, done: int, total: int) -> None:
+        """The kind's stage after the last step (the cluster kind's SCAN head), shown in the summary."""
+        unit = "epochs" if stage == "heads" else "images"
+        self._update(message=f"fitting the SCAN head: {stage}, {done:,} / {total:,} {unit}")
+
     def _on_sample(self, step: int, images) -> None:
         self._update(sample=image_grid(images[:32], nrow=8), sample_step=step)
 
@@ -175,7 +182,8 @@ class TrainingJob:
                 return self._stop.is_set()
 
             result = train(cfg, on_progress=self._on_progress, should_stop=should_stop,
-                           on_sample=self._on_sample, dataset=dataset, on_log=lambda line: self._update(message=line))
+                           on_sample=self._on_sample, dataset=dataset, on_log=lambda line: self._update(message=line),
+                           on_stage=self._on_stage)
             if timed_out and result["stopped"] == "stopped by request":
                 result["stopped"] = f"Stopped at the time limit of {format_duration(self.max_seconds)} per job"
             if not result["checkpoint"]:

@@ -27,7 +27,8 @@ KINDS: dict[str, Kind] = {k.name: k for k in (
     Kind("dcgan", dcgan.DCGANConfig, dcgan.build, dcgan.train_step, validate=dcgan.validate, facade=Model),
     Kind("cluster", cluster.ClusterConfig, cluster.build, cluster.train_step, validate=cluster.validate,
          check_run=cluster.check_run, num_codes=cluster.num_codes, ema_roles=(GENERATOR, DISCRIMINATOR),
-         unused_parameters=cluster.unused_parameters, checkpoint_meta=cluster.checkpoint_meta, facade=ClusterModel),
+         unused_parameters=cluster.unused_parameters, checkpoint_meta=cluster.checkpoint_meta, finish=cluster.finish,
+         legacy_defaults=cluster.LEGACY_DEFAULTS, facade=ClusterModel),
     Kind("blobgan", blobgan.BlobGANConfig, blobgan.build, blobgan.train_step, validate=blobgan.validate,
          check_run=blobgan.check_run, extra_modules=blobgan.extra_modules, trained_extras=blobgan.trained_extras,
          graph_safe=False, facade=BlobModel),  # lazy R1 runs on some steps only
@@ -67,8 +68,14 @@ def validate(cfg: RunConfig) -> RunConfig:
     return cfg
 
 
-def config_from_dict(values: dict) -> RunConfig:
-    """A RunConfig from its JSON form (config.json, Hydra), refusing unknown fields and kinds."""
+def config_from_dict(values: dict, saved: bool = False) -> RunConfig:
+    """A RunConfig from its JSON form (config.json, Hydra), refusing unknown fields and kinds. `saved`:
+    the dict was written with weights, so fields it lacks take the kind's `legacy_defaults` (what the
+    weights were trained with) before today's defaults."""
+    model = values.get("model")
+    if saved and isinstance(model, dict) and model.get("kind", DEFAULT_KIND) in KINDS:
+        legacy = KINDS[model.get("kind", DEFAULT_KIND)].legacy_defaults
+        values = {**values, "model": {**{k: v for k, v in legacy.items() if k not in model}, **model}}
     return config_mod.from_dict(values, {name: k.config for name, k in KINDS.items()}, DEFAULT_KIND)
 
 
@@ -76,7 +83,7 @@ def read_config(folder: str | Path) -> tuple[RunConfig, dict]:
     """-> (the checked RunConfig, the rest of config.json) of a checkpoint folder."""
     meta = ckpt.read_meta(folder)
     try:
-        cfg = validate(config_from_dict(meta["config"]))
+        cfg = validate(config_from_dict(meta["config"], saved=True))
     except (KeyError, TypeError, ValueError) as e:
         raise CheckpointError(f"invalid config in {folder}: {e}") from None
     return cfg, meta

@@ -368,7 +368,8 @@ def train(cfg: config_mod.RunConfig, on_progress: Optional[ProgressFn] = None,
           on_checkpoint: Optional[Callable[[int, Path], None]] = None,
           dataset: Optional[ImageDataset] = None,
           on_data_progress: Optional[Callable[[int, int], None]] = None,
-          on_log: Optional[LogFn] = None) -> dict:
+          on_log: Optional[LogFn] = None,
+          on_stage: Optional[Callable[[str, int, int], None]] = None) -> dict:
     """Train `cfg` to `cfg.train.steps`, resuming from `cfg.train.out_dir` when `cfg.train.resume`.
 
     Callbacks (rank 0 only): `on_progress(step, metrics)` every `log_every` steps with host floats,
@@ -400,6 +401,7 @@ def train(cfg: config_mod.RunConfig, on_progress: Optional[ProgressFn] = None,
     fixed_noise = kind.latent(cfg.model, SAMPLE_COUNT, torch.Generator().manual_seed(t.seed), "cpu",
                               grid_codes).to(device)
     last_metrics: dict[str, float] = {}
+    finished: dict = {}  # what the kind's last stage reports (saved with the final checkpoint)
     last_saved: Optional[Path] = ckpt.latest_checkpoint(out_dir) if t.resume else None
     stop_reason = None
     with _SET_UP:
@@ -430,7 +432,8 @@ def train(cfg: config_mod.RunConfig, on_progress: Optional[ProgressFn] = None,
         folder = ckpt.save_training_checkpoint(out_dir, cfg, step, m.modules(), m.optimizers(),
                                                last_metrics, keep=t.keep_checkpoints, runtime=runtime_record,
                                                scaler=m.scaler.state_dict() if m.scaler is not None else None,
-                                               extra=kind.checkpoint_meta(cfg.model, m.modules(), images))
+                                               extra={**kind.checkpoint_meta(cfg.model, m.modules(), images),
+                                                      **finished})
         if on_checkpoint:
             on_checkpoint(step, folder)
         return folder
@@ -483,7 +486,10 @@ def train(cfg: config_mod.RunConfig, on_progress: Optional[ProgressFn] = None,
         if save_due and step < t.steps:
             last_saved = save() or last_saved
 
-    if (stop_reason is None or stop_reason == "stopped by request") and step > start_step:
+    # The kind's last stage runs once every step is done (not after a stop: a resumed run reaches it).
+    if stop_reason is None and step >= t.steps and rank == 0:
+        finished = kind.finish(cfg, m, images, on_log or (lambda _line: None), on_stage)
+    if (stop_reason is None or stop_reason == "stopped by request") and (step > start_step or finished):
         last_saved = save() or last_saved
     elapsed = time.perf_counter() - t0
     return {
@@ -500,4 +506,5 @@ def train(cfg: config_mod.RunConfig, on_progress: Optional[ProgressFn] = None,
         "runtime": choice.how,
         "cuda_graph": use_graph,
         "world_size": world,
+        **finished,
     }

@@ -105,7 +105,7 @@ def main(argv=None) -> dict:
 
             sides = d.view_sides if args.views is None else view_sides(replace(cfg.model, predict_views=args.views))
             clusters, _ = predict_tensor(d, ds.images, sides=sides)
-            method = f"cluster head {d.best_head()} ({cfg.model.objective})"
+            method = f"{d.head_name()} ({cfg.model.objective})"
             result["views"] = len(sides)
             if model.familiarity_stats is not None:  # share of these (in-distribution) images shown as unsure
                 from gan_core.models.cluster import familiarity_scores

@@ -514,6 +514,18 @@ def test_a_second_visitor_sees_the_running_job_and_its_settings(models):
     assert all(update == {"__type__": "update"} for update in app.job_form())  # finished: the form is free again
 
 
+def test_the_job_summary_names_the_scan_stage_after_the_last_step(tmp_path):
+    from gan_core.jobs import JobStatus, TrainingJob
+
+    job = TrainingJob(tmp_path)
+    job._status = JobStatus(state="training", name="fm", kind="cluster", step=2000, steps=2000)
+    job._on_stage("heads", 3, 15)
+    line = job.status().summary()
+    assert line == "Training fm (cluster): 2,000 steps done; fitting the SCAN head: heads, 3 / 15 epochs"
+    job._update(step=1000, message="")
+    assert "step 1,000 / 2,000" in job.status().summary()  # while the GAN trains, the usual line
+
+
 def _zip_folder(folder, archive, prefix="", extra=None):
     with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as z:
         for f in sorted(folder.iterdir()):

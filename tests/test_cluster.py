@@ -85,8 +85,10 @@ def test_each_objective_trains_and_checkpoints(tmp_path, objective):
 
 
 @pytest.mark.slow
-def test_iic_separates_two_obvious_groups(tmp_path):
-    """Dark vs bright images with random small squares: the cluster head must split them (ACC 1)."""
+@pytest.mark.parametrize("head_fit", ["iic", "scan"])
+def test_iic_separates_two_obvious_groups(tmp_path, head_fit):
+    """Dark vs bright images with random small squares: the cluster head (IIC's, or the SCAN head fitted
+    on D's features after the steps) must split them (ACC 1)."""
     gen = torch.Generator().manual_seed(0)
     n = 64
     labels = torch.arange(n) % 2
@@ -96,11 +98,12 @@ def test_iic_separates_two_obvious_groups(tmp_path):
         images[i, :, y: y + 8, x: x + 8] = 120
     ds = ImageDataset(images.to(torch.uint8), labels)
     cfg = tiny(tmp_path / "sep", "iic", steps=60)
-    cfg.model.k, cfg.model.overcluster = 2, 4
+    cfg.model.k, cfg.model.overcluster, cfg.model.head_fit = 2, 4, head_fit
     cfg.train.batch_size = 32
     cfg.train.lr = 1e-3
     train(cfg, dataset=ds)
     d = load_cluster_model(tmp_path / "sep").d
+    assert d.uses_fitted_head() == (head_fit == "scan")
     ids, _ = cluster.predict_tensor(d, ds.images)
     assert metrics.cluster_accuracy(labels, ids) == 1.0
 
@@ -128,7 +131,7 @@ def test_cli_trains_a_cluster_model_and_evaluates_it(tmp_path):
     proc, result = run_script(["scripts/evaluate_clustering.py", "--checkpoint", str(out), "--data.source", "shapes",
                                "--num-images", "40"])
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert result["method"].startswith("cluster head") and 0 <= result["acc"] <= 1 and result["k"] == 10
+    assert result["method"].startswith("SCAN head") and 0 <= result["acc"] <= 1 and result["k"] == 10
 
 
 def test_iic_repeats_and_augmentation_settings_train(tmp_path):
@@ -373,8 +376,8 @@ def test_evaluate_clustering_on_a_class_folder_and_idx_files(tmp_path):
         f.write(bytes([0, 0, 8, 3]) + np.array([9, 28, 28], ">i4").tobytes() + images.tobytes())
     with gzip.open(idx / "t10k-labels-idx1-ubyte.gz", "wb") as f:
         f.write(bytes([0, 0, 8, 1]) + np.array([9], ">i4").tobytes() + (np.arange(9, dtype=np.uint8) % 3).tobytes())
-    runs = [(["--data.source", "folder", "--data.path", str(tmp_path / "folder")], 12, 2, "cluster head"),
-            (["--data.source", "idx", "--data.path", str(idx), "--split", "test"], 9, 3, "cluster head"),
+    runs = [(["--data.source", "folder", "--data.path", str(tmp_path / "folder")], 12, 2, "SCAN head"),
+            (["--data.source", "idx", "--data.path", str(idx), "--split", "test"], 9, 3, "SCAN head"),
             (["--data.source", "idx", "--data.path", str(idx), "--split", "test", "--features"], 9, 3,
              "discriminator features")]
     for args, n, k, method in runs:
@@ -532,3 +535,127 @@ def test_scan_and_self_labelling_train_in_the_step(tmp_path):
     bad.model.self_label_weight = 1.0
     with pytest.raises(ValueError, match="objective=iic"):
         validate(bad)
+
+
+# ---------------------------------------------------------------- the second stage: a SCAN head on D's frozen features
+
+def blobs_in_feature_space(n_per=40, k=3, width=32, seed=0):
+    """Images that are only ids, and a `features` function giving each id its group's centre plus noise
+    (more noise for an augmented view): k groups a head should recover exactly."""
+    gen = torch.Generator().manual_seed(seed)
+    centres = torch.randn(k, width, generator=gen) * 4
+    labels = torch.arange(n_per * k) % k
+    base = centres[labels] + torch.randn(len(labels), width, generator=gen)
+    images = torch.arange(len(labels), dtype=torch.int64)[:, None, None, None]  # the id, as a 1x1 "image"
+
+    def features(batch, augmented):
+        ids = batch.flatten()
+        return base[ids] + (torch.randn(len(ids), width, generator=gen) * 0.5 if augmented else 0)
+    return images, labels, features, base
+
+
+def test_scan_fit_recovers_groups_in_feature_space():
+    from gan_core import scan
+
+    images, labels, features, base = blobs_in_feature_space()
+    head = scan.FittedHead(32, 16, 32, 3)
+    assert not bool(head.ready)
+    report = scan.fit(features, images, 3, scan.ScanSettings(heads=3, epochs=20, neighbours=5, views=2, batch=64), head)
+    assert bool(head.ready) and report["heads"] == 3 and report["images"] == 120 and report["dims"] == 16
+    assert report["loss_range"][0] == report["loss"] <= report["loss_range"][1]  # the lowest-loss head is kept
+    with torch.no_grad():
+        ids = head(base).argmax(1)
+    assert metrics.cluster_accuracy(labels, ids) == 1.0
+    head.train()
+    assert not head.training and not head.mlp[1].training  # the fitted BatchNorm statistics stay in use
+
+
+def test_scan_fit_pads_the_projection_when_there_are_few_images():
+    from gan_core import scan
+
+    images, _, features, _ = blobs_in_feature_space(n_per=3, k=2, width=8)
+    head = scan.FittedHead(8, 16, 8, 2)
+    report = scan.fit(features, images, 2, scan.ScanSettings(heads=1, epochs=2, neighbours=20, views=1), head)
+    assert report["dims"] == 16 and report["neighbours"] == 5  # 6 images: 5 PCA directions, then zero rows
+    assert torch.all(head.project[5:] == 0) and torch.any(head.project[:5] != 0)
+    with pytest.raises(ValueError, match="at least 2 images"):
+        scan.fit(features, images[:1], 2, scan.ScanSettings(), scan.FittedHead(8, 4, 8, 2))
+
+
+def test_nearest_neighbours_are_the_closest_other_rows():
+    from gan_core.scan import nearest_neighbours
+
+    z = torch.tensor([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0], [0.1, 0.9], [-1.0, 0.05]])
+    nb = nearest_neighbours(z, 2, block=2)
+    assert nb[:, 0].tolist() == [1, 0, 3, 2, 2]
+    assert all(i not in row for i, row in enumerate(nb.tolist()))
+
+
+def test_a_finished_run_predicts_with_its_scan_head(tmp_path):
+    cfg = tiny(tmp_path / "scan", "iic", steps=3)
+    result = train(cfg)
+    assert result["scan"]["heads"] == cfg.model.scan_heads
+    folder = ckpt.latest_checkpoint(tmp_path / "scan")
+    assert ckpt.read_meta(folder)["scan"] == result["scan"]
+    model = load_cluster_model(folder)
+    d = model.d
+    assert d.uses_fitted_head() and d.head_name().startswith("SCAN")
+    x = torch.rand(5, 1, 32, 32) * 2 - 1
+    with torch.no_grad():
+        assert torch.equal(d.cluster_logits(x), d.fitted(d.features(x).flatten(1)))
+        assert not torch.equal(d.cluster_logits(x), d(x, logits=True, heads=True)[1][d.best_head()])
+    # both discriminators carry the same head, so a later resume (or the live D) agrees with inference
+    live = load_cluster_model(folder, ema=False).d
+    assert all(torch.equal(a, b) for a, b in zip(live.fitted.state_dict().values(), d.fitted.state_dict().values()))
+
+
+def test_a_stopped_run_keeps_predicting_with_its_iic_head(tmp_path):
+    result = train(tiny(tmp_path / "stop", "iic", steps=50), should_stop=lambda: True)
+    assert result["stopped"] == "stopped by request" and "scan" not in result
+    d = load_cluster_model(tmp_path / "stop").d
+    assert d.fitted is not None and not d.uses_fitted_head() and d.head_name().startswith("cluster head")
+
+
+def test_iic_head_fit_builds_no_scan_head(tmp_path):
+    cfg = tiny(tmp_path / "iic", "iic", steps=2)
+    cfg.model.head_fit = "iic"
+    result = train(cfg)
+    assert "scan" not in result and "scan" not in ckpt.read_meta(ckpt.latest_checkpoint(tmp_path / "iic"))
+    assert load_cluster_model(tmp_path / "iic").d.fitted is None
+    bad = tiny("x")
+    bad.model.head_fit = "kmeans"
+    with pytest.raises(ValueError, match="head_fit"):
+        validate(bad)
+
+
+def test_checkpoints_from_before_the_scan_head_read_as_iic(tmp_path):
+    import json
+
+    cfg = tiny(tmp_path / "old", "iic", steps=2)
+    cfg.model.head_fit = "iic"
+    train(cfg)
+    folder = ckpt.latest_checkpoint(tmp_path / "old")
+    meta = json.loads((folder / "config.json").read_text())
+    del meta["config"]["model"]["head_fit"]  # as written before the field existed
+    (folder / "config.json").write_text(json.dumps(meta))
+    assert kinds.read_config(folder)[0].model.head_fit == "iic"
+    assert load_cluster_model(folder).d.fitted is None
+    assert kinds.config_from_dict(meta["config"]).model.head_fit == "scan"  # a new run gets today's default
+
+
+def test_fit_clusters_script_gives_an_iic_model_a_scan_head(tmp_path):
+    cfg = tiny(tmp_path / "iic", "iic", steps=2)
+    cfg.model.head_fit = "iic"
+    train(cfg)
+    out = tmp_path / "scan"
+    proc, result = run_script(["scripts/fit_clusters.py", "--checkpoint", str(tmp_path / "iic"), "--out", str(out),
+                               "--set", "scan_heads=2", "--set", "scan_epochs=2"])
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert result["scan"]["heads"] == 2 and result["images"] == 32
+    model = load_cluster_model(out)
+    assert model.cfg.model.head_fit == "scan" and model.d.uses_fitted_head() and "familiarity" in model.meta
+    ids, probs = cluster.predict_tensor(model.d, torch.zeros(4, 1, 32, 32, dtype=torch.uint8))
+    assert probs.shape == (4, 3)
+    proc, result = run_script(["scripts/fit_clusters.py", "--checkpoint", str(tmp_path / "iic"), "--out", str(out),
+                               "--set", "scan_colour=2"])
+    assert proc.returncode == 2 and "scan_colour" in proc.stderr

@@ -247,6 +247,10 @@ def _nothing_unused(_model_cfg) -> bool:
     return False
 
 
+def _no_finish(_cfg, _models, _images, _log=None, _progress=None) -> dict:
+    return {}
+
+
 @dataclass(frozen=True)
 class Kind:
     """One model kind, as the registry (`gan_core.kinds`) holds it. Only `name`, `config`, `build` and
@@ -264,6 +268,12 @@ class Kind:
     unused_parameters: Callable[[Any], bool] = _nothing_unused  # DDP must expect parameters without gradients
     # (cfg, role -> module, the training images) -> more entries for each checkpoint's config.json
     checkpoint_meta: Callable[[Any, dict, torch.Tensor], dict] = _no_meta
+    # (run cfg, Models, the training images, log(line), progress(stage, done, total)) -> more entries for
+    # the final checkpoint's config.json: a stage after the last training step (cluster: the SCAN head)
+    finish: Callable[..., dict] = _no_finish
+    # model config fields a config.json written before they existed must read as these values, not
+    # today's defaults (cluster: head_fit = "iic", as those checkpoints were trained)
+    legacy_defaults: dict = field(default_factory=dict)
     graph_safe: bool = True  # the step is the same every time (one CUDA graph can replay it: gan_core.graphs)
     facade: Optional[type] = None  # the inference class a loaded checkpoint becomes (gan_core.inference)
 

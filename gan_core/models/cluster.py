@@ -31,6 +31,8 @@ from ..data import to_float
 from ..losses import (catgan_d_loss, catgan_g_loss, code_ce, d_loss_bce, g_loss_bce, iic_loss, nearest_in_batch,
                       nt_xent, scan_loss, self_label_loss)
 from ..runtime import autocast
+from ..scan import FittedHead, ScanSettings
+from ..scan import fit as scan_fit
 from . import dcgan
 from .base import Batch, Models, check_widths, g_update_and_metrics
 from .dcgan import DCGANConfig
@@ -87,6 +89,21 @@ class ClusterConfig:
     # class-balanced target for its augmented IIC view (needs objective=iic). 0: off.
     self_label_weight: float = 0.0
     self_label_threshold: float = 0.99  # self-labelling: the confidence a prediction needs to become a target
+    # The second stage, after the GAN steps (gan_core.scan): "scan" fits a new K-way head on D's frozen
+    # trunk features with SCAN (neighbours in feature space, augmented views, several heads, the
+    # lowest-loss one kept), and predictions use it; "iic" keeps the heads trained with the GAN.
+    head_fit: str = "scan"
+    scan_heads: int = 10  # SCAN heads trained side by side; the one with the lowest SCAN loss is kept
+    scan_epochs: int = 15  # passes over the training features
+    scan_neighbours: int = 20  # nearest training images (in D's feature space) each image is paired with
+    scan_views: int = 4  # augmented copies of each training image (the training augmentation)
+    scan_dims: int = 256  # PCA dimensions of D's features the head reads
+    scan_hidden: int = 512  # the head's hidden width
+    scan_images: int = 60000  # at most this many training images, evenly spaced through the set
+
+
+# Checkpoints written before the SCAN stage existed were trained and predict with their IIC heads.
+LEGACY_DEFAULTS = {"head_fit": "iic"}
 
 
 def validate(cfg: RunConfig) -> None:
@@ -119,6 +136,12 @@ def validate(cfg: RunConfig) -> None:
         raise ValueError(f"model.aug_scale_min ({m.aug_scale_min}) is above model.aug_scale_max ({m.aug_scale_max})")
     if m.aug_colour not in ("jitter", "remap"):
         raise ValueError(f"model.aug_colour must be jitter or remap, not {m.aug_colour!r}")
+    if m.head_fit not in ("scan", "iic"):
+        raise ValueError(f"model.head_fit must be scan or iic, not {m.head_fit!r}")
+    check_ints(("model.scan_heads", m.scan_heads, 1, 64), ("model.scan_epochs", m.scan_epochs, 1, 1000),
+               ("model.scan_neighbours", m.scan_neighbours, 1, 200), ("model.scan_views", m.scan_views, 0, 32),
+               ("model.scan_dims", m.scan_dims, 2, 4096), ("model.scan_hidden", m.scan_hidden, 2, 8192),
+               ("model.scan_images", m.scan_images, 16, 10_000_000))
     if m.input_transform not in ("none", "mask", "polar"):
         raise ValueError(f"model.input_transform must be none, mask or polar, not {m.input_transform!r}")
     if m.head_pool not in ("none", "angle") or (m.head_pool == "angle" and m.input_transform != "polar"):
@@ -245,6 +268,11 @@ class ClusterDiscriminator(nn.Module):
         # Running IIC loss per sub-head; prediction uses the lowest (no labels involved).
         self.register_buffer("head_loss", torch.zeros(cfg.subheads))
         self.view_sides = view_sides(cfg)
+        # The SCAN head of the second stage (filled in after the GAN steps; never trained by them)
+        self.fitted = (FittedHead(self.adv.in_channels * 16, cfg.scan_dims, cfg.scan_hidden, cfg.k)
+                       if cfg.head_fit == "scan" else None)
+        if self.fitted is not None:
+            self.fitted.requires_grad_(False)
 
     def prepare(self, x: torch.Tensor) -> torch.Tensor:
         """The fixed input layer: the images themselves, or their object masks."""
@@ -271,8 +299,18 @@ class ClusterDiscriminator(nn.Module):
     def best_head(self) -> int:
         return int(self.head_loss.argmin())
 
+    def uses_fitted_head(self) -> bool:
+        return self.fitted is not None and bool(self.fitted.ready)
+
+    def head_name(self) -> str:
+        """Which head predicts, in words (for reports)."""
+        return "SCAN head on D's features" if self.uses_fitted_head() else f"cluster head {self.best_head()}"
+
     def cluster_logits(self, x: torch.Tensor) -> torch.Tensor:
-        """(N, K) logits of the selected sub-head."""
+        """(N, K) logits of the head that predicts: the fitted SCAN head once fitted, else the selected
+        sub-head of the heads trained with the GAN."""
+        if self.uses_fitted_head():
+            return self.fitted(self.features(x).flatten(1))
         _, clusters, _ = self(x, logits=True, heads=True)
         return clusters[self.best_head()]
 
@@ -391,6 +429,52 @@ def train_step(m: Models, b: Batch) -> dict[str, torch.Tensor]:
     if cfg.self_label_weight > 0:
         metrics["self_label"] = labelled.detach().float()
     return metrics
+
+
+def scan_settings(cfg: ClusterConfig, seed: int = 0) -> ScanSettings:
+    return ScanSettings(heads=cfg.scan_heads, epochs=cfg.scan_epochs, neighbours=cfg.scan_neighbours,
+                        views=cfg.scan_views, entropy_weight=cfg.scan_entropy_weight, images=cfg.scan_images, seed=seed)
+
+
+def fit_head(d: ClusterDiscriminator, images: torch.Tensor, cfg: ClusterConfig, seed: int = 0,
+             autocast_dtype: Optional[torch.dtype] = None, log=lambda _line: None, progress=None) -> dict:
+    """The second stage: fit `d.fitted` with SCAN on `d`'s frozen trunk features of `images` (uint8,
+    (N, C, H, W), on any device) and of augmented copies (the training augmentation). -> the report."""
+    if d.fitted is None:
+        raise ValueError("this discriminator has no SCAN head (model.head_fit is not scan)")
+    device = next(d.parameters()).device
+    gen = torch.Generator(device=device).manual_seed(seed)
+    acfg = augment_config(cfg)
+    was_training = d.training
+    d.eval()
+
+    @torch.no_grad()
+    def features(batch: torch.Tensor, augmented: bool) -> torch.Tensor:
+        x = to_float(batch.to(device))
+        if augmented:
+            x = augment(x, gen, acfg)
+        with autocast(device, autocast_dtype):
+            return d.features(x).flatten(1).float()
+
+    try:
+        return scan_fit(features, images, cfg.k, scan_settings(cfg, seed), d.fitted, log, progress)
+    finally:
+        d.train(was_training)
+
+
+def finish(cfg: RunConfig, m: Models, images: torch.Tensor, log=lambda _line: None, progress=None) -> dict:
+    """Kind hook, after the last training step: the SCAN head is fitted on the discriminator that
+    inference uses (the EMA copy where one is kept) and copied into the live one, so both agree.
+    -> entries for the final checkpoint's config.json."""
+    model_cfg: ClusterConfig = cfg.model
+    if model_cfg.head_fit != "scan":
+        return {}
+    d = m.ema.get(DISCRIMINATOR, m.d_core)
+    report = fit_head(d, images, model_cfg, cfg.train.seed, m.autocast_dtype, log, progress)
+    for other in (m.d_core, m.ema.get(DISCRIMINATOR)):
+        if other is not None and other is not d:
+            other.fitted.load_state_dict(d.fitted.state_dict())
+    return {"scan": report}
 
 
 @torch.no_grad()

@@ -72,7 +72,8 @@ def pca_map(features: torch.Tensor, dims: int, seed: int = 0, fit_rows: int = 10
     from sklearn.decomposition import PCA
 
     f = features.float()
-    mean, std = f.mean(0), f.std(0) + 1e-6
+    mean, std = f.mean(0), f.std(0)
+    std = std.clamp_min(1e-4 * float(std.max()) + 1e-12)  # a (nearly) constant feature must not blow up the map
     sample = f[spaced(len(f), fit_rows)]  # the directions from a sample: 60,000 x 8,192 features would take minutes
     dims = min(dims, sample.shape[0] - 1, sample.shape[1])
     pca = PCA(dims, svd_solver="randomized", random_state=seed).fit(((sample - mean) / std).numpy())

@@ -488,6 +488,7 @@ def train(cfg: config_mod.RunConfig, on_progress: Optional[ProgressFn] = None,
 
     # The kind's last stage runs once every step is done (not after a stop: a resumed run reaches it).
     if stop_reason is None and step >= t.steps and rank == 0:
+        standing_stats()  # the EMA generator the stage may draw from, calibrated as a save would
         finished = kind.finish(cfg, m, images, on_log or (lambda _line: None), on_stage)
     if (stop_reason is None or stop_reason == "stopped by request") and (step > start_step or finished):
         last_saved = save() or last_saved

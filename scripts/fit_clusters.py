@@ -58,7 +58,7 @@ def main(argv=None) -> dict:
     from gan_core.checkpoint import CheckpointError
     from gan_core.data import DataError, load_dataset
     from gan_core.hub import resolve
-    from gan_core.models.cluster import checkpoint_meta, fit_head
+    from gan_core.models.cluster import align_to_codes, checkpoint_meta, fit_head
 
     start = time.perf_counter()
     try:
@@ -66,7 +66,8 @@ def main(argv=None) -> dict:
         cfg, meta = kinds.read_config(folder)
         if cfg.model.kind != "cluster":
             raise ValueError(f"{folder} is a {cfg.model.kind} model; only cluster models have a SCAN head")
-        new = replace(cfg, model=replace(cfg.model, head_fit="scan", **sets),
+        # a new head numbers its clusters afresh, so names given to the old head's clusters are dropped
+        new = replace(cfg, model=replace(cfg.model, head_fit="scan", cluster_names=None, **sets),
                       data=replace(cfg.data, path=args.path or cfg.data.path))
         kinds.validate(new)
         loaded = {}  # every stored module (and EMA copy), rebuilt for the new config
@@ -100,6 +101,9 @@ def main(argv=None) -> dict:
     seed = new.train.seed if args.seed is None else args.seed
     report = fit_head(d, ds.images, new.model, seed, log=lambda line: print(line, file=sys.stderr),
                       progress=progress)
+    g = loaded.get(ckpt.ema_role(ckpt.GENERATOR), loaded.get(ckpt.GENERATOR))
+    if g is not None:  # cluster c is renumbered to be the one G's code c draws most into
+        report["code_agreement"] = round(align_to_codes(d, g, new.model, seed=seed), 4)
     for name, module in loaded.items():
         if module is not d and ckpt.followed_role(name) == ckpt.DISCRIMINATOR:
             module.fitted.load_state_dict(d.fitted.state_dict())

@@ -594,7 +594,7 @@ def test_nearest_neighbours_are_the_closest_other_rows():
 def test_a_finished_run_predicts_with_its_scan_head(tmp_path):
     cfg = tiny(tmp_path / "scan", "iic", steps=3)
     result = train(cfg)
-    assert result["scan"]["heads"] == cfg.model.scan_heads
+    assert result["scan"]["heads"] == cfg.model.scan_heads and 0 < result["scan"]["code_agreement"] <= 1
     folder = ckpt.latest_checkpoint(tmp_path / "scan")
     assert ckpt.read_meta(folder)["scan"] == result["scan"]
     model = load_cluster_model(folder)
@@ -645,7 +645,7 @@ def test_checkpoints_from_before_the_scan_head_read_as_iic(tmp_path):
 
 def test_fit_clusters_script_gives_an_iic_model_a_scan_head(tmp_path):
     cfg = tiny(tmp_path / "iic", "iic", steps=2)
-    cfg.model.head_fit = "iic"
+    cfg.model.head_fit, cfg.model.cluster_names = "iic", ["a", "b", "c"]
     train(cfg)
     out = tmp_path / "scan"
     proc, result = run_script(["scripts/fit_clusters.py", "--checkpoint", str(tmp_path / "iic"), "--out", str(out),
@@ -654,8 +654,32 @@ def test_fit_clusters_script_gives_an_iic_model_a_scan_head(tmp_path):
     assert result["scan"]["heads"] == 2 and result["images"] == 32
     model = load_cluster_model(out)
     assert model.cfg.model.head_fit == "scan" and model.d.uses_fitted_head() and "familiarity" in model.meta
+    assert model.cfg.model.cluster_names is None  # named after the old head's clusters: they no longer apply
     ids, probs = cluster.predict_tensor(model.d, torch.zeros(4, 1, 32, 32, dtype=torch.uint8))
     assert probs.shape == (4, 3)
     proc, result = run_script(["scripts/fit_clusters.py", "--checkpoint", str(tmp_path / "iic"), "--out", str(out),
                                "--set", "scan_colour=2"])
     assert proc.returncode == 2 and "scan_colour" in proc.stderr
+
+
+def test_align_to_codes_numbers_clusters_after_the_generators_codes(tmp_path):
+    """After the renumbering, the images each code draws fall in that code's cluster as often as any
+    one-to-one matching allows: counting again gives the reported share on the diagonal, and no
+    permutation of the clusters gives more."""
+    import itertools
+
+    from gan_core.models.base import generate, make_latent
+
+    cfg = tiny(tmp_path / "al", "iic", steps=6)
+    train(cfg)
+    model = load_cluster_model(tmp_path / "al")
+    d, g, mc = model.d, model.g, model.cfg.model
+    share = cluster.align_to_codes(d, g, mc, per_code=40, seed=3)
+    codes = torch.arange(mc.k).repeat_interleave(40)
+    images = generate(g, make_latent(mc.nz, mc.k, len(codes), torch.Generator().manual_seed(3), "cpu", codes))
+    ids, _ = cluster.predict_tensor(d, images, sides=[1.0])
+    counts = torch.zeros(mc.k, mc.k)
+    counts.index_put_((codes, ids), torch.ones(len(ids)), accumulate=True)
+    assert abs(float(counts.trace() / counts.sum()) - share) < 1e-6
+    best = max(sum(counts[c, p[c]] for c in range(mc.k)) for p in itertools.permutations(range(mc.k)))
+    assert float(counts.trace()) == float(best)

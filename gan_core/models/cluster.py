@@ -34,7 +34,7 @@ from ..runtime import autocast
 from ..scan import FittedHead, ScanSettings
 from ..scan import fit as scan_fit
 from . import dcgan
-from .base import Batch, Models, check_widths, g_update_and_metrics
+from .base import Batch, Models, check_widths, g_update_and_metrics, generate, make_latent
 from .dcgan import DCGANConfig
 
 
@@ -462,6 +462,31 @@ def fit_head(d: ClusterDiscriminator, images: torch.Tensor, cfg: ClusterConfig, 
         d.train(was_training)
 
 
+@torch.no_grad()
+def align_to_codes(d: ClusterDiscriminator, g: nn.Module, cfg: ClusterConfig, per_code: int = 100,
+                   seed: int = 0) -> float:
+    """Renumber the fitted head's clusters so that cluster c is the one the generator's code c draws
+    most into (images drawn per code, classified by the head, codes and clusters matched one to one by
+    the Hungarian method), so a cluster's generated exemplars and the Sample tab's code show that
+    cluster. Label-free. -> the share of generated images the matched cluster takes."""
+    from scipy.optimize import linear_sum_assignment
+
+    device = next(d.parameters()).device
+    codes = torch.arange(cfg.k, device=device).repeat_interleave(per_code)
+    gen = torch.Generator(device=device).manual_seed(seed)
+    images = torch.cat([generate(g, make_latent(cfg.nz, cfg.k, len(c), gen, device, c))
+                        for c in codes.split(1000)])
+    ids, _ = predict_tensor(d, images, sides=[1.0])
+    counts = torch.zeros(cfg.k, cfg.k)
+    counts.index_put_((codes.cpu(), ids), torch.ones(len(ids)), accumulate=True)
+    rows, cols = linear_sum_assignment(counts.numpy(), maximize=True)  # code rows[i] <-> cluster cols[i]
+    order = torch.as_tensor(cols[rows.argsort()], device=device)  # new cluster c = old cluster order[c]
+    last = d.fitted.mlp[-1]
+    last.weight.copy_(last.weight[order])
+    last.bias.copy_(last.bias[order])
+    return float(counts[rows, cols].sum() / counts.sum())
+
+
 def finish(cfg: RunConfig, m: Models, images: torch.Tensor, log=lambda _line: None, progress=None) -> dict:
     """Kind hook, after the last training step: the SCAN head is fitted on the discriminator that
     inference uses (the EMA copy where one is kept) and copied into the live one, so both agree.
@@ -471,6 +496,9 @@ def finish(cfg: RunConfig, m: Models, images: torch.Tensor, log=lambda _line: No
         return {}
     d = m.ema.get(DISCRIMINATOR, m.d_core)
     report = fit_head(d, images, model_cfg, cfg.train.seed, m.autocast_dtype, log, progress)
+    report["code_agreement"] = round(align_to_codes(d, m.sampling_generator(), model_cfg, seed=cfg.train.seed), 4)
+    log(f"SCAN: clusters numbered after the generator's codes ({report['code_agreement']:.0%} of generated "
+        "images fall in their code's cluster)")
     for other in (m.d_core, m.ema.get(DISCRIMINATOR)):
         if other is not None and other is not d:
             other.fitted.load_state_dict(d.fitted.state_dict())

@@ -58,13 +58,13 @@ def main(argv=None) -> dict:
     from gan_core.checkpoint import CheckpointError
     from gan_core.data import DataError, load_dataset
     from gan_core.hub import resolve
-    from gan_core.models.cluster import align_to_codes, checkpoint_meta, fit_head
+    from gan_core.models.cluster import ClusterConfig, align_to_codes, checkpoint_meta, fit_head
 
     start = time.perf_counter()
     try:
         folder = resolve(args.checkpoint)
         cfg, meta = kinds.read_config(folder)
-        if cfg.model.kind != "cluster":
+        if not isinstance(cfg.model, ClusterConfig):
             raise ValueError(f"{folder} is a {cfg.model.kind} model; only cluster models have a SCAN head")
         # a new head numbers its clusters afresh, so names given to the old head's clusters are dropped
         new = replace(cfg, model=replace(cfg.model, head_fit="scan", cluster_names=None, **sets),

@@ -187,6 +187,15 @@ def main(raw) -> None:
     def on_log(line: str) -> None:
         tqdm.write(line, file=sys.stderr)
 
+    def on_stage(stage: str, done: int, total: int) -> None:
+        """The kind's stage after the last step (the cluster kind's SCAN head): one bar per part."""
+        if "train" in bars:  # the steps are over: their bar stays as it ended
+            bars.pop("train").close()
+        bar = progress_bar(f"SCAN {stage}", total=total, unit="epoch" if stage == "heads" else "img")
+        bar.update(done - bar.n)
+        if done >= total:
+            bars.pop(f"SCAN {stage}").close()
+
     # Ctrl-C or SIGTERM (a scheduler, `kill`) stops after the current step with a checkpoint; a second
     # Ctrl-C aborts at once.
     stop_requested: list[str] = []
@@ -203,7 +212,7 @@ def main(raw) -> None:
 
     try:
         result = run_training(cfg, on_progress=on_progress, on_sample=on_sample, on_data_progress=on_data,
-                              on_log=on_log, should_stop=lambda: bool(stop_requested))
+                              on_log=on_log, on_stage=on_stage, should_stop=lambda: bool(stop_requested))
     except (ValueError, OSError) as e:  # bad data, config or output folder: one line, no traceback
         for b in bars.values():
             b.close()

@@ -127,7 +127,9 @@ def test_cli_trains_a_cluster_model_and_evaluates_it(tmp_path):
                                "data.channels=1", "train.steps=2", "train.batch_size=4", "train.log_every=1",
                                "train.device=cpu", f"train.out_dir={out}"])
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert result["step"] == 2
+    assert result["step"] == 2 and result["scan"]["images"] == 32
+    # the second stage shows its parts as bars and its choice as a line
+    assert "SCAN heads" in proc.stderr and "SCAN features" in proc.stderr and "SCAN: kept head" in proc.stderr
     proc, result = run_script(["scripts/evaluate_clustering.py", "--checkpoint", str(out), "--data.source", "shapes",
                                "--num-images", "40"])
     assert proc.returncode == 0, proc.stderr[-2000:]

@@ -50,6 +50,7 @@ class FittedHead(nn.Module):
         self.register_buffer("mean", torch.zeros(width))
         self.register_buffer("project", torch.zeros(dims, width))  # rows: PCA directions over standard deviations
         self.mlp = make_mlp(dims, hidden, k)
+        self.eval()
 
     def train(self, mode: bool = True) -> "FittedHead":
         """Always in eval mode: the head is fitted once (by `fit`, on a copy) and never trained in place,
@@ -103,9 +104,10 @@ def train_heads(clean: torch.Tensor, views: torch.Tensor, neighbours: torch.Tens
     -> (the heads, in eval mode; each head's SCAN loss on the clean images and their nearest neighbour).
     `progress(epoch, epochs)` after each epoch."""
     gen = torch.Generator().manual_seed(s.seed)
-    torch.manual_seed(s.seed)  # the heads' initial weights
     n, dims = clean.shape
-    heads = nn.ModuleList([make_mlp(dims, hidden, k) for _ in range(s.heads)])
+    with torch.random.fork_rng(devices=[]):  # the heads' initial weights, without touching the caller's stream
+        torch.manual_seed(s.seed)
+        heads = nn.ModuleList([make_mlp(dims, hidden, k) for _ in range(s.heads)])
     opt = torch.optim.Adam(heads.parameters(), lr=s.lr, weight_decay=1e-4)
     pool = torch.cat([clean[None], views])  # the clean image is one of its own views
 
@@ -168,7 +170,9 @@ def fit(features: Callable[[torch.Tensor, bool], torch.Tensor], images: torch.Te
         f"({time.perf_counter() - start:.0f} s for the features); {s.heads} heads x {s.epochs} epochs")
     heads, losses = train_heads(clean, views, neighbours, k, head.mlp[0].out_features, s,
                                 (lambda e, total: progress("heads", e, total)) if progress else None)
-    best = min(range(len(heads)), key=lambda h: losses[h])
+    if not any(math.isfinite(x) for x in losses):
+        raise ValueError("every SCAN head ended with a non-finite loss")
+    best = min(range(len(heads)), key=lambda h: (not math.isfinite(losses[h]), losses[h]))
     with torch.no_grad():
         head.mean.copy_(mean)
         head.project.copy_(project)

@@ -264,8 +264,11 @@ def resume(cfg: config_mod.RunConfig, m: Models, out_dir: Path) -> int:
     if folder is None:
         return 0
     saved, meta = kinds.read_config(folder)
-    if config_mod.to_dict(saved.model) != config_mod.to_dict(cfg.model):
-        raise ValueError(f"cannot resume: {folder} was trained with a different model config")
+    was, now = config_mod.to_dict(saved.model), config_mod.to_dict(cfg.model)
+    if was != now:
+        changed = sorted(k for k, v in was.items() if now.get(k) != v)
+        raise ValueError(f"cannot resume: {folder} was trained with a different model config "
+                         f"(differs in {', '.join('model.' + k for k in changed[:4])}; set them as saved)")
     stored = set(ckpt.weight_roles(folder))
     for role, module in m.cores().items():  # an extra module switched on at resume starts fresh
         if role in stored or role in (ckpt.GENERATOR, ckpt.DISCRIMINATOR):  # (a missing G or D is an error)
@@ -394,6 +397,8 @@ def train(cfg: config_mod.RunConfig, on_progress: Optional[ProgressFn] = None,
     with _SET_UP:
         choice, use_graph, m, step = _tune_build_resume(cfg, device, images, out_dir, rank, world, on_log)
     runtime_record = choice.record(device_key(device))
+    if step < t.steps:
+        kind.start(cfg.model, m)
 
     # steps. Sample grids use fixed latents; with codes, each row of 8 cycles through them.
     codes = kind.num_codes(cfg.model)
@@ -486,12 +491,23 @@ def train(cfg: config_mod.RunConfig, on_progress: Optional[ProgressFn] = None,
         if save_due and step < t.steps:
             last_saved = save() or last_saved
 
-    # The kind's last stage runs once every step is done (not after a stop: a resumed run reaches it).
-    if stop_reason is None and step >= t.steps and rank == 0:
-        standing_stats()  # the EMA generator the stage may draw from, calibrated as a save would
-        finished = kind.finish(cfg, m, images, on_log or (lambda _line: None), on_stage)
-    if (stop_reason is None or stop_reason == "stopped by request") and (step > start_step or finished):
+    if (stop_reason is None or stop_reason == "stopped by request") and step > start_step:
         last_saved = save() or last_saved
+    # The kind's last stage runs once every step is done (not after a stop: a resumed run reaches it),
+    # after the save above, so a stage that fails or is killed loses no training.
+    if stop_reason is None and step >= t.steps and rank == 0:
+        log = on_log or (lambda _line: None)
+        if world > 1:  # the other ranks would wait at their barrier, and this rank holds only its shard
+            log("the kind's last stage is skipped under torchrun: run it on the checkpoint in one process "
+                "(a cluster model: python -m scripts.fit_clusters)")
+        else:
+            standing_stats()  # the EMA generator the stage may draw from, calibrated as a save would
+            try:
+                finished = kind.finish(cfg, m, images, log, on_stage)
+            except (ValueError, RuntimeError, MemoryError) as e:
+                log(f"the last stage failed ({type(e).__name__}: {e}); the checkpoint keeps the model without it")
+            if finished:
+                last_saved = save() or last_saved
     elapsed = time.perf_counter() - t0
     return {
         "checkpoint": str(last_saved) if last_saved else None,

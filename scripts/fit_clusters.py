@@ -77,8 +77,9 @@ def main(argv=None) -> dict:
                 continue
             source, target = kinds.build_role(cfg, name), kinds.build_role(new, name)
             ckpt.load_weights(source, ckpt.weights_file(folder, name))
-            # the old discriminator lacks only the SCAN head (fitted.*), which the fit fills in
-            missing, unexpected = target.load_state_dict(source.state_dict(), strict=False)
+            # everything but the SCAN head (fitted.*, absent from an IIC model), which the fit fills in afresh
+            kept = {k: v for k, v in source.state_dict().items() if not k.startswith("fitted.")}
+            missing, unexpected = target.load_state_dict(kept, strict=False)
             if unexpected or any(not k.startswith("fitted.") for k in missing):
                 raise CheckpointError(f"{folder}: {name} does not fit a SCAN head's discriminator")
             loaded[name] = target.to(args.device)

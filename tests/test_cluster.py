@@ -685,3 +685,54 @@ def test_align_to_codes_numbers_clusters_after_the_generators_codes(tmp_path):
     assert abs(float(counts.trace() / counts.sum()) - share) < 1e-6
     best = max(sum(counts[c, p[c]] for c in range(mc.k)) for p in itertools.permutations(range(mc.k)))
     assert float(counts.trace()) == float(best)
+
+
+def test_more_steps_after_the_scan_stage_retire_the_head_until_it_is_fitted_again(tmp_path):
+    out = tmp_path / "more"
+    train(tiny(out, "iic", steps=3))
+    assert load_cluster_model(out).d.uses_fitted_head()
+    again = tiny(out, "iic", steps=8, resume=True)
+    result = train(again, should_stop=lambda: True)  # one more step, then a stop: the trunk has moved on
+    assert result["step"] == 4 and "scan" not in result
+    assert not load_cluster_model(out).d.uses_fitted_head() and not load_cluster_model(out, ema=False).d.uses_fitted_head()
+
+
+def test_resuming_a_finished_run_neither_refits_nor_rewrites_it(tmp_path):
+    out = tmp_path / "done"
+    first = train(tiny(out, "iic", steps=3))
+    config = (ckpt.latest_checkpoint(out) / "config.json").read_text()
+    result = train(tiny(out, "iic", steps=3, resume=True))
+    assert result["steps_run"] == 0 and "scan" not in result and "scan" in first
+    assert (ckpt.latest_checkpoint(out) / "config.json").read_text() == config
+
+
+def test_a_failing_scan_stage_keeps_the_trained_model(tmp_path, monkeypatch):
+    def broken(*_args, **_kw):
+        raise ValueError("no memory for features")
+
+    monkeypatch.setattr(cluster, "fit_head", broken)
+    lines = []
+    result = train(tiny(tmp_path / "bad", "iic", steps=3), on_log=lines.append)
+    assert result["step"] == 3 and result["checkpoint"] and "scan" not in result
+    assert any("last stage failed" in line and "no memory for features" in line for line in lines)
+    d = load_cluster_model(tmp_path / "bad").d
+    assert ckpt.read_meta(ckpt.latest_checkpoint(tmp_path / "bad"))["step"] == 3 and not d.uses_fitted_head()
+
+
+def test_the_scan_head_does_not_change_the_discriminators_initial_weights():
+    weights = []
+    for head_fit in ("iic", "scan"):
+        torch.manual_seed(0)
+        _, d = cluster.build(ClusterConfig(nz=8, ngf=8, ndf=8, k=3, overcluster=6, subheads=2, head_fit=head_fit))
+        weights.append({k: v for k, v in d.state_dict().items() if not k.startswith("fitted.")})
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+
+
+def test_fit_clusters_refits_a_scan_model_with_other_sizes(tmp_path):
+    train(tiny(tmp_path / "s", "iic", steps=2))
+    proc, result = run_script(["scripts/fit_clusters.py", "--checkpoint", str(tmp_path / "s"), "--out",
+                               str(tmp_path / "s2"), "--set", "scan_dims=8", "--set", "scan_hidden=16",
+                               "--set", "scan_epochs=1"])
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    d = load_cluster_model(tmp_path / "s2").d
+    assert d.fitted.project.shape[0] == 8 and d.fitted.mlp[0].out_features == 16 and d.uses_fitted_head()

@@ -251,6 +251,10 @@ def _no_finish(_cfg, _models, _images, _log=None, _progress=None) -> dict:
     return {}
 
 
+def _no_start(_model_cfg, _models) -> None:
+    return None
+
+
 @dataclass(frozen=True)
 class Kind:
     """One model kind, as the registry (`gan_core.kinds`) holds it. Only `name`, `config`, `build` and
@@ -271,6 +275,9 @@ class Kind:
     # (run cfg, Models, the training images, log(line), progress(stage, done, total)) -> more entries for
     # the final checkpoint's config.json: a stage after the last training step (cluster: the SCAN head)
     finish: Callable[..., dict] = _no_finish
+    # (model cfg, Models) before the first step of a run that has steps to go (fresh or resumed): undo
+    # what `finish` made that more steps would make stale (cluster: the SCAN head no longer predicts)
+    start: Callable[[Any, "Models"], None] = _no_start
     # model config fields a config.json written before they existed must read as these values, not
     # today's defaults (cluster: head_fit = "iic", as those checkpoints were trained)
     legacy_defaults: dict = field(default_factory=dict)

@@ -269,10 +269,11 @@ class ClusterDiscriminator(nn.Module):
         self.register_buffer("head_loss", torch.zeros(cfg.subheads))
         self.view_sides = view_sides(cfg)
         # The SCAN head of the second stage (filled in after the GAN steps; never trained by them)
-        self.fitted = (FittedHead(self.adv.in_channels * 16, cfg.scan_dims, cfg.scan_hidden, cfg.k)
-                       if cfg.head_fit == "scan" else None)
-        if self.fitted is not None:
-            self.fitted.requires_grad_(False)
+        # (built on a side RNG stream, so D's initial weights are the same with head_fit=scan or iic; it is
+        # no part of any training forward, so D's optimizer never moves it)
+        with torch.random.fork_rng(devices=[]):
+            self.fitted = (FittedHead(self.adv.in_channels * 16, cfg.scan_dims, cfg.scan_hidden, cfg.k)
+                           if cfg.head_fit == "scan" else None)
 
     def prepare(self, x: torch.Tensor) -> torch.Tensor:
         """The fixed input layer: the images themselves, or their object masks."""
@@ -463,6 +464,15 @@ def fit_head(d: ClusterDiscriminator, images: torch.Tensor, cfg: ClusterConfig, 
 
 
 @torch.no_grad()
+def start(model_cfg: ClusterConfig, m: Models) -> None:
+    """Kind hook, before the first step of a run with steps to go: a SCAN head fitted on the trunk as it
+    was stops predicting (its features move on with training) until `finish` fits it again."""
+    for d in (m.d_core, m.ema.get(DISCRIMINATOR)):
+        if d is not None and d.fitted is not None:
+            d.fitted.ready.fill_(False)
+
+
+@torch.no_grad()
 def align_to_codes(d: ClusterDiscriminator, g: nn.Module, cfg: ClusterConfig, per_code: int = 100,
                    seed: int = 0) -> float:
     """Renumber the fitted head's clusters so that cluster c is the one the generator's code c draws
@@ -492,9 +502,9 @@ def finish(cfg: RunConfig, m: Models, images: torch.Tensor, log=lambda _line: No
     inference uses (the EMA copy where one is kept) and copied into the live one, so both agree.
     -> entries for the final checkpoint's config.json."""
     model_cfg: ClusterConfig = cfg.model
-    if model_cfg.head_fit != "scan":
-        return {}
     d = m.ema.get(DISCRIMINATOR, m.d_core)
+    if model_cfg.head_fit != "scan" or d.uses_fitted_head():  # (fitted already: a finished run resumed)
+        return {}
     report = fit_head(d, images, model_cfg, cfg.train.seed, m.autocast_dtype, log, progress)
     report["code_agreement"] = round(align_to_codes(d, m.sampling_generator(), model_cfg, seed=cfg.train.seed), 4)
     log(f"SCAN: clusters numbered after the generator's codes ({report['code_agreement']:.0%} of generated "

@@ -180,10 +180,9 @@ def fit(features: Callable[[torch.Tensor, bool], torch.Tensor], images: torch.Te
         head.ready.fill_(True)
         used = torch.bincount(heads[best](clean).argmax(1), minlength=k)
     seconds = time.perf_counter() - start
-    log(f"SCAN: kept head {best} of {len(heads)} (loss {losses[best]:.3f}; all {min(losses):.3f} to "
-        f"{max(losses):.3f}); cluster sizes {used.tolist()}; {seconds:.0f} s in all")
-    finite = [x for x in losses if math.isfinite(x)]
+    finite = [x for x in losses if math.isfinite(x)]  # never empty (checked above)
+    log(f"SCAN: kept head {best} of {len(heads)} (loss {losses[best]:.3f}; all {min(finite):.3f} to "
+        f"{max(finite):.3f}); cluster sizes {used.tolist()}; {seconds:.0f} s in all")
     return {"images": n, "dims": int(clean.shape[1]), "neighbours": int(neighbours.shape[1]), "heads": len(heads),
             "epochs": s.epochs, "kept": best, "loss": round(losses[best], 4),
-            "loss_range": [round(min(finite), 4), round(max(finite), 4)] if finite else None,
-            "seconds": round(seconds, 1)}
+            "loss_range": [round(min(finite), 4), round(max(finite), 4)], "seconds": round(seconds, 1)}

@@ -58,7 +58,7 @@ def main(argv=None) -> dict:
     from gan_core.checkpoint import CheckpointError
     from gan_core.data import DataError, load_dataset
     from gan_core.hub import resolve
-    from gan_core.models.cluster import ClusterConfig, align_to_codes, checkpoint_meta, fit_head
+    from gan_core.models.cluster import ClusterConfig, checkpoint_meta, fit_head
 
     start = time.perf_counter()
     try:
@@ -71,9 +71,9 @@ def main(argv=None) -> dict:
                       data=replace(cfg.data, path=args.path or cfg.data.path))
         kinds.validate(new)
         loaded = {}  # every stored module (and EMA copy), rebuilt for the new config
+        known = set(kinds.known_roles(cfg))
         for name in ckpt.weight_roles(folder):
-            role = ckpt.followed_role(name)
-            if role not in kinds.build_modules(cfg):
+            if name not in known:
                 continue
             source, target = kinds.build_role(cfg, name), kinds.build_role(new, name)
             ckpt.load_weights(source, ckpt.weights_file(folder, name))
@@ -100,11 +100,9 @@ def main(argv=None) -> dict:
             bar.close()
 
     seed = new.train.seed if args.seed is None else args.seed
+    g = loaded.get(ckpt.ema_role(ckpt.GENERATOR), loaded.get(ckpt.GENERATOR))  # numbers the clusters after its codes
     report = fit_head(d, ds.images, new.model, seed, log=lambda line: print(line, file=sys.stderr),
-                      progress=progress)
-    g = loaded.get(ckpt.ema_role(ckpt.GENERATOR), loaded.get(ckpt.GENERATOR))
-    if g is not None:  # cluster c is renumbered to be the one G's code c draws most into
-        report["code_agreement"] = round(align_to_codes(d, g, new.model, seed=seed), 4)
+                      progress=progress, g=g)
     for name, module in loaded.items():
         if module is not d and ckpt.followed_role(name) == ckpt.DISCRIMINATOR:
             module.fitted.load_state_dict(d.fitted.state_dict())

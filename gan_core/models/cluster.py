@@ -438,9 +438,11 @@ def scan_settings(cfg: ClusterConfig, seed: int = 0) -> ScanSettings:
 
 
 def fit_head(d: ClusterDiscriminator, images: torch.Tensor, cfg: ClusterConfig, seed: int = 0,
-             autocast_dtype: Optional[torch.dtype] = None, log=lambda _line: None, progress=None) -> dict:
+             autocast_dtype: Optional[torch.dtype] = None, log=lambda _line: None, progress=None,
+             g: Optional[nn.Module] = None) -> dict:
     """The second stage: fit `d.fitted` with SCAN on `d`'s frozen trunk features of `images` (uint8,
-    (N, C, H, W), on any device) and of augmented copies (the training augmentation). -> the report."""
+    (N, C, H, W), on any device) and of augmented copies (the training augmentation); with the
+    generator `g`, its clusters are then numbered after g's codes (`align_to_codes`). -> the report."""
     if d.fitted is None:
         raise ValueError("this discriminator has no SCAN head (model.head_fit is not scan)")
     device = next(d.parameters()).device
@@ -458,9 +460,14 @@ def fit_head(d: ClusterDiscriminator, images: torch.Tensor, cfg: ClusterConfig, 
             return d.features(x).flatten(1).float()
 
     try:
-        return scan_fit(features, images, cfg.k, scan_settings(cfg, seed), d.fitted, log, progress)
+        report = scan_fit(features, images, cfg.k, scan_settings(cfg, seed), d.fitted, log, progress)
     finally:
         d.train(was_training)
+    if g is not None:
+        report["code_agreement"] = round(align_to_codes(d, g, cfg, seed=seed), 4)
+        log(f"SCAN: clusters numbered after the generator's codes ({report['code_agreement']:.0%} of generated "
+            "images fall in their code's cluster)")
+    return report
 
 
 @torch.no_grad()
@@ -505,10 +512,7 @@ def finish(cfg: RunConfig, m: Models, images: torch.Tensor, log=lambda _line: No
     d = m.ema.get(DISCRIMINATOR, m.d_core)
     if model_cfg.head_fit != "scan" or d.uses_fitted_head():  # (fitted already: a finished run resumed)
         return {}
-    report = fit_head(d, images, model_cfg, cfg.train.seed, m.autocast_dtype, log, progress)
-    report["code_agreement"] = round(align_to_codes(d, m.sampling_generator(), model_cfg, seed=cfg.train.seed), 4)
-    log(f"SCAN: clusters numbered after the generator's codes ({report['code_agreement']:.0%} of generated "
-        "images fall in their code's cluster)")
+    report = fit_head(d, images, model_cfg, cfg.train.seed, m.autocast_dtype, log, progress, m.sampling_generator())
     for other in (m.d_core, m.ema.get(DISCRIMINATOR)):
         if other is not None and other is not d:
             other.fitted.load_state_dict(d.fitted.state_dict())

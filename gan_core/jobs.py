@@ -156,9 +156,11 @@ class TrainingJob:
                                    eta_s=float(metrics["eta_s"]) if "eta_s" in metrics else None)
 
     def _on_stage(self, stage: str, done: int, total: int) -> None:
-        """The kind's stage after the last step (the cluster kind's SCAN head), shown in the summary."""
-        unit = "epochs" if stage == "heads" else "images"
-        self._update(message=f"fitting the SCAN head: {stage}, {done:,} / {total:,} {unit}")
+        """The kind's stages, shown in the summary: before the first step (the cluster kind's choice of
+        input, stages "input NAME: part") and after the last (its SCAN head)."""
+        unit = "epochs" if stage.endswith("heads") else "images"
+        what = "choosing the input layer" if stage.startswith("input ") else "fitting the SCAN head"
+        self._update(message=f"{what}: {stage.removeprefix('input ')}, {done:,} / {total:,} {unit}")
 
     def _on_sample(self, step: int, images) -> None:
         self._update(sample=image_grid(images[:32], nrow=8), sample_step=step)

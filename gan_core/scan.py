@@ -29,7 +29,8 @@ from .losses import scan_loss
 @dataclass
 class ScanSettings:
     heads: int = 10  # heads trained side by side; the lowest-loss one is kept
-    epochs: int = 15  # passes over the images
+    epochs: int = 15  # passes over the images (at least; see min_updates)
+    min_updates: int = 500  # small sets get more passes, so that every head takes at least this many steps
     neighbours: int = 20  # candidate neighbours per image
     views: int = 4  # augmented copies of each image whose features are kept
     entropy_weight: float = 5.0  # SCAN's weight of the cluster-usage entropy
@@ -115,8 +116,9 @@ def train_heads(clean: torch.Tensor, views: torch.Tensor, neighbours: torch.Tens
         return pool[torch.randint(0, len(pool), (len(idx),), generator=gen), idx]
 
     batch = min(s.batch, n)
+    epochs = epochs_for(n, batch, s)
     heads.train()
-    for epoch in range(s.epochs):
+    for epoch in range(epochs):
         order = torch.randperm(n, generator=gen)
         for b in range(0, n - batch + 1, batch):  # full batches only: BatchNorm and the entropy need a crowd
             i = order[b: b + batch]
@@ -127,11 +129,17 @@ def train_heads(clean: torch.Tensor, views: torch.Tensor, neighbours: torch.Tens
             loss.backward()
             opt.step()
         if progress:
-            progress(epoch + 1, s.epochs)
+            progress(epoch + 1, epochs)
     heads.eval()
     with torch.no_grad():
         losses = [float(scan_loss(h(clean), h(clean[neighbours[:, 0]]), s.entropy_weight)) for h in heads]
     return list(heads), losses
+
+
+def epochs_for(n: int, batch: int, s: ScanSettings) -> int:
+    """Passes over n images in full batches of `batch`: `s.epochs`, or more where that many passes would
+    take fewer than `s.min_updates` steps (1,797 images make 3 batches a pass, so 15 passes are 45 steps)."""
+    return max(s.epochs, math.ceil(s.min_updates / max(1, n // batch)))
 
 
 def spaced(n: int, cap: int) -> torch.Tensor:
@@ -166,8 +174,9 @@ def fit(features: Callable[[torch.Tensor, bool], torch.Tensor], images: torch.Te
     views = torch.stack([(run(True, f"view {v + 1}/{s.views}") - mean) @ project.t() for v in range(s.views)]) \
         if s.views > 0 else torch.empty(0, n, clean.shape[1])
     neighbours = nearest_neighbours(clean, s.neighbours)
+    epochs = epochs_for(n, min(s.batch, n), s)
     log(f"SCAN: {n} images, {clean.shape[1]} PCA dimensions, {neighbours.shape[1]} neighbours each "
-        f"({time.perf_counter() - start:.0f} s for the features); {s.heads} heads x {s.epochs} epochs")
+        f"({time.perf_counter() - start:.0f} s for the features); {s.heads} heads x {epochs} epochs")
     heads, losses = train_heads(clean, views, neighbours, k, head.mlp[0].out_features, s,
                                 (lambda e, total: progress("heads", e, total)) if progress else None)
     if not any(math.isfinite(x) for x in losses):
@@ -184,5 +193,5 @@ def fit(features: Callable[[torch.Tensor, bool], torch.Tensor], images: torch.Te
     log(f"SCAN: kept head {best} of {len(heads)} (loss {losses[best]:.3f}; all {min(finite):.3f} to "
         f"{max(finite):.3f}); cluster sizes {used.tolist()}; {seconds:.0f} s in all")
     return {"images": n, "dims": int(clean.shape[1]), "neighbours": int(neighbours.shape[1]), "heads": len(heads),
-            "epochs": s.epochs, "kept": best, "loss": round(losses[best], 4),
+            "epochs": epochs, "kept": best, "loss": round(losses[best], 4),
             "loss_range": [round(min(finite), 4), round(max(finite), 4)], "seconds": round(seconds, 1)}

@@ -24,7 +24,7 @@ import copy
 import math
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -256,6 +256,27 @@ def prepare_data(cfg: config_mod.RunConfig, dataset: Optional[ImageDataset], ran
     return images.to(device, non_blocking=True)
 
 
+def choose_from_data(cfg: config_mod.RunConfig, images: torch.Tensor, out_dir: Path, rank: int, world: int,
+                     on_log: Optional[LogFn] = None, on_stage=None) -> tuple[config_mod.RunConfig, dict]:
+    """The settings the kind picks from the data (`Kind.choose`), before anything is built: rank 0 picks on
+    its images and the other ranks take its pick; a resumed run keeps the pick its checkpoint recorded.
+    -> (the config with them set, entries for each checkpoint's config.json)."""
+    kind = kinds.of(cfg)
+    picked: list = [{}, {}]
+    if rank == 0:
+        latest = ckpt.latest_checkpoint(out_dir) if cfg.train.resume else None
+        saved = kinds.read_config(latest) if latest is not None else None
+        picked = list(kind.choose(cfg, images, saved, on_log or (lambda _line: None), on_stage))
+    if world > 1:
+        torch.distributed.broadcast_object_list(picked, src=0)
+    values, record = picked
+    if not values:
+        return cfg, record
+    cfg = replace(cfg, model=replace(cfg.model, **values))
+    kinds.validate(cfg)
+    return cfg, record
+
+
 def resume(cfg: config_mod.RunConfig, m: Models, out_dir: Path) -> int:
     """Load the latest checkpoint of `out_dir` into `m`; returns its step (0 when there is none).
     An EMA copy or extra module switched on since that checkpoint starts from the trained model or
@@ -392,6 +413,8 @@ def train(cfg: config_mod.RunConfig, on_progress: Optional[ProgressFn] = None,
         if t.resume:
             ckpt.recover(out_dir)
     images = prepare_data(cfg, dataset, rank, world, device, on_data_progress)
+    cfg, chosen = choose_from_data(cfg, images, out_dir, rank, world, on_log, on_stage)
+    t = cfg.train
 
     # tune, build, resume (one run at a time in a process: see train_many)
     with _SET_UP:
@@ -437,7 +460,7 @@ def train(cfg: config_mod.RunConfig, on_progress: Optional[ProgressFn] = None,
         folder = ckpt.save_training_checkpoint(out_dir, cfg, step, m.modules(), m.optimizers(),
                                                last_metrics, keep=t.keep_checkpoints, runtime=runtime_record,
                                                scaler=m.scaler.state_dict() if m.scaler is not None else None,
-                                               extra={**kind.checkpoint_meta(cfg.model, m.modules(), images),
+                                               extra={**chosen, **kind.checkpoint_meta(cfg.model, m.modules(), images),
                                                       **finished})
         if on_checkpoint:
             on_checkpoint(step, folder)
@@ -523,5 +546,6 @@ def train(cfg: config_mod.RunConfig, on_progress: Optional[ProgressFn] = None,
         "runtime": choice.how,
         "cuda_graph": use_graph,
         "world_size": world,
+        **chosen,
         **finished,
     }

@@ -21,8 +21,8 @@ from pathlib import Path
 
 from scripts._cli import fail
 
-SETTABLE = ("scan_heads", "scan_epochs", "scan_neighbours", "scan_views", "scan_dims", "scan_hidden", "scan_images",
-            "scan_entropy_weight")
+SETTABLE = ("scan_heads", "scan_epochs", "scan_min_updates", "scan_neighbours", "scan_views", "scan_dims",
+            "scan_hidden", "scan_images", "scan_entropy_weight")
 
 
 def parse_sets(items: list[str]) -> dict:

@@ -188,10 +188,11 @@ def main(raw) -> None:
         tqdm.write(line, file=sys.stderr)
 
     def on_stage(stage: str, done: int, total: int) -> None:
-        """The kind's stage after the last step (the cluster kind's SCAN head): one bar per part."""
+        """The kind's stages before the first step (the cluster kind's choice of input, "input ...") and after
+        the last (its SCAN head): one bar per part."""
         if "train" in bars:  # the steps are over: their bar stays as it ended
             bars.pop("train").close()
-        bar = progress_bar(f"SCAN {stage}", total=total, unit="epoch" if stage == "heads" else "img")
+        bar = progress_bar(f"SCAN {stage}", total=total, unit="epoch" if stage.endswith("heads") else "img")
         bar.update(done - bar.n)
         if done >= total:
             bars.pop(f"SCAN {stage}").close()

@@ -47,7 +47,8 @@ def _make(tmp, name, model, data):
 def model_dir(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("app-models")
     _make(tmp, "tiny-dcgan", DCGANConfig(nz=8, ngf=4, ndf=4), DataConfig(num_images=16, image_size=32))
-    cluster = _make(tmp, "tiny-cluster", ClusterConfig(nz=8, ngf=4, ndf=4, k=3, overcluster=6, subheads=2),
+    cluster = _make(tmp, "tiny-cluster", ClusterConfig(nz=8, ngf=4, ndf=4, k=3, overcluster=6, subheads=2,
+                                                          input_transform="none"),
                     DataConfig(num_images=32, image_size=32, channels=3))
     meta = json.loads((cluster / "config.json").read_text())
     assert meta["familiarity"]["images"] == 32  # training recorded its familiarity statistics (and export kept them)
@@ -524,6 +525,9 @@ def test_the_job_summary_names_the_scan_stage_after_the_last_step(tmp_path):
     assert line == "Training fm (cluster): 2,000 steps done; fitting the SCAN head: heads, 3 / 15 epochs"
     job._update(step=1000, message="")
     assert "step 1,000 / 2,000" in job.status().summary()  # while the GAN trains, the usual line
+    job._update(step=0)
+    job._on_stage("input polar: heads", 4, 30)  # before the first step: the choice of input
+    assert job.status().summary() == "Training fm (cluster): choosing the input layer: polar: heads, 4 / 30 epochs"
 
 
 def _zip_folder(folder, archive, prefix="", extra=None):

@@ -16,8 +16,11 @@ from gan_core.training import train
 from conftest import run_script
 
 
-def tiny(out_dir, objective="iic", steps=4, **kw):
-    return RunConfig(model=ClusterConfig(nz=8, ngf=8, ndf=8, k=3, overcluster=6, subheads=2, objective=objective),
+def tiny(out_dir, objective="iic", steps=4, input_transform="none", **kw):
+    # (scan_min_updates: 32 images are one batch, and the default's 500 passes would only slow the tests;
+    # input_transform: the default, auto, spends seconds choosing; its own tests below ask for it)
+    return RunConfig(model=ClusterConfig(nz=8, ngf=8, ndf=8, k=3, overcluster=6, subheads=2, objective=objective,
+                                         scan_min_updates=20, input_transform=input_transform),
                      data=DataConfig(source="shapes", num_images=32, image_size=32, channels=1),
                      train=TrainConfig(steps=steps, batch_size=8, log_every=2, out_dir=str(out_dir), device="cpu",
                                        precision="fp32", **kw))
@@ -584,6 +587,22 @@ def test_scan_fit_pads_the_projection_when_there_are_few_images():
         scan.fit(features, images[:1], 2, scan.ScanSettings(), scan.FittedHead(8, 4, 8, 2))
 
 
+def test_small_sets_get_more_scan_epochs_so_the_heads_take_min_updates_steps(monkeypatch):
+    from gan_core import scan
+
+    s = scan.ScanSettings(epochs=15, min_updates=100, batch=64)
+    assert scan.epochs_for(60_000, 64, s) == 15  # large sets: the epochs decide
+    assert scan.epochs_for(130, 64, s) == 50  # 2 full batches a pass: 50 passes for 100 steps
+    assert scan.epochs_for(10, 10, scan.ScanSettings(epochs=3, min_updates=0)) == 3
+    images, _, features, _ = blobs_in_feature_space()  # 120 images
+    steps = []
+    real_step = torch.optim.Adam.step
+    monkeypatch.setattr(torch.optim.Adam, "step", lambda self, *a, **k: (steps.append(1), real_step(self, *a, **k))[1])
+    report = scan.fit(features, images, 3, scan.ScanSettings(heads=1, epochs=2, min_updates=30, neighbours=5, views=1,
+                                                             batch=50), scan.FittedHead(32, 8, 16, 3))
+    assert report["epochs"] == 15 and len(steps) == 30  # 2 full batches of 50 a pass
+
+
 def test_nearest_neighbours_are_the_closest_other_rows():
     from gan_core.scan import nearest_neighbours
 
@@ -736,3 +755,102 @@ def test_fit_clusters_refits_a_scan_model_with_other_sizes(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     d = load_cluster_model(tmp_path / "s2").d
     assert d.fitted.project.shape[0] == 8 and d.fitted.mlp[0].out_features == 16 and d.uses_fitted_head()
+
+
+# ---------------------------------------------------------------- input_transform=auto
+
+
+def test_auto_input_is_the_lowest_scan_loss_and_is_recorded(monkeypatch):
+    cfg = tiny("unused", input_transform="auto")
+    assert ClusterConfig().input_transform == "auto"  # the default
+    images = torch.randint(0, 256, (40, 1, 32, 32), dtype=torch.uint8)
+    seen = []
+
+    def fake_fit(features, picked, k, settings, head, *_a, **_kw):
+        seen.append(features(picked[:2], True).shape)  # augmented pixels of each candidate input
+        return {"loss": losses[len(seen) - 1]}
+
+    monkeypatch.setattr(cluster, "scan_fit", fake_fit)
+    lines, losses = [], [-1.0, -3.0, -2.0]  # none, mask, polar
+    values, record = cluster.choose(cfg, images, None, lines.append)
+    assert values == {"input_transform": "mask"} and record["input_choice"]["chosen"] == "mask"
+    assert record["input_choice"]["losses"] == {"none": -1.0, "mask": -3.0, "polar": -2.0}
+    assert len(seen) == 3 and seen[0][0] == 2 and "input: mask" in lines[0]
+    seen.clear()
+    losses[:] = [-1.0, -1.05, -0.5]  # a mask must beat the pixels clearly (cluster.CHOICE_MARGIN)
+    assert cluster.choose(cfg, images)[0] == {"input_transform": "none"}
+    assert cluster.choose(tiny("unused", input_transform="none"), images) == ({}, {})  # set by hand
+
+
+def test_a_resumed_auto_run_keeps_its_choice_without_choosing_again(monkeypatch):
+    monkeypatch.setattr(cluster, "scan_fit", lambda *a, **k: pytest.fail("a resumed run must not choose again"))
+    saved = tiny("x")
+    saved.model.input_transform = "polar"
+    record = {"input_choice": {"chosen": "polar", "losses": {"none": 0.0, "mask": 0.0, "polar": -1.0}}}
+    images = torch.zeros(8, 1, 32, 32, dtype=torch.uint8)
+    values, meta = cluster.choose(tiny("y", input_transform="auto"), images, (saved, record))
+    assert values == {"input_transform": "polar"} and meta == record
+
+
+def test_a_default_run_trains_with_the_chosen_input_and_resumes(tmp_path):
+    out = tmp_path / "auto"
+    first = train(tiny(out, "iic", steps=2, input_transform="auto"))
+    chosen = first["input_choice"]["chosen"]
+    assert chosen in cluster.INPUTS and set(first["input_choice"]["losses"]) == set(cluster.INPUTS)
+    saved, meta = kinds.read_config(ckpt.latest_checkpoint(out))
+    assert saved.model.input_transform == chosen and meta["input_choice"]["chosen"] == chosen
+    model = load_cluster_model(out)
+    assert model.d.input_transform == chosen
+    # auto again: the saved choice, and no "differs in model.input_transform" error
+    again = train(tiny(out, "iic", steps=3, input_transform="auto", resume=True))
+    assert again["step"] == 3 and again["input_choice"] == first["input_choice"]
+    assert kinds.read_config(ckpt.latest_checkpoint(out))[1]["input_choice"] == first["input_choice"]
+
+
+def test_choose_input_script_prints_the_pick_without_training(tmp_path):
+    from PIL import Image
+
+    for i in range(24):
+        Image.new("RGB", (40, 40), (200 * (i % 2), 30, 90)).save(tmp_path / f"{i}.png")
+    proc, result = run_script(["scripts/choose_input.py", "--data.source", "folder", "--data.path", str(tmp_path),
+                               "--channels", "3", "--k", "2"])
+    assert proc.returncode == 0, proc.stderr
+    assert result["input_transform"] in cluster.INPUTS and set(result["losses"]) == set(cluster.INPUTS)
+    assert result["images"] == 24 and f"input: {result['input_transform']}" in proc.stderr
+    proc, result = run_script(["scripts/choose_input.py", "--data.source", "folder", "--data.path",
+                               str(tmp_path / "missing")])
+    assert proc.returncode == 2 and "error" in result and proc.stderr.startswith("error:")
+
+
+def test_input_pixels_ignore_what_each_input_is_meant_to_ignore():
+    x = torch.full((2, 3, 32, 32), -1.0)
+    x[:, :, 10:20, 12:18] = 0.5  # a bar on a flat background
+    x[1] = x[1].roll(5, dims=2)  # moved
+    recoloured = x.clone()
+    recoloured[:, 0] = torch.where(x[:, 0] > 0, torch.tensor(-0.2), x[:, 0])
+    none, mask = (cluster.input_pixels(x, t, 32) for t in ("none", "mask"))
+    assert not torch.allclose(none[0], none[1])
+    assert torch.allclose(mask[0], mask[1], atol=0.05)  # position: gone in the mask
+    assert torch.allclose(cluster.input_pixels(recoloured, "mask", 32), mask, atol=0.1)  # colour: gone
+    turned = x.transpose(2, 3)  # a quarter turn (and a flip: the bar is symmetric)
+    polar = cluster.input_pixels(x, "polar", 32)
+    assert torch.allclose(cluster.input_pixels(turned, "polar", 32), polar, atol=0.15 * float(polar.abs().max()))
+    big = torch.zeros(1, 3, 64, 64)
+    assert cluster.input_pixels(big, "none", 32).shape == (1, 3 * 32 * 32)  # compared at 32 px at most
+
+
+@pytest.mark.slow
+def test_auto_input_picks_the_polar_mask_for_shapes_and_the_pixels_for_colours():
+    from gan_core.data import load_dataset
+
+    shapes = load_dataset(DataConfig(source="shapes", num_images=2000, image_size=32, channels=3)).images
+    cfg = RunConfig(model=ClusterConfig(k=10, channels=3), data=DataConfig(source="shapes", channels=3))
+    values, record = cluster.choose(cfg, shapes)
+    assert values == {"input_transform": "polar"}, record  # colour, size, position and turn are nuisances there
+    # ten flat colours with pixel noise: no object, so a mask keeps nothing and the pixels must win
+    gen = torch.Generator().manual_seed(0)
+    palette = torch.randint(0, 256, (10, 3, 1, 1), generator=gen).float()
+    noise = torch.randn(1000, 3, 32, 32, generator=gen) * 12
+    colours = (palette[torch.arange(1000) % 10] + noise).clamp(0, 255).to(torch.uint8)
+    values, record = cluster.choose(cfg, colours)
+    assert values == {"input_transform": "none"}, record

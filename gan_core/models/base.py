@@ -251,6 +251,10 @@ def _no_finish(_cfg, _models, _images, _log=None, _progress=None) -> dict:
     return {}
 
 
+def _no_choices(_cfg, _images, _saved=None, _log=None, _progress=None) -> tuple[dict, dict]:
+    return {}, {}
+
+
 def _no_start(_model_cfg, _models) -> None:
     return None
 
@@ -275,6 +279,10 @@ class Kind:
     # (run cfg, Models, the training images, log(line), progress(stage, done, total)) -> more entries for
     # the final checkpoint's config.json: a stage after the last training step (cluster: the SCAN head)
     finish: Callable[..., dict] = _no_finish
+    # (run cfg, the training images, the resumed run's (cfg, meta) or None, log(line), progress(stage, done,
+    # total)) -> (model config values, entries for every checkpoint's config.json): settings the kind picks
+    # from the data before anything is built (cluster: input_transform=auto); a resumed run keeps its pick
+    choose: Callable[..., tuple[dict, dict]] = _no_choices
     # (model cfg, Models) before the first step of a run that has steps to go (fresh or resumed): undo
     # what `finish` made that more steps would make stale (cluster: the SCAN head no longer predicts)
     start: Callable[[Any, "Models"], None] = _no_start

@@ -31,7 +31,7 @@ from ..data import to_float
 from ..losses import (catgan_d_loss, catgan_g_loss, code_ce, d_loss_bce, g_loss_bce, iic_loss, nearest_in_batch,
                       nt_xent, scan_loss, self_label_loss)
 from ..runtime import autocast
-from ..scan import FittedHead, ScanSettings
+from ..scan import FittedHead, ScanSettings, spaced
 from ..scan import fit as scan_fit
 from . import dcgan
 from .base import Batch, Models, check_widths, g_update_and_metrics, generate, make_latent
@@ -69,8 +69,9 @@ class ClusterConfig:
     # centred and scaled to a fixed spread, so colour, polarity, position and size cannot decide a
     # cluster (for one object on a flat background, like the built-in shapes). "polar": that mask read
     # along rays from its centre (rows: angle, columns: radius), so a rotation is a roll of the rows and
-    # D's convs wrap around the full turn. "none": the pixels.
-    input_transform: str = "none"
+    # D's convs wrap around the full turn. "none": the pixels. "auto": chosen from the data when training
+    # starts (`choose`: the lowest SCAN loss of a quick clustering of each input's pixels), and saved.
+    input_transform: str = "auto"
     mask_size: int = 32  # with "mask"/"polar": the side of the mask D's trunk reads (taken from the full-size image)
     head_pool: str = "none"  # "angle" (with "polar"): the cluster heads see D's features averaged over angle
     predict_views: int = 3  # prediction averages the image and centred crops spanning the training crop range
@@ -94,7 +95,8 @@ class ClusterConfig:
     # lowest-loss one kept), and predictions use it; "iic" keeps the heads trained with the GAN.
     head_fit: str = "scan"
     scan_heads: int = 10  # SCAN heads trained side by side; the one with the lowest SCAN loss is kept
-    scan_epochs: int = 15  # passes over the training features
+    scan_epochs: int = 15  # passes over the training features (at least: see scan_min_updates)
+    scan_min_updates: int = 500  # small sets get more passes, so that the heads take at least this many steps
     scan_neighbours: int = 20  # nearest training images (in D's feature space) each image is paired with
     scan_views: int = 4  # augmented copies of each training image (the training augmentation)
     scan_dims: int = 256  # PCA dimensions of D's features the head reads
@@ -139,11 +141,12 @@ def validate(cfg: RunConfig) -> None:
     if m.head_fit not in ("scan", "iic"):
         raise ValueError(f"model.head_fit must be scan or iic, not {m.head_fit!r}")
     check_ints(("model.scan_heads", m.scan_heads, 1, 64), ("model.scan_epochs", m.scan_epochs, 1, 1000),
+               ("model.scan_min_updates", m.scan_min_updates, 0, 1_000_000),
                ("model.scan_neighbours", m.scan_neighbours, 1, 200), ("model.scan_views", m.scan_views, 0, 32),
                ("model.scan_dims", m.scan_dims, 2, 4096), ("model.scan_hidden", m.scan_hidden, 2, 8192),
                ("model.scan_images", m.scan_images, 16, 10_000_000))
-    if m.input_transform not in ("none", "mask", "polar"):
-        raise ValueError(f"model.input_transform must be none, mask or polar, not {m.input_transform!r}")
+    if m.input_transform not in ("auto",) + INPUTS:
+        raise ValueError(f"model.input_transform must be auto, none, mask or polar, not {m.input_transform!r}")
     if m.head_pool not in ("none", "angle") or (m.head_pool == "angle" and m.input_transform != "polar"):
         raise ValueError(f"model.head_pool must be none, or angle with input_transform=polar, not {m.head_pool!r}")
     if m.input_transform != "none" and m.mask_size not in IMAGE_SIZES:
@@ -237,6 +240,7 @@ class AngleCircularConv(nn.Module):
 
 
 INPUT_TRANSFORMS = {"mask": object_mask, "polar": polar_mask}
+INPUTS = ("none",) + tuple(INPUT_TRANSFORMS)  # what model.input_transform=auto chooses among
 
 
 class ClusterDiscriminator(nn.Module):
@@ -339,6 +343,8 @@ def centre_crop(x: torch.Tensor, side: float) -> torch.Tensor:
 
 
 def build(cfg: ClusterConfig) -> tuple[nn.Module, ClusterDiscriminator]:
+    """(G, D), initialised. input_transform=auto builds as "none" (training chooses before it builds, so
+    only a model built outside training, for a size estimate or a test, ever reads auto)."""
     g = dcgan.Generator(DCGANConfig(image_size=cfg.image_size, channels=cfg.channels, nz=cfg.nz + cfg.k,
                                     ngf=cfg.ngf))
     d = ClusterDiscriminator(cfg)
@@ -433,7 +439,8 @@ def train_step(m: Models, b: Batch) -> dict[str, torch.Tensor]:
 
 
 def scan_settings(cfg: ClusterConfig, seed: int = 0) -> ScanSettings:
-    return ScanSettings(heads=cfg.scan_heads, epochs=cfg.scan_epochs, neighbours=cfg.scan_neighbours,
+    return ScanSettings(heads=cfg.scan_heads, epochs=cfg.scan_epochs, min_updates=cfg.scan_min_updates,
+                        neighbours=cfg.scan_neighbours,
                         views=cfg.scan_views, entropy_weight=cfg.scan_entropy_weight, images=cfg.scan_images, seed=seed)
 
 
@@ -468,6 +475,74 @@ def fit_head(d: ClusterDiscriminator, images: torch.Tensor, cfg: ClusterConfig, 
         log(f"SCAN: clusters numbered after the generator's codes ({report['code_agreement']:.0%} of generated "
             "images fall in their code's cluster)")
     return report
+
+
+CHOICE_IMAGES = 5000  # training images (evenly spaced) the input is chosen on
+CHOICE_SIDE = 32  # the pixels (and masks) are compared at this side at most
+# A mask is chosen only when its loss beats the pixels' by this much: the masks assume one object on a
+# flat background, so they need clear evidence. (Measured: where a mask fits, the built-in shapes and
+# Fashion-MNIST, it wins by 0.2-0.45; where it does not, handwritten digits, the losses of the pixels and
+# the polar mask are within 0.02 of each other, and either may win on a given seed.)
+CHOICE_MARGIN = 0.1
+
+
+def input_pixels(x: torch.Tensor, transform: str, mask_size: int) -> torch.Tensor:
+    """[-1, 1] images -> (N, F) what D's first layer would read with `transform`, at most CHOICE_SIDE
+    pixels a side; a polar mask by its spectrum along the angle (a rotation only rolls its rows, so
+    the spectrum's magnitude ignores it, as D's angle-circular convs with rotated views learn to)."""
+    if transform != "none":
+        x = INPUT_TRANSFORMS[transform](x, size=min(mask_size, CHOICE_SIDE))
+    elif x.shape[-1] > CHOICE_SIDE:
+        x = F.adaptive_avg_pool2d(x, CHOICE_SIDE)
+    if transform == "polar":
+        x = torch.fft.rfft(x, dim=2).abs()
+    return x.flatten(1).float()
+
+
+def choose(cfg: RunConfig, images: torch.Tensor, saved=None, log=lambda _line: None, progress=None) -> tuple[dict, dict]:
+    """Kind hook, before anything is built: model.input_transform=auto becomes none, mask or polar. Each
+    input's pixels (of up to CHOICE_IMAGES training images, and of augmented copies: the training
+    augmentation) are clustered into K by a few quick SCAN heads, and the input whose best head has the
+    lowest SCAN loss wins: the one under which augmented views and their nearest neighbours agree best
+    while every cluster is used; a mask must beat the pixels by CHOICE_MARGIN. Label-free. A resumed run
+    keeps its choice. -> (model config values,
+    {"input_choice": the losses} for config.json)."""
+    m: ClusterConfig = cfg.model
+    if m.input_transform != "auto":
+        return {}, {}
+    if saved is not None:  # resumed: as the run chose (or as it was set) when it started
+        saved_cfg, meta = saved
+        return {"input_transform": saved_cfg.model.input_transform}, \
+            ({"input_choice": meta["input_choice"]} if "input_choice" in meta else {})
+    import time
+
+    start_t = time.perf_counter()
+    picked = images[spaced(len(images), CHOICE_IMAGES).to(images.device)]
+    acfg = augment_config(m)
+    settings = ScanSettings(heads=5, epochs=15, min_updates=300, neighbours=m.scan_neighbours, views=2,
+                            entropy_weight=m.scan_entropy_weight, images=CHOICE_IMAGES, seed=cfg.train.seed)
+    losses = {}
+    for transform in INPUTS:
+        gen = torch.Generator(device=images.device).manual_seed(cfg.train.seed)
+
+        @torch.no_grad()
+        def features(batch: torch.Tensor, augmented: bool) -> torch.Tensor:
+            x = to_float(batch)
+            return input_pixels(augment(x, gen, acfg) if augmented else x, transform, m.mask_size)
+
+        width = features(picked[:1], False).shape[1]
+        report = scan_fit(features, picked, m.k, settings, FittedHead(width, 128, 256, m.k),
+                          progress=(lambda stage, done, total: progress(f"input {transform}: {stage}", done, total))
+                          if progress else None)
+        losses[transform] = report["loss"]
+    best = min(INPUTS, key=lambda t: losses[t])
+    if losses[best] > losses["none"] - CHOICE_MARGIN:
+        best = "none"
+    seconds = time.perf_counter() - start_t
+    log(f"input: {best} (by the SCAN loss of a quick clustering of {len(picked):,} images' pixels, lower is better: "
+        + ", ".join(f"{t} {v:.3f}" for t, v in losses.items()) + f"; {seconds:.0f} s)")
+    return {"input_transform": best}, {"input_choice": {"chosen": best, "losses": losses, "images": len(picked),
+                                                        "seconds": round(seconds, 1)}}
 
 
 @torch.no_grad()

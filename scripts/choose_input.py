@@ -1,0 +1,56 @@
+"""Which input would `model=cluster` give its discriminator for this data? Runs the choice that
+`model.input_transform=auto` (the default) makes before a run's first step, and prints it, without
+training anything: the pixels, the object mask or the polar mask, by the SCAN loss of a quick clustering
+of each one's pixels (lower is better; a mask must beat the pixels by a margin). No label is read.
+
+    python -m scripts.choose_input --data.source folder --data.path my_images --k 10
+    python -m scripts.choose_input --data.source shapes --channels 3 --seed 1
+
+Last stdout line: {"input_transform", "losses": {"none", "mask", "polar"}, "images", "seconds", "seed"}.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from scripts._cli import fail
+
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data.source", dest="source", default="shapes", help="folder, idx, parquet, hub or shapes")
+    p.add_argument("--data.path", dest="path", default=None)
+    p.add_argument("--split", default="train", help="idx/parquet/hub split")
+    p.add_argument("--image-size", type=int, default=32)
+    p.add_argument("--channels", type=int, default=1, choices=[1, 3])
+    p.add_argument("--k", type=int, default=10, help="clusters, as model.k")
+    p.add_argument("--num-images", type=int, default=20000, help="for the procedural sources")
+    p.add_argument("--seed", type=int, default=0, help="as train.seed")
+    args = p.parse_args(argv)
+
+    from gan_core.config import DataConfig, RunConfig, TrainConfig
+    from gan_core.data import DataError, load_dataset
+    from gan_core.kinds import validate
+    from gan_core.models.cluster import ClusterConfig, choose
+
+    data = DataConfig(source=args.source, path=args.path, split=args.split, image_size=args.image_size,
+                      channels=args.channels, num_images=args.num_images)
+    cfg = RunConfig(model=ClusterConfig(k=args.k, image_size=args.image_size, channels=args.channels), data=data,
+                    train=TrainConfig(seed=args.seed))
+    try:
+        validate(cfg)
+        ds = load_dataset(data)
+        if len(ds) < args.k:
+            raise ValueError(f"K = {args.k} clusters need at least {args.k} images; the dataset has {len(ds)}")
+        _, record = choose(cfg, ds.images, None, lambda line: print(line, file=sys.stderr))
+    except (DataError, ValueError) as e:
+        fail(str(e))
+    result = {"input_transform": record["input_choice"]["chosen"], **record["input_choice"], "seed": args.seed}
+    del result["chosen"]
+    print(json.dumps(result))
+    return result
+
+
+if __name__ == "__main__":
+    main()

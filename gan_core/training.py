@@ -262,14 +262,21 @@ def choose_from_data(cfg: config_mod.RunConfig, images: torch.Tensor, out_dir: P
     its images and the other ranks take its pick; a resumed run keeps the pick its checkpoint recorded.
     -> (the config with them set, entries for each checkpoint's config.json)."""
     kind = kinds.of(cfg)
-    picked: list = [{}, {}]
+    picked: list = [{}, {}, None]  # values, record, rank 0's error (the other ranks must not wait forever)
     if rank == 0:
-        latest = ckpt.latest_checkpoint(out_dir) if cfg.train.resume else None
-        saved = kinds.read_config(latest) if latest is not None else None
-        picked = list(kind.choose(cfg, images, saved, on_log or (lambda _line: None), on_stage))
+        try:
+            latest = ckpt.latest_checkpoint(out_dir) if cfg.train.resume else None
+            saved = kinds.read_config(latest) if latest is not None else None
+            picked[:2] = kind.choose(cfg, images, saved, on_log or (lambda _line: None), on_stage)
+        except (ValueError, RuntimeError, OSError, MemoryError) as e:
+            if world == 1:
+                raise
+            picked[2] = f"{type(e).__name__}: {e}"
     if world > 1:
         torch.distributed.broadcast_object_list(picked, src=0)
-    values, record = picked
+        if picked[2] is not None:
+            raise ValueError(f"choosing settings from the data failed on rank 0 ({picked[2]})")
+    values, record, _ = picked
     if not values:
         return cfg, record
     cfg = replace(cfg, model=replace(cfg.model, **values))
@@ -413,7 +420,8 @@ def train(cfg: config_mod.RunConfig, on_progress: Optional[ProgressFn] = None,
         if t.resume:
             ckpt.recover(out_dir)
     images = prepare_data(cfg, dataset, rank, world, device, on_data_progress)
-    cfg, chosen = choose_from_data(cfg, images, out_dir, rank, world, on_log, on_stage)
+    with _SET_UP:  # (it seeds the process's random stream for a moment, as model building does)
+        cfg, chosen = choose_from_data(cfg, images, out_dir, rank, world, on_log, on_stage)
     t = cfg.train
 
     # tune, build, resume (one run at a time in a process: see train_many)

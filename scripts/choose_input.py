@@ -2,9 +2,11 @@
 `model.input_transform=auto` (the default) makes before a run's first step, and prints it, without
 training anything: the pixels, the object mask or the polar mask, by the SCAN loss of a quick clustering
 of each one's pixels (lower is better; a mask must beat the pixels by a margin). No label is read.
+It uses the default augmentation and mask size, as a run that sets neither.
 
     python -m scripts.choose_input --data.source folder --data.path my_images --k 10
-    python -m scripts.choose_input --data.source shapes --channels 3 --seed 1
+    python -m scripts.choose_input --data.source idx --data.path /usr/share/datasets/fashion-mnist \
+        --image-size 32 --channels 1 --seed 1
 
 Last stdout line: {"input_transform", "losses": {"none", "mask", "polar"}, "images", "seconds", "seed"}.
 """
@@ -22,8 +24,8 @@ def main(argv=None) -> dict:
     p.add_argument("--data.source", dest="source", default="shapes", help="folder, idx, parquet, hub or shapes")
     p.add_argument("--data.path", dest="path", default=None)
     p.add_argument("--split", default="train", help="idx/parquet/hub split")
-    p.add_argument("--image-size", type=int, default=32)
-    p.add_argument("--channels", type=int, default=1, choices=[1, 3])
+    p.add_argument("--image-size", type=int, default=64, help="as data.image_size")
+    p.add_argument("--channels", type=int, default=3, choices=[1, 3], help="as data.channels")
     p.add_argument("--k", type=int, default=10, help="clusters, as model.k")
     p.add_argument("--num-images", type=int, default=20000, help="for the procedural sources")
     p.add_argument("--seed", type=int, default=0, help="as train.seed")

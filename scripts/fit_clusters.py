@@ -106,7 +106,7 @@ def main(argv=None) -> dict:
     for name, module in loaded.items():
         if module is not d and ckpt.followed_role(name) == ckpt.DISCRIMINATOR:
             module.fitted.load_state_dict(d.fitted.state_dict())
-    kept = {key: meta[key] for key in ("sample_quality",) if key in meta}
+    kept = {key: meta[key] for key in ("sample_quality", "input_choice") if key in meta}
     extra = {**checkpoint_meta(new.model, loaded, ds.images), "scan": report, **kept}
     out = ckpt.write_folder(Path(args.out), new, meta["step"], {k: v.cpu() for k, v in loaded.items()},
                             metrics=meta.get("metrics"), extra=extra)

@@ -790,6 +790,12 @@ def test_a_resumed_auto_run_keeps_its_choice_without_choosing_again(monkeypatch)
     images = torch.zeros(8, 1, 32, 32, dtype=torch.uint8)
     values, meta = cluster.choose(tiny("y", input_transform="auto"), images, (saved, record))
     assert values == {"input_transform": "polar"} and meta == record
+    assert cluster.choose(tiny("y", input_transform="polar"), images, (saved, record)) == ({}, record)  # set as saved
+    assert cluster.choose(tiny("y", input_transform="none"), images, (saved, record)) == ({}, {})  # resume refuses it
+    other = RunConfig(model=kinds.KINDS["dcgan"].config())  # another kind's checkpoint: resume says so, not choose
+    assert cluster.choose(tiny("y", input_transform="auto"), images, (other, {})) == ({}, {})
+    old = kinds.config_from_dict({"model": {"kind": "cluster"}}, saved=True)  # written before the field existed
+    assert old.model.input_transform == "none"
 
 
 def test_a_default_run_trains_with_the_chosen_input_and_resumes(tmp_path):

@@ -49,7 +49,7 @@ def load_model(path_or_repo: str | Path, device: str | torch.device = "cpu", ema
 
 
 # config.json entries a shipped copy keeps: a kind's statistics and the figures recorded for the model
-KEPT_ON_EXPORT = ("familiarity", "sample_quality", "scan")
+KEPT_ON_EXPORT = ("familiarity", "sample_quality", "scan", "input_choice")
 
 
 def export(src: str | Path, dst: str | Path, dtype: torch.dtype = torch.float16,

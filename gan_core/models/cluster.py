@@ -105,7 +105,7 @@ class ClusterConfig:
 
 
 # Checkpoints written before the SCAN stage existed were trained and predict with their IIC heads.
-LEGACY_DEFAULTS = {"head_fit": "iic"}
+LEGACY_DEFAULTS = {"head_fit": "iic", "input_transform": "none"}
 
 
 def validate(cfg: RunConfig) -> None:
@@ -508,12 +508,14 @@ def choose(cfg: RunConfig, images: torch.Tensor, saved=None, log=lambda _line: N
     keeps its choice. -> (model config values,
     {"input_choice": the losses} for config.json)."""
     m: ClusterConfig = cfg.model
-    if m.input_transform != "auto":
+    if saved is not None and isinstance(saved[0].model, ClusterConfig):  # resumed: as the run started
+        saved_model, meta = saved[0].model, saved[1]
+        record = {"input_choice": meta["input_choice"]} if "input_choice" in meta else {}
+        if m.input_transform == "auto":
+            return {"input_transform": saved_model.input_transform}, record
+        return {}, record if m.input_transform == saved_model.input_transform else {}
+    if m.input_transform != "auto" or saved is not None:  # (another kind's checkpoint: resume says so)
         return {}, {}
-    if saved is not None:  # resumed: as the run chose (or as it was set) when it started
-        saved_cfg, meta = saved
-        return {"input_transform": saved_cfg.model.input_transform}, \
-            ({"input_choice": meta["input_choice"]} if "input_choice" in meta else {})
     import time
 
     start_t = time.perf_counter()

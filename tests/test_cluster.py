@@ -768,7 +768,7 @@ def test_auto_input_is_the_lowest_scan_loss_and_is_recorded(monkeypatch):
 
     def fake_fit(features, picked, k, settings, head, *_a, **_kw):
         seen.append(features(picked[:2], True).shape)  # augmented pixels of each candidate input
-        return {"loss": losses[len(seen) - 1]}
+        return {"loss": losses[len(seen) - 1], "images": len(picked)}
 
     monkeypatch.setattr(cluster, "scan_fit", fake_fit)
     lines, losses = [], [-1.0, -3.0, -2.0]  # none, mask, polar

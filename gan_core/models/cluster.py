@@ -31,7 +31,7 @@ from ..data import to_float
 from ..losses import (catgan_d_loss, catgan_g_loss, code_ce, d_loss_bce, g_loss_bce, iic_loss, nearest_in_batch,
                       nt_xent, scan_loss, self_label_loss)
 from ..runtime import autocast
-from ..scan import FittedHead, ScanSettings, spaced
+from ..scan import FittedHead, ScanSettings
 from ..scan import fit as scan_fit
 from . import dcgan
 from .base import Batch, Models, check_widths, g_update_and_metrics, generate, make_latent
@@ -519,7 +519,6 @@ def choose(cfg: RunConfig, images: torch.Tensor, saved=None, log=lambda _line: N
     import time
 
     start_t = time.perf_counter()
-    picked = images[spaced(len(images), CHOICE_IMAGES).to(images.device)]
     acfg = augment_config(m)
     settings = ScanSettings(heads=5, epochs=15, min_updates=300, neighbours=m.scan_neighbours, views=2,
                             entropy_weight=m.scan_entropy_weight, images=CHOICE_IMAGES, seed=cfg.train.seed)
@@ -532,8 +531,8 @@ def choose(cfg: RunConfig, images: torch.Tensor, saved=None, log=lambda _line: N
             x = to_float(batch)
             return input_pixels(augment(x, gen, acfg) if augmented else x, transform, m.mask_size)
 
-        width = features(picked[:1], False).shape[1]
-        report = scan_fit(features, picked, m.k, settings, FittedHead(width, 128, 256, m.k),
+        width = features(images[:1], False).shape[1]
+        report = scan_fit(features, images, m.k, settings, FittedHead(width, 128, 256, m.k),
                           progress=(lambda stage, done, total: progress(f"input {transform}: {stage}", done, total))
                           if progress else None)
         losses[transform] = report["loss"]
@@ -541,9 +540,9 @@ def choose(cfg: RunConfig, images: torch.Tensor, saved=None, log=lambda _line: N
     if losses[best] > losses["none"] - CHOICE_MARGIN:
         best = "none"
     seconds = time.perf_counter() - start_t
-    log(f"input: {best} (by the SCAN loss of a quick clustering of {len(picked):,} images' pixels, lower is better: "
+    log(f"input: {best} (by the SCAN loss of a quick clustering of {report['images']:,} images' pixels, lower is better: "
         + ", ".join(f"{t} {v:.3f}" for t, v in losses.items()) + f"; {seconds:.0f} s)")
-    return {"input_transform": best}, {"input_choice": {"chosen": best, "losses": losses, "images": len(picked),
+    return {"input_transform": best}, {"input_choice": {"chosen": best, "losses": losses, "images": report["images"],
                                                         "seconds": round(seconds, 1)}}
 
 

@@ -186,10 +186,13 @@ class TrainingJob:
             result = train(cfg, on_progress=self._on_progress, should_stop=should_stop,
                            on_sample=self._on_sample, dataset=dataset, on_log=lambda line: self._update(message=line),
                            on_stage=self._on_stage)
-            if timed_out and result["stopped"] == "stopped by request":
+            if timed_out and (result["stopped"] or "").startswith("stopped by request"):
                 result["stopped"] = f"Stopped at the time limit of {format_duration(self.max_seconds)} per job"
             if not result["checkpoint"]:
-                self._update(state="failed", message=result["stopped"] or "no checkpoint was written")
+                if result["stopped"] and (timed_out or self._stop.is_set()):  # stopped before the first step
+                    self._update(state="stopped", message=result["stopped"])
+                else:
+                    self._update(state="failed", message=result["stopped"] or "no checkpoint was written")
                 return
             self._update(state="saving", step=result["step"], message="exporting")
             model_dir = self.models_dir / name

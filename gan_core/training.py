@@ -48,6 +48,25 @@ SAMPLE_COUNT = 64
 STANDING_STATS_BATCHES, STANDING_STATS_BATCH, STANDING_STATS_STREAM = 8, 128, 1 << 20
 
 
+class StageStopped(Exception):
+    """A stop request seen during one of the kind's stages (`_polled`): the stage ends where it is."""
+
+
+def _polled(on_stage: Optional[Callable[[str, int, int], None]],
+            should_stop: Optional[Callable[[], bool]]) -> Optional[Callable[[str, int, int], None]]:
+    """The stage reporter the kind's hooks get: it reports, then asks `should_stop`, so a stop request is
+    answered within one chunk of a stage (the choice of input, the SCAN head) instead of after it."""
+    if should_stop is None:
+        return on_stage
+
+    def report(stage: str, done: int, total: int) -> None:
+        if on_stage is not None:
+            on_stage(stage, done, total)
+        if should_stop():
+            raise StageStopped(stage)
+    return report
+
+
 def _dist_info() -> tuple[int, int]:
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         return torch.distributed.get_rank(), torch.distributed.get_world_size()
@@ -420,8 +439,16 @@ def train(cfg: config_mod.RunConfig, on_progress: Optional[ProgressFn] = None,
         if t.resume:
             ckpt.recover(out_dir)
     images = prepare_data(cfg, dataset, rank, world, device, on_data_progress)
+    # Alone, a stop request also ends the kind's stages (under torchrun only the steps answer it, where
+    # every rank agrees).
+    stage_report = _polled(on_stage, should_stop) if world == 1 else on_stage
     with _SET_UP:  # (it seeds the process's random stream for a moment, as model building does)
-        cfg, chosen = choose_from_data(cfg, images, out_dir, rank, world, on_log, on_stage)
+        try:
+            cfg, chosen = choose_from_data(cfg, images, out_dir, rank, world, on_log, stage_report)
+        except StageStopped:  # nothing was built or trained: nothing to save
+            return {"checkpoint": None, "step": 0, "steps_run": 0, "seconds": 0.0, "images_per_s": 0.0,
+                    "metrics": {}, "stopped": "stopped by request before the first step", "device": str(device),
+                    "world_size": world}
     t = cfg.train
 
     # tune, build, resume (one run at a time in a process: see train_many)
@@ -534,7 +561,11 @@ def train(cfg: config_mod.RunConfig, on_progress: Optional[ProgressFn] = None,
         else:
             standing_stats()  # the EMA generator the stage may draw from, calibrated as a save would
             try:
-                finished = kind.finish(cfg, m, images, log, on_stage)
+                finished = kind.finish(cfg, m, images, log, stage_report)
+            except StageStopped as e:  # the steps are saved; a resumed run (train.resume=true) runs the stage
+                stop_reason = "stopped by request"
+                log(f"the last stage was stopped ({e}); the checkpoint keeps the model without it: resume the "
+                    "run to finish it")
             except (ValueError, RuntimeError, MemoryError) as e:
                 log(f"the last stage failed ({type(e).__name__}: {e}); the checkpoint keeps the model without it")
             if finished:

@@ -798,6 +798,27 @@ def test_a_resumed_auto_run_keeps_its_choice_without_choosing_again(monkeypatch)
     assert old.model.input_transform == "none"
 
 
+def test_a_stop_during_the_input_choice_ends_the_run_before_anything_is_built(tmp_path):
+    stages = []
+    result = train(tiny(tmp_path / "c", "iic", steps=3, input_transform="auto"),
+                   on_stage=lambda stage, done, total: stages.append(stage), should_stop=lambda: bool(stages))
+    assert result["stopped"] == "stopped by request before the first step" and result["checkpoint"] is None
+    assert len(stages) == 1 and stages[0].startswith("input ")  # answered at the first report, not after the choice
+    assert ckpt.latest_checkpoint(tmp_path / "c") is None
+
+
+def test_a_stop_during_the_scan_stage_keeps_the_steps_and_a_resume_fits_the_head(tmp_path):
+    out, stages, lines = tmp_path / "s", [], []
+    result = train(tiny(out, "iic", steps=3), on_stage=lambda stage, done, total: stages.append(stage),
+                   should_stop=lambda: bool(stages), on_log=lines.append)
+    assert result["stopped"] == "stopped by request" and result["step"] == 3 and "scan" not in result
+    assert len(stages) == 1 and any("last stage was stopped" in line for line in lines)
+    assert ckpt.read_meta(ckpt.latest_checkpoint(out))["step"] == 3 and not load_cluster_model(out).d.uses_fitted_head()
+    again = train(tiny(out, "iic", steps=3, resume=True))
+    assert again["steps_run"] == 0 and again["stopped"] is None and "scan" in again
+    assert load_cluster_model(out).d.uses_fitted_head()
+
+
 def test_a_default_run_trains_with_the_chosen_input_and_resumes(tmp_path):
     out = tmp_path / "auto"
     first = train(tiny(out, "iic", steps=2, input_transform="auto"))

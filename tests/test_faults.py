@@ -178,6 +178,17 @@ def test_a_job_past_its_time_limit_stops_and_keeps_its_model(tmp_path):
     assert (status.model_dir / "config.json").exists()
 
 
+def test_a_job_stopped_while_it_chooses_its_input_is_stopped_not_failed(tmp_path):
+    cfg = RunConfig(model=ClusterConfig(k=3, ngf=4, ndf=4, nz=8, overcluster=6, subheads=1),  # input: auto
+                    data=DataConfig(source="shapes", num_images=32, image_size=32, channels=1),
+                    train=TrainConfig(steps=1000, batch_size=8, device="cpu", precision="fp32"))
+    job = jobs.TrainingJob(tmp_path / "work", max_seconds=0.0)
+    job.start(cfg, "capped")
+    status = job.wait(timeout=120)
+    assert status.state == "stopped" and status.step == 0 and "time limit" in status.message
+    assert status.model_dir is None
+
+
 def test_a_job_whose_work_folder_cannot_be_written_fails_at_once(tmp_path):
     blocker = tmp_path / "a-file"
     blocker.write_text("x")

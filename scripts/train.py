@@ -214,6 +214,9 @@ def main(raw) -> None:
     try:
         result = run_training(cfg, on_progress=on_progress, on_sample=on_sample, on_data_progress=on_data,
                               on_log=on_log, on_stage=on_stage, should_stop=lambda: bool(stop_requested))
+        if run is not None and result.get("input_choice"):  # W&B was told "auto" before the run chose
+            model = {**config_mod.to_dict(cfg)["model"], "input_transform": result["input_choice"]["chosen"]}
+            run.config.update({"model": model, "input_choice": result["input_choice"]}, allow_val_change=True)
     except (ValueError, OSError) as e:  # bad data, config or output folder: one line, no traceback
         for b in bars.values():
             b.close()

@@ -3,6 +3,7 @@ import os
 import shutil
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -77,6 +78,54 @@ def test_train_cli_wandb_offline(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert result["step"] == 2
     assert list((out / "wandb").glob("offline-run-*"))
+
+
+WANDB_STUB = textwrap.dedent("""
+    # a stand-in for the wandb package: it keeps the run's config in a JSON file
+    import json, os
+
+    class Image:
+        def __init__(self, *args, **kw):
+            pass
+
+    class _Config(dict):
+        def update(self, values, allow_val_change=False):
+            dict.update(self, values)
+            _write(self)
+
+    class _Run:
+        def __init__(self, config):
+            self.config = _Config(config)
+
+        def log(self, *args, **kw):
+            pass
+
+        def finish(self):
+            pass
+
+    def _write(config):
+        with open(os.environ["WANDB_STUB_OUT"], "w") as f:
+            json.dump(config, f)
+
+    def init(project=None, config=None, dir=None, resume=None):
+        _write(config)
+        return _Run(config)
+""")
+
+
+def test_train_cli_tells_wandb_the_input_a_cluster_run_chose(tmp_path):
+    (tmp_path / "stub" / "wandb").mkdir(parents=True)
+    (tmp_path / "stub" / "wandb" / "__init__.py").write_text(WANDB_STUB)
+    logged = tmp_path / "config.json"
+    proc, result = run_script(["scripts/train.py", "model=cluster", "model.k=3", "model.overcluster=6", "model.subheads=1",
+                               "model.scan_heads=2", "model.scan_min_updates=10", *TINY, "data.channels=1",
+                               "train.steps=2", "logger=wandb", f"train.out_dir={tmp_path / 'run'}"],
+                              env={"PYTHONPATH": str(tmp_path / "stub"), "WANDB_STUB_OUT": str(logged)})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    chosen = result["input_choice"]["chosen"]
+    config = json.loads(logged.read_text())
+    assert config["model"]["input_transform"] == chosen != "auto" and config["input_choice"]["chosen"] == chosen
+    assert config["model"]["k"] == 3  # the rest of the model config is still there
 
 
 def test_torchrun_ddp_two_cpu_processes(tmp_path):

@@ -2,13 +2,15 @@
 `model.input_transform=auto` (the default) makes before a run's first step, and prints it, without
 training anything: the pixels, the object mask or the polar mask, by the SCAN loss of a quick clustering
 of each one's pixels (lower is better; a mask must beat the pixels by a margin). No label is read.
-It uses the default augmentation and mask size, as a run that sets neither.
+It uses the default augmentation and mask size, as a run that sets neither; `--set NAME=VALUE` gives
+one of them as a run would (`--set aug_rotate_deg=180` for `model.aug_rotate_deg=180`).
 
     python -m scripts.choose_input --data.source folder --data.path my_images --k 10
+    python -m scripts.choose_input --data.source folder --data.path my_images --set aug_colour=remap
     python -m scripts.choose_input --data.source idx --data.path /usr/share/datasets/fashion-mnist \
         --image-size 32 --channels 1 --seed 1
 
-Last stdout line: {"input_transform", "losses": {"none", "mask", "polar"}, "images", "seconds", "seed"}.
+Last stdout line: {"input_transform", "losses": {"none", "mask", "polar"}, "images", "seconds", "seed", "set"}.
 """
 from __future__ import annotations
 
@@ -17,6 +19,27 @@ import json
 import sys
 
 from scripts._cli import fail
+
+# the model settings the choice reads: the augmentation of its views, the masks' side and SCAN's loss
+SETTABLE = ("aug_rotate_deg", "aug_scale_min", "aug_scale_max", "aug_translate", "aug_aspect", "aug_photometric",
+            "aug_colour", "mask_size", "scan_neighbours", "scan_entropy_weight")
+
+
+def parse_sets(items: list[str]) -> dict:
+    """["aug_rotate_deg=180", ...] -> {"aug_rotate_deg": 180.0, ...}, each of its field's type."""
+    from gan_core.models.cluster import ClusterConfig
+
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or key not in SETTABLE:
+            raise ValueError(f"--set takes NAME=VALUE with NAME one of {', '.join(SETTABLE)}, not {item!r}")
+        kind = type(getattr(ClusterConfig, key))
+        try:
+            out[key] = kind(value)
+        except ValueError:
+            raise ValueError(f"--set {key} takes {kind.__name__} values, not {value!r}") from None
+    return out
 
 
 def main(argv=None) -> dict:
@@ -29,7 +52,13 @@ def main(argv=None) -> dict:
     p.add_argument("--k", type=int, default=10, help="clusters, as model.k")
     p.add_argument("--num-images", type=int, default=20000, help="for the procedural sources")
     p.add_argument("--seed", type=int, default=0, help="as train.seed")
+    p.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
+                   help=f"a model setting the choice reads, as the run will have it ({', '.join(SETTABLE)})")
     args = p.parse_args(argv)
+    try:
+        sets = parse_sets(args.set)
+    except ValueError as e:
+        p.error(str(e))
 
     from gan_core.config import DataConfig, RunConfig, TrainConfig
     from gan_core.data import DataError, load_dataset
@@ -38,7 +67,7 @@ def main(argv=None) -> dict:
 
     data = DataConfig(source=args.source, path=args.path, split=args.split, image_size=args.image_size,
                       channels=args.channels, num_images=args.num_images)
-    cfg = RunConfig(model=ClusterConfig(k=args.k, image_size=args.image_size, channels=args.channels), data=data,
+    cfg = RunConfig(model=ClusterConfig(k=args.k, image_size=args.image_size, channels=args.channels, **sets), data=data,
                     train=TrainConfig(seed=args.seed))
     try:
         validate(cfg)
@@ -48,7 +77,8 @@ def main(argv=None) -> dict:
         _, record = choose(cfg, ds.images, None, lambda line: print(line, file=sys.stderr))
     except (DataError, ValueError) as e:
         fail(str(e))
-    result = {"input_transform": record["input_choice"]["chosen"], **record["input_choice"], "seed": args.seed}
+    result = {"input_transform": record["input_choice"]["chosen"], **record["input_choice"], "seed": args.seed,
+              "set": sets}
     del result["chosen"]
     print(json.dumps(result))
     return result

@@ -2,7 +2,9 @@
 """Fit the SCAN head of a trained `cluster` model on its discriminator's frozen features, and write the
 result as a new checkpoint folder (the model's second stage, which `scripts/train.py` runs by itself at
 the end of a run; this script runs it again, or for the first time on a model trained before it
-existed, such as one trained with `model.head_fit=iic`).
+existed, such as one trained with `model.head_fit=iic`). It fits today's stage: a head on D's trunk
+features and one on its input layer, the lower SCAN loss predicting (`--set scan_input_head=false`: the
+trunk's head only).
 
     python -m scripts.fit_clusters --checkpoint runs/fmnist --out runs/fmnist-scan
     python -m scripts.fit_clusters --checkpoint runs/fmnist --out runs/fmnist-scan --set scan_epochs=30 --seed 1
@@ -22,7 +24,10 @@ from pathlib import Path
 from scripts._cli import fail
 
 SETTABLE = ("scan_heads", "scan_epochs", "scan_min_updates", "scan_neighbours", "scan_views", "scan_dims",
-            "scan_hidden", "scan_images", "scan_entropy_weight")
+            "scan_hidden", "scan_images", "scan_entropy_weight", "scan_input_head")
+
+
+FITTED = ("fitted.", "fitted_input.")  # the SCAN heads' weights
 
 
 def parse_sets(items: list[str]) -> dict:
@@ -31,7 +36,12 @@ def parse_sets(items: list[str]) -> dict:
         key, sep, value = item.partition("=")
         if not sep or key not in SETTABLE:
             raise ValueError(f"--set takes NAME=VALUE with NAME one of {', '.join(SETTABLE)}, not {item!r}")
-        out[key] = float(value) if key == "scan_entropy_weight" else int(value)
+        if key == "scan_input_head":
+            if value.lower() not in ("true", "false"):
+                raise ValueError(f"--set scan_input_head takes true or false, not {value!r}")
+            out[key] = value.lower() == "true"
+        else:
+            out[key] = float(value) if key == "scan_entropy_weight" else int(value)
     return out
 
 
@@ -58,7 +68,7 @@ def main(argv=None) -> dict:
     from gan_core.checkpoint import CheckpointError
     from gan_core.data import DataError, load_dataset
     from gan_core.hub import resolve
-    from gan_core.models.cluster import ClusterConfig, checkpoint_meta, fit_head
+    from gan_core.models.cluster import ClusterConfig, checkpoint_meta, copy_fitted, fit_head
 
     start = time.perf_counter()
     try:
@@ -67,7 +77,9 @@ def main(argv=None) -> dict:
         if not isinstance(cfg.model, ClusterConfig):
             raise ValueError(f"{folder} is a {cfg.model.kind} model; only cluster models have a SCAN head")
         # a new head numbers its clusters afresh, so names given to the old head's clusters are dropped
-        new = replace(cfg, model=replace(cfg.model, head_fit="scan", cluster_names=None, **sets),
+        # today's stage (a model from before the input-layer head existed gets one too), with --set on top
+        stage = {"head_fit": "scan", "scan_input_head": ClusterConfig.scan_input_head, **sets}
+        new = replace(cfg, model=replace(cfg.model, cluster_names=None, **stage),
                       data=replace(cfg.data, path=args.path or cfg.data.path))
         kinds.validate(new)
         loaded = {}  # every stored module (and EMA copy), rebuilt for the new config
@@ -77,10 +89,11 @@ def main(argv=None) -> dict:
                 continue
             source, target = kinds.build_role(cfg, name), kinds.build_role(new, name)
             ckpt.load_weights(source, ckpt.weights_file(folder, name))
-            # everything but the SCAN head (fitted.*, absent from an IIC model), which the fit fills in afresh
-            kept = {k: v for k, v in source.state_dict().items() if not k.startswith("fitted.")}
+            # everything but the SCAN heads (fitted.* and fitted_input.*, absent from an IIC model), which the
+            # fit fills in afresh
+            kept = {k: v for k, v in source.state_dict().items() if not k.startswith(FITTED)}
             missing, unexpected = target.load_state_dict(kept, strict=False)
-            if unexpected or any(not k.startswith("fitted.") for k in missing):
+            if unexpected or any(not k.startswith(FITTED) for k in missing):
                 raise CheckpointError(f"{folder}: {name} does not fit a SCAN head's discriminator")
             loaded[name] = target.to(args.device)
         ds = load_dataset(new.data)
@@ -105,7 +118,7 @@ def main(argv=None) -> dict:
                       progress=progress, g=g)
     for name, module in loaded.items():
         if module is not d and ckpt.followed_role(name) == ckpt.DISCRIMINATOR:
-            module.fitted.load_state_dict(d.fitted.state_dict())
+            copy_fitted(d, module)
     kept = {key: meta[key] for key in ("sample_quality", "input_choice") if key in meta}
     extra = {**checkpoint_meta(new.model, loaded, ds.images), "scan": report, **kept}
     out = ckpt.write_folder(Path(args.out), new, meta["step"], {k: v.cpu() for k, v in loaded.items()},

@@ -621,13 +621,55 @@ def test_a_finished_run_predicts_with_its_scan_head(tmp_path):
     model = load_cluster_model(folder)
     d = model.d
     assert d.uses_fitted_head() and d.head_name().startswith("SCAN")
+    # two heads were fitted, on D's trunk and on its input layer; the lower SCAN loss predicts
+    scan = result["scan"]
+    layer = "input" if scan["input_layer"]["loss"] < scan["loss"] else "trunk"
+    assert scan["layer"] == layer == d.fitted_head() and bool(d.fitted.ready) == (layer == "trunk")
     x = torch.rand(5, 1, 32, 32) * 2 - 1
     with torch.no_grad():
-        assert torch.equal(d.cluster_logits(x), d.fitted(d.features(x).flatten(1)))
+        kept = d.fitted(d.features(x).flatten(1)) if layer == "trunk" else d.fitted_input(d.input_layer(x))
+        assert torch.equal(d.cluster_logits(x), kept)
         assert not torch.equal(d.cluster_logits(x), d(x, logits=True, heads=True)[1][d.best_head()])
-    # both discriminators carry the same head, so a later resume (or the live D) agrees with inference
+    # both discriminators carry the same heads, so a later resume (or the live D) agrees with inference
     live = load_cluster_model(folder, ema=False).d
-    assert all(torch.equal(a, b) for a, b in zip(live.fitted.state_dict().values(), d.fitted.state_dict().values()))
+    for head in ("fitted", "fitted_input"):
+        ours, theirs = getattr(live, head).state_dict(), getattr(d, head).state_dict()
+        assert all(torch.equal(ours[key], theirs[key]) for key in ours)
+
+
+@pytest.mark.parametrize("input_wins", [True, False])
+def test_the_scan_stage_keeps_the_head_with_the_lower_loss(monkeypatch, tmp_path, input_wins):
+    """The stage fits a head on D's trunk and one on its input layer; the one with the lower SCAN loss
+    predicts (and takes the generator's code numbering), the other is set aside."""
+    real_fit = cluster.scan_fit
+    widths = []
+
+    def fit(features, images, k, settings, head, *args, **kw):
+        report = real_fit(features, images, k, settings, head, *args, **kw)
+        widths.append(head.mean.shape[0])
+        on_input = head.mean.shape[0] == 32 * 32  # the pixels' width; the trunk's is 8 * 4 * 16
+        report["loss"] = -20.0 if on_input == input_wins else -10.0
+        return report
+
+    monkeypatch.setattr(cluster, "scan_fit", fit)
+    result = train(tiny(tmp_path / "r", "iic", steps=2))
+    assert widths == [8 * 4 * 16, 32 * 32]
+    d = load_cluster_model(tmp_path / "r").d
+    layer = "input" if input_wins else "trunk"
+    assert result["scan"]["layer"] == layer == d.fitted_head()
+    assert d.head_name() == ("SCAN head on D's input layer (the pixels)" if input_wins else "SCAN head on D's features")
+    x = torch.rand(6, 1, 32, 32) * 2 - 1
+    with torch.no_grad():
+        kept = d.fitted_input(d.input_layer(x)) if input_wins else d.fitted(d.features(x).flatten(1))
+        assert torch.equal(d.cluster_logits(x), kept)
+
+
+def test_without_the_input_layer_head_the_trunks_head_predicts(tmp_path):
+    cfg = tiny(tmp_path / "t", "iic", steps=2)
+    cfg.model.scan_input_head = False
+    result = train(cfg)
+    d = load_cluster_model(tmp_path / "t").d
+    assert d.fitted_input is None and d.fitted_head() == "trunk" and "layer" not in result["scan"]
 
 
 def test_a_stopped_run_keeps_predicting_with_its_iic_head(tmp_path):
@@ -664,6 +706,22 @@ def test_checkpoints_from_before_the_scan_head_read_as_iic(tmp_path):
     assert kinds.config_from_dict(meta["config"]).model.head_fit == "scan"  # a new run gets today's default
 
 
+def test_checkpoints_from_before_the_input_layer_head_load_without_it(tmp_path):
+    import json
+
+    cfg = tiny(tmp_path / "old", "iic", steps=2)
+    cfg.model.scan_input_head = False
+    train(cfg)
+    folder = ckpt.latest_checkpoint(tmp_path / "old")
+    meta = json.loads((folder / "config.json").read_text())
+    del meta["config"]["model"]["scan_input_head"]  # as written before the field existed
+    (folder / "config.json").write_text(json.dumps(meta))
+    assert kinds.read_config(folder)[0].model.scan_input_head is False
+    d = load_cluster_model(folder).d
+    assert d.fitted_input is None and d.fitted_head() == "trunk"
+    assert kinds.config_from_dict(meta["config"]).model.scan_input_head is True  # a new run gets today's default
+
+
 def test_fit_clusters_script_gives_an_iic_model_a_scan_head(tmp_path):
     cfg = tiny(tmp_path / "iic", "iic", steps=2)
     cfg.model.head_fit, cfg.model.cluster_names = "iic", ["a", "b", "c"]
@@ -673,6 +731,7 @@ def test_fit_clusters_script_gives_an_iic_model_a_scan_head(tmp_path):
                                "--set", "scan_heads=2", "--set", "scan_epochs=2"])
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert result["scan"]["heads"] == 2 and result["images"] == 32
+    assert result["scan"]["layer"] in ("trunk", "input")  # today's stage: the input layer's head was fitted too
     model = load_cluster_model(out)
     assert model.cfg.model.head_fit == "scan" and model.d.uses_fitted_head() and "familiarity" in model.meta
     assert model.cfg.model.cluster_names is None  # named after the old head's clusters: they no longer apply
@@ -681,6 +740,9 @@ def test_fit_clusters_script_gives_an_iic_model_a_scan_head(tmp_path):
     proc, result = run_script(["scripts/fit_clusters.py", "--checkpoint", str(tmp_path / "iic"), "--out", str(out),
                                "--set", "scan_colour=2"])
     assert proc.returncode == 2 and "scan_colour" in proc.stderr
+    proc, result = run_script(["scripts/fit_clusters.py", "--checkpoint", str(tmp_path / "iic"), "--out", str(out),
+                               "--set", "scan_input_head=maybe"])
+    assert proc.returncode == 2 and "true or false" in proc.stderr
 
 
 def test_align_to_codes_numbers_clusters_after_the_generators_codes(tmp_path):

@@ -17,7 +17,7 @@ from __future__ import annotations
 import base64
 import math
 from dataclasses import dataclass
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 import torch
@@ -102,10 +102,16 @@ class ClusterConfig:
     scan_dims: int = 256  # PCA dimensions of D's features the head reads
     scan_hidden: int = 512  # the head's hidden width
     scan_images: int = 60000  # at most this many training images, evenly spaced through the set
+    # The stage also fits heads on D's fixed input layer (what its first conv reads: the pixels or the
+    # mask; a polar mask by the magnitude of its spectrum along the angle, as `input_pixels` gives it)
+    # and keeps whichever of the two heads has the lower SCAN loss. Where the input layer already holds
+    # the classes (one object on a flat background, read as a polar mask), its head wins; where D's
+    # trunk has learnt more than its input shows (Fashion-MNIST, handwritten digits), the trunk's does.
+    scan_input_head: bool = True
 
 
 # Checkpoints written before the SCAN stage existed were trained and predict with their IIC heads.
-LEGACY_DEFAULTS = {"head_fit": "iic", "input_transform": "none"}
+LEGACY_DEFAULTS = {"head_fit": "iic", "input_transform": "none", "scan_input_head": False}
 
 
 def validate(cfg: RunConfig) -> None:
@@ -241,6 +247,7 @@ class AngleCircularConv(nn.Module):
 
 INPUT_TRANSFORMS = {"mask": object_mask, "polar": polar_mask}
 INPUTS = ("none",) + tuple(INPUT_TRANSFORMS)  # what model.input_transform=auto chooses among
+INPUT_NAMES = {"none": "the pixels", "auto": "the pixels", "mask": "the object mask", "polar": "the polar mask"}
 
 
 class ClusterDiscriminator(nn.Module):
@@ -278,6 +285,12 @@ class ClusterDiscriminator(nn.Module):
         with torch.random.fork_rng(devices=[]):
             self.fitted = (FittedHead(self.adv.in_channels * 16, cfg.scan_dims, cfg.scan_hidden, cfg.k)
                            if cfg.head_fit == "scan" else None)
+            # the same on the input layer (scan_input_head): the stage keeps one of the two ready
+            self.fitted_input = None
+            if cfg.head_fit == "scan" and cfg.scan_input_head:
+                blank = torch.zeros(1, cfg.channels, cfg.image_size, cfg.image_size)
+                width = self.input_layer(blank).shape[1]
+                self.fitted_input = FittedHead(width, min(cfg.scan_dims, width), cfg.scan_hidden, cfg.k)
 
     def prepare(self, x: torch.Tensor) -> torch.Tensor:
         """The fixed input layer: the images themselves, or their object masks."""
@@ -301,20 +314,37 @@ class ClusterDiscriminator(nn.Module):
     def features(self, x: torch.Tensor) -> torch.Tensor:
         return self.trunk(self.prepare(x))
 
+    def input_layer(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, F): the fixed input layer as the input-layer SCAN head reads it (`input_pixels`)."""
+        transform = self.input_transform if self.input_transform in INPUT_TRANSFORMS else "none"  # (auto: built as none)
+        return input_pixels(x, transform, self.mask_size)
+
     def best_head(self) -> int:
         return int(self.head_loss.argmin())
 
+    def fitted_head(self) -> Optional[str]:
+        """Which fitted SCAN head predicts: "trunk", "input" or None (none is fitted)."""
+        if self.fitted_input is not None and bool(self.fitted_input.ready):
+            return "input"
+        return "trunk" if self.fitted is not None and bool(self.fitted.ready) else None
+
     def uses_fitted_head(self) -> bool:
-        return self.fitted is not None and bool(self.fitted.ready)
+        return self.fitted_head() is not None
 
     def head_name(self) -> str:
         """Which head predicts, in words (for reports)."""
-        return "SCAN head on D's features" if self.uses_fitted_head() else f"cluster head {self.best_head()}"
+        which = self.fitted_head()
+        if which == "input":
+            return f"SCAN head on D's input layer ({INPUT_NAMES[self.input_transform]})"
+        return "SCAN head on D's features" if which == "trunk" else f"cluster head {self.best_head()}"
 
     def cluster_logits(self, x: torch.Tensor) -> torch.Tensor:
         """(N, K) logits of the head that predicts: the fitted SCAN head once fitted, else the selected
         sub-head of the heads trained with the GAN."""
-        if self.uses_fitted_head():
+        which = self.fitted_head()
+        if which == "input":
+            return self.fitted_input(self.input_layer(x).to(self.fitted_input.mean.dtype))
+        if which == "trunk":
             return self.fitted(self.features(x).flatten(1))
         _, clusters, _ = self(x, logits=True, heads=True)
         return clusters[self.best_head()]
@@ -444,19 +474,11 @@ def scan_settings(cfg: ClusterConfig, seed: int = 0) -> ScanSettings:
                         views=cfg.scan_views, entropy_weight=cfg.scan_entropy_weight, images=cfg.scan_images, seed=seed)
 
 
-def fit_head(d: ClusterDiscriminator, images: torch.Tensor, cfg: ClusterConfig, seed: int = 0,
-             autocast_dtype: Optional[torch.dtype] = None, log=lambda _line: None, progress=None,
-             g: Optional[nn.Module] = None) -> dict:
-    """The second stage: fit `d.fitted` with SCAN on `d`'s frozen trunk features of `images` (uint8,
-    (N, C, H, W), on any device) and of augmented copies (the training augmentation); with the
-    generator `g`, its clusters are then numbered after g's codes (`align_to_codes`). -> the report."""
-    if d.fitted is None:
-        raise ValueError("this discriminator has no SCAN head (model.head_fit is not scan)")
-    device = next(d.parameters()).device
+def view_reader(layer: Callable[[torch.Tensor], torch.Tensor], device, seed: int, acfg: AugmentConfig,
+                autocast_dtype: Optional[torch.dtype] = None) -> Callable[[torch.Tensor, bool], torch.Tensor]:
+    """`features(batch, augmented)` for `scan.fit`: `layer` of a uint8 batch (of an augmented copy, the
+    training augmentation, when `augmented`), flattened to float rows; its own seeded random stream."""
     gen = torch.Generator(device=device).manual_seed(seed)
-    acfg = augment_config(cfg)
-    was_training = d.training
-    d.eval()
 
     @torch.no_grad()
     def features(batch: torch.Tensor, augmented: bool) -> torch.Tensor:
@@ -464,10 +486,39 @@ def fit_head(d: ClusterDiscriminator, images: torch.Tensor, cfg: ClusterConfig, 
         if augmented:
             x = augment(x, gen, acfg)
         with autocast(device, autocast_dtype):
-            return d.features(x).flatten(1).float()
+            return layer(x).flatten(1).float()
+    return features
+
+
+def fit_head(d: ClusterDiscriminator, images: torch.Tensor, cfg: ClusterConfig, seed: int = 0,
+             autocast_dtype: Optional[torch.dtype] = None, log=lambda _line: None, progress=None,
+             g: Optional[nn.Module] = None) -> dict:
+    """The second stage: fit `d.fitted` with SCAN on `d`'s frozen trunk features of `images` (uint8,
+    (N, C, H, W), on any device) and of augmented copies (the training augmentation), and `d.fitted_input`
+    (where there is one) the same way on D's input layer; the head with the lower SCAN loss is kept (no
+    label involved). With the generator `g`, its clusters are then numbered after g's codes
+    (`align_to_codes`). -> the report (of the trunk's head, with "layer": the kept one, and "input_layer":
+    the other head's report)."""
+    if d.fitted is None:
+        raise ValueError("this discriminator has no SCAN head (model.head_fit is not scan)")
+    device = next(d.parameters()).device
+    acfg = augment_config(cfg)
+    was_training = d.training
+    d.eval()
 
     try:
-        report = scan_fit(features, images, cfg.k, scan_settings(cfg, seed), d.fitted, log, progress)
+        report = scan_fit(view_reader(d.features, device, seed, acfg, autocast_dtype), images, cfg.k,
+                          scan_settings(cfg, seed), d.fitted, log, progress)
+        if d.fitted_input is not None:
+            log("SCAN: and a head on D's input layer, for comparison")
+            stage = (lambda part, done, total: progress(f"D's input layer, {part}", done, total)) if progress else None
+            other = scan_fit(view_reader(d.input_layer, device, seed, acfg), images, cfg.k, scan_settings(cfg, seed),
+                             d.fitted_input, log, stage)
+            layer = "input" if other["loss"] < report["loss"] else "trunk"
+            (d.fitted if layer == "input" else d.fitted_input).ready.fill_(False)
+            report.update(layer=layer, input_layer=other)
+            log(f"SCAN: predicting with the head on D's {'input layer' if layer == 'input' else 'features'} "
+                f"(loss {min(report['loss'], other['loss']):.3f}, against {max(report['loss'], other['loss']):.3f})")
     finally:
         d.train(was_training)
     if g is not None:
@@ -524,13 +575,7 @@ def choose(cfg: RunConfig, images: torch.Tensor, saved=None, log=lambda _line: N
                             entropy_weight=m.scan_entropy_weight, images=CHOICE_IMAGES, seed=cfg.train.seed)
     losses = {}
     for transform in INPUTS:
-        gen = torch.Generator(device=images.device).manual_seed(cfg.train.seed)
-
-        @torch.no_grad()
-        def features(batch: torch.Tensor, augmented: bool) -> torch.Tensor:
-            x = to_float(batch)
-            return input_pixels(augment(x, gen, acfg) if augmented else x, transform, m.mask_size)
-
+        features = view_reader(lambda x, t=transform: input_pixels(x, t, m.mask_size), images.device, cfg.train.seed, acfg)
         width = features(images[:1], False).shape[1]
         report = scan_fit(features, images, m.k, settings, FittedHead(width, 128, 256, m.k),
                           progress=(lambda stage, done, total: progress(f"input {transform}: {stage}", done, total))
@@ -551,8 +596,9 @@ def start(model_cfg: ClusterConfig, m: Models) -> None:
     """Kind hook, before the first step of a run with steps to go: a SCAN head fitted on the trunk as it
     was stops predicting (its features move on with training) until `finish` fits it again."""
     for d in (m.d_core, m.ema.get(DISCRIMINATOR)):
-        if d is not None and d.fitted is not None:
-            d.fitted.ready.fill_(False)
+        for head in (d.fitted, d.fitted_input) if d is not None else ():
+            if head is not None:
+                head.ready.fill_(False)
 
 
 @torch.no_grad()
@@ -574,7 +620,7 @@ def align_to_codes(d: ClusterDiscriminator, g: nn.Module, cfg: ClusterConfig, pe
     counts.index_put_((codes.cpu(), ids), torch.ones(len(ids)), accumulate=True)
     rows, cols = linear_sum_assignment(counts.numpy(), maximize=True)  # code rows[i] <-> cluster cols[i]
     order = torch.as_tensor(cols[rows.argsort()], device=device)  # new cluster c = old cluster order[c]
-    last = d.fitted.mlp[-1]
+    last = (d.fitted_input if d.fitted_head() == "input" else d.fitted).mlp[-1]
     last.weight.copy_(last.weight[order])
     last.bias.copy_(last.bias[order])
     return float(counts[rows, cols].sum() / counts.sum())
@@ -591,8 +637,16 @@ def finish(cfg: RunConfig, m: Models, images: torch.Tensor, log=lambda _line: No
     report = fit_head(d, images, model_cfg, cfg.train.seed, m.autocast_dtype, log, progress, m.sampling_generator())
     for other in (m.d_core, m.ema.get(DISCRIMINATOR)):
         if other is not None and other is not d:
-            other.fitted.load_state_dict(d.fitted.state_dict())
+            copy_fitted(d, other)
     return {"scan": report}
+
+
+@torch.no_grad()
+def copy_fitted(source: ClusterDiscriminator, target: ClusterDiscriminator) -> None:
+    """The fitted SCAN heads of `source` into `target` (the live D and its EMA copy agree after a fit)."""
+    target.fitted.load_state_dict(source.fitted.state_dict())
+    if source.fitted_input is not None:
+        target.fitted_input.load_state_dict(source.fitted_input.state_dict())
 
 
 @torch.no_grad()

@@ -18,28 +18,11 @@ import argparse
 import json
 import sys
 
-from scripts._cli import fail
+from scripts._cli import fail, parse_sets
 
 # the model settings the choice reads: the augmentation of its views, the masks' side and SCAN's loss
 SETTABLE = ("aug_rotate_deg", "aug_scale_min", "aug_scale_max", "aug_translate", "aug_aspect", "aug_photometric",
             "aug_colour", "mask_size", "scan_neighbours", "scan_entropy_weight")
-
-
-def parse_sets(items: list[str]) -> dict:
-    """["aug_rotate_deg=180", ...] -> {"aug_rotate_deg": 180.0, ...}, each of its field's type."""
-    from gan_core.models.cluster import ClusterConfig
-
-    out = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or key not in SETTABLE:
-            raise ValueError(f"--set takes NAME=VALUE with NAME one of {', '.join(SETTABLE)}, not {item!r}")
-        kind = type(getattr(ClusterConfig, key))
-        try:
-            out[key] = kind(value)
-        except ValueError:
-            raise ValueError(f"--set {key} takes {kind.__name__} values, not {value!r}") from None
-    return out
 
 
 def main(argv=None) -> dict:
@@ -56,14 +39,16 @@ def main(argv=None) -> dict:
                    help=f"a model setting the choice reads, as the run will have it ({', '.join(SETTABLE)})")
     args = p.parse_args(argv)
     try:
-        sets = parse_sets(args.set)
+        from gan_core.models.cluster import ClusterConfig
+
+        sets = parse_sets(args.set, SETTABLE, ClusterConfig)
     except ValueError as e:
         p.error(str(e))
 
     from gan_core.config import DataConfig, RunConfig, TrainConfig
     from gan_core.data import DataError, load_dataset
     from gan_core.kinds import validate
-    from gan_core.models.cluster import ClusterConfig, choose
+    from gan_core.models.cluster import choose
 
     data = DataConfig(source=args.source, path=args.path, split=args.split, image_size=args.image_size,
                       channels=args.channels, num_images=args.num_images)

@@ -21,28 +21,11 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from scripts._cli import fail
+from scripts._cli import fail, parse_sets
 
 SETTABLE = ("scan_heads", "scan_epochs", "scan_min_updates", "scan_neighbours", "scan_views", "scan_dims",
             "scan_hidden", "scan_images", "scan_entropy_weight", "scan_input_head")
-
-
 FITTED = ("fitted.", "fitted_input.")  # the SCAN heads' weights
-
-
-def parse_sets(items: list[str]) -> dict:
-    out = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or key not in SETTABLE:
-            raise ValueError(f"--set takes NAME=VALUE with NAME one of {', '.join(SETTABLE)}, not {item!r}")
-        if key == "scan_input_head":
-            if value.lower() not in ("true", "false"):
-                raise ValueError(f"--set scan_input_head takes true or false, not {value!r}")
-            out[key] = value.lower() == "true"
-        else:
-            out[key] = float(value) if key == "scan_entropy_weight" else int(value)
-    return out
 
 
 def main(argv=None) -> dict:
@@ -56,11 +39,12 @@ def main(argv=None) -> dict:
     p.add_argument("--device", default="cpu")
     args = p.parse_args(argv)
     try:
-        sets = parse_sets(args.set)
+        from gan_core.models.cluster import ClusterConfig
+
+        sets = parse_sets(args.set, SETTABLE, ClusterConfig)
     except ValueError as e:
         p.error(str(e))
 
-    import torch
     from tqdm import tqdm
 
     from gan_core import checkpoint as ckpt
@@ -68,7 +52,7 @@ def main(argv=None) -> dict:
     from gan_core.checkpoint import CheckpointError
     from gan_core.data import DataError, load_dataset
     from gan_core.hub import resolve
-    from gan_core.models.cluster import ClusterConfig, checkpoint_meta, copy_fitted, fit_head
+    from gan_core.models.cluster import checkpoint_meta, copy_fitted, fit_head
 
     start = time.perf_counter()
     try:

@@ -116,11 +116,19 @@ def write_json(path: str | Path, obj: dict) -> None:
         _write_json(tmp, obj)
 
 
+def _full_precision_keys(module: nn.Module) -> set[str]:
+    """State-dict keys kept in fp32 when the rest is cast down: the buffers a submodule names in its
+    `keep_fp32` (a SCAN head's feature means: near-constant pixels round badly in fp16)."""
+    return {f"{prefix}.{name}" if prefix else name
+            for prefix, sub in module.named_modules() for name in getattr(sub, "keep_fp32", ())}
+
+
 def _module_tensors(module: nn.Module, dtype: Optional[torch.dtype]) -> dict[str, torch.Tensor]:
     out = {}
+    keep = _full_precision_keys(module) if dtype is not None else set()
     for k, v in module.state_dict().items():
         v = v.detach().cpu()
-        if dtype is not None and v.is_floating_point():
+        if dtype is not None and v.is_floating_point() and k not in keep:
             v = v.to(dtype)
         out[k] = v.contiguous()
     return out

@@ -448,6 +448,7 @@ def train(cfg: config_mod.RunConfig, on_progress: Optional[ProgressFn] = None,
         except StageStopped:  # nothing was built or trained: nothing to save
             return {"checkpoint": None, "step": 0, "steps_run": 0, "seconds": 0.0, "images_per_s": 0.0,
                     "metrics": {}, "stopped": "stopped by request before the first step", "device": str(device),
+                    "precision": None, "channels_last": None, "runtime": None, "cuda_graph": False,
                     "world_size": world}
     t = cfg.train
 

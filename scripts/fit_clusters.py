@@ -91,7 +91,7 @@ def main(argv=None) -> dict:
     def progress(stage: str, done: int, total: int) -> None:
         bar = bars.get(stage)
         if bar is None:
-            bar = bars[stage] = tqdm(total=total, desc=stage, unit="img" if stage != "heads" else "epoch")
+            bar = bars[stage] = tqdm(total=total, desc=stage, unit="epoch" if stage.endswith("heads") else "img")
         bar.update(done - bar.n)
         if done >= total:
             bar.close()

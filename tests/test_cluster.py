@@ -664,6 +664,38 @@ def test_the_scan_stage_keeps_the_head_with_the_lower_loss(monkeypatch, tmp_path
         assert torch.equal(d.cluster_logits(x), kept)
 
 
+def test_a_failing_input_layer_head_keeps_the_trunks_head(monkeypatch, tmp_path):
+    real_fit, calls = cluster.scan_fit, []
+
+    def fit(*args, **kw):
+        calls.append(1)
+        if len(calls) == 2:  # the input layer's head
+            raise MemoryError("no room for the pixels")
+        return real_fit(*args, **kw)
+
+    monkeypatch.setattr(cluster, "scan_fit", fit)
+    lines = []
+    result = train(tiny(tmp_path / "f", "iic", steps=2), on_log=lines.append)
+    assert result["scan"]["layer"] == "trunk" and "no room" in result["scan"]["input_layer"]["error"]
+    assert any("input layer's head failed" in line for line in lines)
+    assert load_cluster_model(tmp_path / "f").d.fitted_head() == "trunk"
+
+
+def test_fp16_export_keeps_the_scan_heads_feature_means_in_fp32():
+    d = cluster.ClusterDiscriminator(ClusterConfig(nz=8, ngf=8, ndf=8, k=3, image_size=32, channels=1,
+                                                   input_transform="mask"))
+    d.fitted_input.mean.fill_(-0.99971)  # a mask's near-constant background: -1.0 in fp16
+    tensors = ckpt._module_tensors(d, torch.float16)
+    assert tensors["fitted_input.mean"].dtype == torch.float32 and tensors["fitted.mean"].dtype == torch.float32
+    assert torch.equal(tensors["fitted_input.mean"], d.fitted_input.mean)
+    assert tensors["fitted_input.project"].dtype == torch.float16 and tensors["trunk.0.weight"].dtype == torch.float16
+
+
+def test_ddp_expects_unused_parameters_while_a_scan_head_waits_for_its_fit():
+    assert cluster.unused_parameters(ClusterConfig())  # head_fit=scan: the SCAN heads get no gradient
+    assert not cluster.unused_parameters(ClusterConfig(head_fit="iic"))
+
+
 def test_without_the_input_layer_head_the_trunks_head_predicts(tmp_path):
     cfg = tiny(tmp_path / "t", "iic", steps=2)
     cfg.model.scan_input_head = False

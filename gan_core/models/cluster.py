@@ -173,9 +173,9 @@ def num_codes(model_cfg: ClusterConfig) -> int:
 
 
 def unused_parameters(model_cfg: ClusterConfig) -> bool:
-    """Without IIC the over-clustering heads get no gradient (and the contrastive pass skips the heads);
-    DDP must be told to expect that."""
-    return model_cfg.objective != "iic" or model_cfg.contrastive_weight > 0
+    """Without IIC the over-clustering heads get no gradient (and the contrastive pass skips the heads),
+    and the SCAN heads (fitted after the steps) never do; DDP must be told to expect that."""
+    return model_cfg.objective != "iic" or model_cfg.contrastive_weight > 0 or model_cfg.head_fit == "scan"
 
 
 def _mask_frame(x: torch.Tensor, spread: float):
@@ -512,13 +512,18 @@ def fit_head(d: ClusterDiscriminator, images: torch.Tensor, cfg: ClusterConfig, 
         if d.fitted_input is not None:
             log("SCAN: and a head on D's input layer, for comparison")
             stage = (lambda part, done, total: progress(f"D's input layer, {part}", done, total)) if progress else None
-            other = scan_fit(view_reader(d.input_layer, device, seed, acfg), images, cfg.k, scan_settings(cfg, seed),
-                             d.fitted_input, log, stage)
-            layer = "input" if other["loss"] < report["loss"] else "trunk"
+            try:
+                other = scan_fit(view_reader(d.input_layer, device, seed, acfg), images, cfg.k,
+                                 scan_settings(cfg, seed), d.fitted_input, log, stage)
+            except (ValueError, RuntimeError, MemoryError) as e:  # the trunk's head stands
+                log(f"SCAN: the input layer's head failed ({type(e).__name__}: {e}); keeping the trunk's")
+                other = {"error": f"{type(e).__name__}: {e}"}
+            layer = "input" if other.get("loss", math.inf) < report["loss"] else "trunk"
             (d.fitted if layer == "input" else d.fitted_input).ready.fill_(False)
             report.update(layer=layer, input_layer=other)
-            log(f"SCAN: predicting with the head on D's {'input layer' if layer == 'input' else 'features'} "
-                f"(loss {min(report['loss'], other['loss']):.3f}, against {max(report['loss'], other['loss']):.3f})")
+            if "loss" in other:
+                log(f"SCAN: predicting with the head on D's {'input layer' if layer == 'input' else 'features'} "
+                    f"(loss {min(report['loss'], other['loss']):.3f}, against {max(report['loss'], other['loss']):.3f})")
     finally:
         d.train(was_training)
     if g is not None:

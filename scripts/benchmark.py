@@ -3,6 +3,7 @@
 
     python -m scripts.benchmark --device cpu --steps 5 --batch 64
     python -m scripts.benchmark --device cuda --steps 200 --batch 128 [--compile] [--cuda-graph on]
+    python -m scripts.benchmark --device cpu --steps 6 --batch 64 --ceiling   # + what this device could reach
 
 Both paths train the same networks (same seed, same init) on the same data: a folder of PNG
 images this script writes itself (built-in shapes). (a) the reference is the tutorial as written:
@@ -12,6 +13,12 @@ routine (decode once to a uint8 tensor on the device, index-gather batches, the 
 format that time fastest here (`train.precision=auto`, measured afresh each run), fused Adam on
 CUDA, D's weight gradients skipped in the G step, no per-step host sync). Warm-up steps are run and not
 timed on both paths. The last stdout line is one JSON object.
+
+`--ceiling` adds what the arithmetic allows on this device: the floating-point work of one training
+step (counted with `torch.utils.flop_counter`), the best rate the device reaches in each precision the
+fast path considered (one of D's middle convolutions at the run's batch, forward, in the fast path's
+memory format, and a square matmul), and from the two the most images per second, and the most
+speedup over the measured tutorial, that a step running wholly at that best rate could reach.
 """
 from __future__ import annotations
 
@@ -153,6 +160,73 @@ def fast(folder: Path, device: torch.device, steps: int, batch: int, warmup: int
             "timings_s": choice.timings, "cuda_graph": use_graph, "cuda_graph_why": graph_why}
 
 
+def step_gflop_per_image(batch: int, device: torch.device) -> float:
+    """GFLOP of one seed-DCGAN training step per image (forward and backward, D then G), counted by
+    torch's flop counter on the step gan_core runs (fp32, NCHW: the count does not depend on them)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from gan_core.runtime import Choice
+
+    cfg = config_mod.sync_model_to_data(RunConfig(model=DCGANConfig(), data=DataConfig(source="shapes"),
+                                                  train=TrainConfig(batch_size=batch, device=str(device))))
+    m = training.build_models(cfg, device, Choice("fp32", False))
+    gen = step_generator(0, 0, 0, device)
+    real = torch.rand(batch, 3, 64, 64, generator=gen, device=device) * 2 - 1
+    noise = torch.randn(batch, 100, 1, 1, generator=gen, device=device)
+    with FlopCounterMode(display=False) as counter:
+        dcgan.train_step(m, Batch(real, noise))
+    return counter.get_total_flops() / batch / 1e9
+
+
+def best_rates(device: torch.device, precisions: list[str], batch: int, channels_last: bool,
+               reps: int = 10) -> dict:
+    """GFLOP/s per precision: the better of one of D's middle convolutions (128 -> 256 channels, 16 -> 8 px,
+    kernel 4, stride 2) on `batch` images, forward, and a 2048 x 2048 matmul; each timed over `reps` calls
+    after two untimed ones."""
+    from gan_core.runtime import PRECISIONS, autocast
+
+    def rate(fn, flop: float) -> float:
+        with torch.no_grad():
+            fn(), fn()
+            _sync(device)
+            t = time.perf_counter()
+            for _ in range(reps):
+                fn()
+            _sync(device)
+        return flop * reps / (time.perf_counter() - t) / 1e9
+
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    gen = torch.Generator(device=device).manual_seed(0)
+    x = torch.randn(batch, 128, 16, 16, generator=gen, device=device).contiguous(memory_format=fmt)
+    conv = nn.Conv2d(128, 256, 4, 2, 1, bias=False).to(device, memory_format=fmt)
+    conv_flop = 2.0 * batch * 256 * 8 * 8 * 128 * 4 * 4
+    n = 2048
+    out = {}
+    for precision in precisions:
+        dtype = PRECISIONS[precision]
+        a = torch.randn(n, n, generator=gen, device=device, dtype=dtype or torch.float32)
+        b = torch.randn(n, n, generator=gen, device=device, dtype=dtype or torch.float32)
+        with autocast(device, dtype):
+            conv_rate = rate(lambda: conv(x), conv_flop)
+        mm_rate = rate(lambda: a @ b, 2.0 * n ** 3)
+        out[precision] = {"conv_gflop_s": round(conv_rate, 1), "matmul_gflop_s": round(mm_rate, 1)}
+    return out
+
+
+def ceiling(device: torch.device, batch: int, fst: dict, ref: Optional[dict]) -> dict:
+    """What a step running wholly at the device's best measured rate would reach (see the module doc)."""
+    precisions = sorted({k.split("/")[0] for k in fst["timings_s"]} | {fst["precision"]})
+    gflop = step_gflop_per_image(batch, device)
+    rates = best_rates(device, precisions, batch, fst["channels_last"])
+    best = max(max(r.values()) for r in rates.values())
+    img_s = best / gflop
+    return {"step_gflop_per_image": round(gflop, 3), "best_gflop_s": rates, "ceiling_img_s": round(img_s, 1),
+            "ceiling_speedup": round(img_s / ref["img_s"], 2) if ref else None,
+            "reference_gflop_s": round(ref["img_s"] * gflop, 1) if ref else None,
+            "fast_gflop_s": round(fst["img_s"] * gflop, 1),
+            "fast_share_of_ceiling": round(fst["img_s"] / img_s, 3)}
+
+
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
@@ -169,6 +243,8 @@ def main(argv=None) -> dict:
                    help="the whole step as one CUDA graph (auto: where it times faster, CUDA only; on with a CPU: dry run)")
     p.add_argument("--compile-mode", default="default", choices=["default", "reduce-overhead", "max-autotune"])
     p.add_argument("--skip-reference", action="store_true")
+    p.add_argument("--ceiling", action="store_true",
+                   help="also measure the device's best GFLOP/s per precision and the speedup that would allow")
     args = p.parse_args(argv)
     device = torch.device(args.device)
     warmup = args.warmup if args.warmup is not None else (20 if device.type == "cuda" else 1)
@@ -187,6 +263,7 @@ def main(argv=None) -> dict:
         fst = fast(folder, device, args.steps, args.batch, warmup, args.compile, args.precision, Path(tmp) / "cache",
                    flag[args.channels_last], flag[args.cuda_graph], args.compile_mode)
         print(f"fast: {fst['img_s']:.1f} img/s", file=sys.stderr)
+    top = ceiling(device, args.batch, fst, ref) if args.ceiling else None
     result = {
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)",
         "batch": args.batch, "steps": args.steps, "warmup": warmup,
@@ -202,6 +279,8 @@ def main(argv=None) -> dict:
         "cpu_capability": torch.backends.cpu.get_cpu_capability(), "cpu_bf16_native": cpu_bf16_is_fast(),
         "torch": torch.__version__,
     }
+    if top is not None:
+        result["ceiling"] = top
     print(json.dumps(result))
     return result
 

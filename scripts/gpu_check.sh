@@ -59,7 +59,7 @@ bench() {  # bench NAME TIMEOUT ARGS...
   timeout "$limit" $PY -m scripts.benchmark --device "$DEV" --batch $BATCH --images 5000 "$@" > "$LOG/bench_$name.log" 2>&1
   record "bench_$name" "$LOG/bench_$name.log"
 }
-bench default 150 --steps $BSTEPS
+bench default 150 --steps $BSTEPS --ceiling
 bench ${LOW}_cl_eager 90 --steps $BSTEPS --skip-reference --precision $LOW --channels-last on --cuda-graph off
 bench ${LOW}_nchw_eager 90 --steps $BSTEPS --skip-reference --precision $LOW --channels-last off --cuda-graph off
 bench ${HALF}_nchw_eager_scaled 90 --steps $BSTEPS --skip-reference --precision $HALF --channels-last off --cuda-graph off

@@ -216,14 +216,21 @@ def test_push_to_hub_dry_run_and_upload_calls(tmp_path, monkeypatch):
     assert "hf_secret" not in json.dumps(res)
 
 
-def test_benchmark_tiny_run_reports_both_paths():
+def test_benchmark_tiny_run_reports_both_paths_and_the_ceiling():
     proc, result = run_script(["scripts/benchmark.py", "--device", "cpu", "--steps", "1", "--batch", "4",
-                               "--warmup", "1", "--images", "16", "--workers", "0"])
+                               "--warmup", "1", "--images", "16", "--workers", "0", "--ceiling"])
     assert proc.returncode == 0, proc.stderr[-2000:]
     for key in ("device", "batch", "steps", "reference_img_s", "fast_img_s", "speedup", "reference_loss_d",
                 "fast_loss_d", "fast_loss_g"):
         assert key in result
     assert result["reference_img_s"] > 0 and result["fast_img_s"] > 0 and result["batch"] == 4
+    top = result["ceiling"]
+    # The seed DCGAN's step: 8 D passes' and 3 G passes' worth of about 0.21 GFLOP each per image.
+    assert 2.0 < top["step_gflop_per_image"] < 2.6
+    assert result["fast_precision"] in top["best_gflop_s"] and "fp32" in top["best_gflop_s"]
+    best = max(max(r.values()) for r in top["best_gflop_s"].values())
+    assert top["ceiling_img_s"] == pytest.approx(best / top["step_gflop_per_image"], rel=1e-2)
+    assert top["ceiling_speedup"] == pytest.approx(top["ceiling_img_s"] / result["reference_img_s"], rel=2e-2)
 
 
 def test_evaluate_clustering_baseline_and_d_features(tmp_path):

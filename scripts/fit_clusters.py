@@ -52,6 +52,7 @@ def main(argv=None) -> dict:
     from gan_core.checkpoint import CheckpointError
     from gan_core.data import DataError, load_dataset
     from gan_core.hub import resolve
+    from gan_core.inference.loading import KEPT_ON_EXPORT
     from gan_core.models.cluster import checkpoint_meta, copy_fitted, fit_head
 
     start = time.perf_counter()
@@ -103,8 +104,8 @@ def main(argv=None) -> dict:
     for name, module in loaded.items():
         if module is not d and ckpt.followed_role(name) == ckpt.DISCRIMINATOR:
             copy_fitted(d, module)
-    kept = {key: meta[key] for key in ("sample_quality", "input_choice") if key in meta}
-    extra = {**checkpoint_meta(new.model, loaded, ds.images), "scan": report, **kept}
+    kept = {key: meta[key] for key in KEPT_ON_EXPORT if key in meta}  # what a shipped copy keeps, ...
+    extra = {**kept, **checkpoint_meta(new.model, loaded, ds.images), "scan": report}  # ... refreshed where refitted
     out = ckpt.write_folder(Path(args.out), new, meta["step"], {k: v.cpu() for k, v in loaded.items()},
                             metrics=meta.get("metrics"), extra=extra)
     result = {"out": str(out), "images": len(ds), "scan": report,

@@ -1,3 +1,6 @@
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -724,8 +727,6 @@ def test_iic_head_fit_builds_no_scan_head(tmp_path):
 
 
 def test_checkpoints_from_before_the_scan_head_read_as_iic(tmp_path):
-    import json
-
     cfg = tiny(tmp_path / "old", "iic", steps=2)
     cfg.model.head_fit = "iic"
     train(cfg)
@@ -739,8 +740,6 @@ def test_checkpoints_from_before_the_scan_head_read_as_iic(tmp_path):
 
 
 def test_checkpoints_from_before_the_input_layer_head_load_without_it(tmp_path):
-    import json
-
     cfg = tiny(tmp_path / "old", "iic", steps=2)
     cfg.model.scan_input_head = False
     train(cfg)
@@ -758,6 +757,9 @@ def test_fit_clusters_script_gives_an_iic_model_a_scan_head(tmp_path):
     cfg = tiny(tmp_path / "iic", "iic", steps=2)
     cfg.model.head_fit, cfg.model.cluster_names = "iic", ["a", "b", "c"]
     train(cfg)
+    src = Path(load_cluster_model(tmp_path / "iic").folder) / "config.json"
+    record = json.loads(src.read_text())
+    src.write_text(json.dumps({**record, "sample_quality": {"fid": 1.5}}))  # a figure the refit must not drop
     out = tmp_path / "scan"
     proc, result = run_script(["scripts/fit_clusters.py", "--checkpoint", str(tmp_path / "iic"), "--out", str(out),
                                "--set", "scan_heads=2", "--set", "scan_epochs=2"])
@@ -766,6 +768,7 @@ def test_fit_clusters_script_gives_an_iic_model_a_scan_head(tmp_path):
     assert result["scan"]["layer"] in ("trunk", "input")  # today's stage: the input layer's head was fitted too
     model = load_cluster_model(out)
     assert model.cfg.model.head_fit == "scan" and model.d.uses_fitted_head() and "familiarity" in model.meta
+    assert model.meta["sample_quality"] == {"fid": 1.5} and model.meta["scan"]["heads"] == 2
     assert model.cfg.model.cluster_names is None  # named after the old head's clusters: they no longer apply
     ids, probs = cluster.predict_tensor(model.d, torch.zeros(4, 1, 32, 32, dtype=torch.uint8))
     assert probs.shape == (4, 3)

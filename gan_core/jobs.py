@@ -27,6 +27,7 @@ from . import kinds
 from .checkpoint import check_output_folder
 from .data import load_dataset
 from .inference.loading import export
+from .scan import counts_epochs
 from .training import train
 from .viz import image_grid
 
@@ -158,7 +159,7 @@ class TrainingJob:
     def _on_stage(self, stage: str, done: int, total: int) -> None:
         """The kind's stages, shown in the summary: before the first step (the cluster kind's choice of
         input, stages "input NAME: part") and after the last (its SCAN head)."""
-        unit = "epochs" if stage.endswith("heads") else "images"
+        unit = "epochs" if counts_epochs(stage) else "images"
         what = "choosing the input layer" if stage.startswith("input ") else "fitting the SCAN head"
         self._update(message=f"{what}: {stage.removeprefix('input ')}, {done:,} / {total:,} {unit}")
 

@@ -40,6 +40,15 @@ class ScanSettings:
     seed: int = 0
 
 
+HEADS_STAGE = "heads"  # the progress stage of `fit` that counts epochs; every other stage counts images
+
+
+def counts_epochs(stage: str) -> bool:
+    """Whether a progress report from `fit` counts the heads' epochs rather than images (`stage` may carry a
+    caller's prefix, as in "D's input layer, heads")."""
+    return stage.endswith(HEADS_STAGE)
+
+
 class FittedHead(nn.Module):
     """Flattened trunk features (N, width) -> (N, K) cluster logits: a fixed linear map (standardise,
     then PCA) followed by the trained MLP. `ready` is False until a fit has filled it in, and the
@@ -182,7 +191,7 @@ def fit(features: Callable[[torch.Tensor, bool], torch.Tensor], images: torch.Te
     log(f"SCAN: {n} images, {clean.shape[1]} PCA dimensions, {neighbours.shape[1]} neighbours each "
         f"({time.perf_counter() - start:.0f} s for the features); {s.heads} heads x {epochs} epochs")
     heads, losses = train_heads(clean, views, neighbours, k, head.mlp[0].out_features, s,
-                                (lambda e, total: progress("heads", e, total)) if progress else None)
+                                (lambda e, total: progress(HEADS_STAGE, e, total)) if progress else None)
     if not any(math.isfinite(x) for x in losses):
         raise ValueError("every SCAN head ended with a non-finite loss")
     best = min(range(len(heads)), key=lambda h: (not math.isfinite(losses[h]), losses[h]))

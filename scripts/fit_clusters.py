@@ -54,6 +54,7 @@ def main(argv=None) -> dict:
     from gan_core.hub import resolve
     from gan_core.inference.loading import KEPT_ON_EXPORT
     from gan_core.models.cluster import checkpoint_meta, copy_fitted, fit_head
+    from gan_core.scan import counts_epochs
 
     start = time.perf_counter()
     try:
@@ -92,7 +93,7 @@ def main(argv=None) -> dict:
     def progress(stage: str, done: int, total: int) -> None:
         bar = bars.get(stage)
         if bar is None:
-            bar = bars[stage] = tqdm(total=total, desc=stage, unit="epoch" if stage.endswith("heads") else "img")
+            bar = bars[stage] = tqdm(total=total, desc=stage, unit="epoch" if counts_epochs(stage) else "img")
         bar.update(done - bar.n)
         if done >= total:
             bar.close()

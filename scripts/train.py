@@ -127,6 +127,7 @@ def main(raw) -> None:
     import torch
     from tqdm import tqdm
 
+    from gan_core.scan import counts_epochs
     from gan_core.training import train as run_training
     from gan_core.viz import image_grid
 
@@ -192,7 +193,7 @@ def main(raw) -> None:
         the last (its SCAN head): one bar per part."""
         if "train" in bars:  # the steps are over: their bar stays as it ended
             bars.pop("train").close()
-        bar = progress_bar(f"SCAN {stage}", total=total, unit="epoch" if stage.endswith("heads") else "img")
+        bar = progress_bar(f"SCAN {stage}", total=total, unit="epoch" if counts_epochs(stage) else "img")
         bar.update(done - bar.n)
         if done >= total:
             bars.pop(f"SCAN {stage}").close()

@@ -286,3 +286,38 @@ def test_train_cli_help_lists_described_fields_and_model_image_size_sets_the_siz
     proc, result = run_script(["scripts/train.py", *tiny, "model.image_size=32", "train.steps=1", f"train.out_dir={out}"])
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert load_model(result["checkpoint"]).cfg.data.image_size == 32  # not silently 64
+
+
+def test_recipe_race_settings_are_typed_and_bad_ones_are_one_line():
+    from scripts.recipe_race import build_config
+    cfg = build_config(["model.kind=dcgan", "model.ngf=4", "model.r1_gamma=1", "train.lr_d=4e-4",
+                        "model.diffaugment=color,translation", "train.channels_last=false"])
+    assert cfg.model.ngf == 4 and isinstance(cfg.model.ngf, int)
+    assert cfg.model.r1_gamma == 1.0 and isinstance(cfg.model.r1_gamma, float)
+    assert cfg.train.lr_d == 4e-4 and cfg.train.channels_last is False
+    assert cfg.model.diffaugment == "color,translation"
+    for bad in ("train.steps=1.5", "model.nope=1", "steps=3", "model.r1_gamma=x"):
+        with pytest.raises(ValueError):
+            build_config(["model.kind=dcgan", bad])
+    proc, result = run_script(["scripts/recipe_race.py", "--out", "unused", "--minutes", "1",
+                               "--recipe", "a", "train.steps=-2"])
+    assert proc.returncode == 2 and "recipe a" in result["error"]
+
+
+def test_recipe_race_trains_side_by_side_and_scores_each_checkpoint(tmp_path):
+    base = ["model.kind=dcgan", "data.source=shapes", "data.num_images=32", "model.ngf=4", "model.ndf=4",
+            "train.batch_size=4", "train.steps=4", "train.checkpoint_every=2", "train.keep_checkpoints=10",
+            "train.sample_every=100", "train.log_every=2"]
+    proc, result = run_script(["scripts/recipe_race.py", "--out", str(tmp_path), "--minutes", "5", "--device", "cpu",
+                               "--n", "16", "--real", "16", "--base", *base,
+                               "--recipe", "plain", "--recipe", "r1", "model.r1_gamma=1", "train.batch_size=8"],
+                              env={"GANLAB_CACHE": str(tmp_path / "cache")})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert set(result["recipes"]) == {"plain", "r1"}
+    for name, r in result["recipes"].items():
+        assert r["steps"] == 4 and r["error"] is None, r
+        assert [s["step"] for s in r["scores"]] == [2, 4]  # every checkpoint, oldest first
+        assert all(s["fid"] >= 0 and 0 <= s["recall"] <= 1 for s in r["scores"])
+        assert r["best_step"] == min(r["scores"], key=lambda s: s["fid"])["step"]
+    assert load_model(tmp_path / "r1" / "checkpoints" / "step_00000004").cfg.model.r1_gamma == 1.0
+    assert result["recipes"]["r1"]["images_per_s"] > 0 and "train.batch_size=8" in result["recipes"]["r1"]["settings"]

@@ -148,8 +148,7 @@ def fast(folder: Path, device: torch.device, steps: int, batch: int, warmup: int
             gen = step_generator(0, 0, step, device)
             real = training.get_batch(images, batch, gen, m.memory_format)
             noise = torch.randn(batch, 100, 1, 1, generator=gen, device=device)
-            metrics = dcgan.train_step(m, Batch(real, noise))  # the tutorial's update: no gen, no smoothing
-            m.end_step()
+            metrics = training.run_step(cfg, m, Batch(real, noise))  # the tutorial's update: no gen, no smoothing
         if step >= warmup:
             sums.append(torch.stack([metrics["loss_d"].float(), metrics["loss_g"].float()]))
     _sync(device)

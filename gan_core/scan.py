@@ -49,6 +49,14 @@ def counts_epochs(stage: str) -> bool:
     return stage.endswith(HEADS_STAGE)
 
 
+def prefixed(progress, prefix: str):
+    """`progress(stage, done, total)` with each stage named "PREFIX stage" (None stays None), for a caller
+    that runs `fit` more than once and must tell the runs apart."""
+    if progress is None:
+        return None
+    return lambda stage, done, total: progress(f"{prefix} {stage}", done, total)
+
+
 class FittedHead(nn.Module):
     """Flattened trunk features (N, width) -> (N, K) cluster logits: a fixed linear map (standardise,
     then PCA) followed by the trained MLP. `ready` is False until a fit has filled it in, and the

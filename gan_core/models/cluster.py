@@ -31,7 +31,7 @@ from ..data import to_float
 from ..losses import (catgan_d_loss, catgan_g_loss, code_ce, d_loss_bce, g_loss_bce, iic_loss, nearest_in_batch,
                       nt_xent, scan_loss, self_label_loss)
 from ..runtime import autocast
-from ..scan import FittedHead, ScanSettings
+from ..scan import FittedHead, ScanSettings, prefixed
 from ..scan import fit as scan_fit
 from . import dcgan
 from .base import Batch, Models, check_widths, g_update_and_metrics, generate, make_latent
@@ -511,10 +511,9 @@ def fit_head(d: ClusterDiscriminator, images: torch.Tensor, cfg: ClusterConfig, 
                           scan_settings(cfg, seed), d.fitted, log, progress)
         if d.fitted_input is not None:
             log("SCAN: and a head on D's input layer, for comparison")
-            stage = (lambda part, done, total: progress(f"D's input layer, {part}", done, total)) if progress else None
             try:
                 other = scan_fit(view_reader(d.input_layer, device, seed, acfg), images, cfg.k,
-                                 scan_settings(cfg, seed), d.fitted_input, log, stage)
+                                 scan_settings(cfg, seed), d.fitted_input, log, prefixed(progress, "D's input layer,"))
             except (ValueError, RuntimeError, MemoryError) as e:  # the trunk's head stands
                 log(f"SCAN: the input layer's head failed ({type(e).__name__}: {e}); keeping the trunk's")
                 other = {"error": f"{type(e).__name__}: {e}"}
@@ -583,8 +582,7 @@ def choose(cfg: RunConfig, images: torch.Tensor, saved=None, log=lambda _line: N
         features = view_reader(lambda x, t=transform: input_pixels(x, t, m.mask_size), images.device, cfg.train.seed, acfg)
         width = features(images[:1], False).shape[1]
         report = scan_fit(features, images, m.k, settings, FittedHead(width, 128, 256, m.k),
-                          progress=(lambda stage, done, total: progress(f"input {transform}: {stage}", done, total))
-                          if progress else None)
+                          progress=prefixed(progress, f"input {transform}:"))
         losses[transform] = report["loss"]
     best = min(INPUTS, key=lambda t: losses[t])
     if losses[best] > losses["none"] - CHOICE_MARGIN:

@@ -343,6 +343,9 @@ def read_scaler_state(folder: str | Path) -> Optional[dict]:
 
 
 _EXECUTION_FLAGS = ("capturable", "fused", "foreach", "differentiable")
+# and the rates: a run resumed with another train.lr / lr_d / beta1 / beta2 trains with them (no schedule
+# changes them during a run, so the saved ones are only the old config's)
+_RUN_SETTINGS = ("lr", "betas", "eps", "weight_decay")
 
 
 def load_optimizers(folder: Path, optimizers: dict[str, torch.optim.Optimizer]) -> None:
@@ -358,8 +361,9 @@ def load_optimizers(folder: Path, optimizers: dict[str, torch.optim.Optimizer]) 
             owner, idx, field = key.split(".", 2)
             if owner == name:
                 state.setdefault(int(idx), {})[field] = value
-        # How an optimizer runs (fused, capturable for a CUDA graph, foreach) is this run's choice, not
-        # state: the saved groups' flags would otherwise replace it (and place the step count wrongly).
-        saved = [{**g, **{k: own[k] for k in _EXECUTION_FLAGS if k in own}}
+        # How an optimizer runs (fused, capturable for a CUDA graph, foreach) and at what rate is this
+        # run's choice, not state: the saved groups' flags would otherwise replace it (and place the step
+        # count wrongly), and their rates would silently undo a changed train.lr.
+        saved = [{**g, **{k: own[k] for k in (*_EXECUTION_FLAGS, *_RUN_SETTINGS) if k in own}}
                  for g, own in zip(groups[name], opt.param_groups)]
         opt.load_state_dict({"state": state, "param_groups": saved})

@@ -124,6 +124,21 @@ def test_resume_refuses_a_different_model(tmp_path):
         train_mod.train(cfg)
 
 
+def test_a_resumed_run_trains_at_the_rates_it_is_given(tmp_path):
+    """train.lr / lr_d / betas set at resume are used, not the saved optimizers' (Adam's moments are kept)."""
+    from gan_core import checkpoint as ckpt
+    train_mod.train(tiny_cfg(tmp_path / "r", steps=2, checkpoint_every=2))
+    from gan_core.config import sync_model_to_data
+    cfg = sync_model_to_data(tiny_cfg(tmp_path / "r", lr=5e-5, lr_d=1e-4, beta1=0.0))
+    m = train_mod.build_models(cfg, torch.device("cpu"))
+    ckpt.load_optimizers(ckpt.latest_checkpoint(tmp_path / "r"), m.optimizers())
+    assert m.opt_g.param_groups[0]["lr"] == 5e-5 and m.opt_d.param_groups[0]["lr"] == 1e-4
+    assert m.opt_g.param_groups[0]["betas"] == (0.0, 0.999)
+    assert any(state.get("exp_avg") is not None for state in m.opt_g.state.values())  # the moments came back
+    resumed = train_mod.train(tiny_cfg(tmp_path / "r", steps=4, resume=True, lr=5e-5))
+    assert resumed["step"] == 4
+
+
 def test_nonfinite_loss_stops_and_keeps_last_checkpoint(tmp_path, monkeypatch):
     cfg = tiny_cfg(tmp_path / "nan", steps=8, checkpoint_every=2)
     kind = kinds.KINDS["dcgan"]

@@ -181,18 +181,27 @@ def choose_runtime(cfg: config_mod.RunConfig, device: torch.device, recorded: Op
         return Choice(*options[0], how="set" if t.precision != "auto" and t.channels_last is not None else "only")
     images = stand_in_images(cfg, device)
 
-    def time_step(precision: str, channels_last: bool, give_up_after: float) -> float:
-        seconds = float("inf")
-        for graph in (False, True) if graph_possible(cfg, device, precision, world) else (False,):
-            m = build_models(cfg, device, Choice(precision, channels_last), wrap=False, capturable=graph)
-            step, last = (StaticStep(cfg, m, images).step if graph else eager_steps(cfg, m, images, device)), {}
+    def time_one(precision: str, channels_last: bool, graph: bool, give_up_after: float) -> float:
+        m = build_models(cfg, device, Choice(precision, channels_last), wrap=False, capturable=graph)
+        step, last = (StaticStep(cfg, m, images).step if graph else eager_steps(cfg, m, images, device)), {}
 
-            def one() -> None:
-                last["metrics"] = step()
-            seconds = min(seconds, time_calls(one, device, give_up_after=give_up_after))
-            losses = torch.stack([v.detach().float().reshape(()) for v in last["metrics"].values()])
-            if not bool(torch.isfinite(losses).all()):  # fast but broken (fp16 overflowing) is no option
-                raise RuntimeError(f"non-finite metrics in {candidate_label(precision, channels_last)}")
+        def one() -> None:
+            last["metrics"] = step()
+        seconds = time_calls(one, device, give_up_after=give_up_after)
+        losses = torch.stack([v.detach().float().reshape(()) for v in last["metrics"].values()])
+        if not bool(torch.isfinite(losses).all()):  # fast but broken (fp16 overflowing) is no option
+            raise RuntimeError(f"non-finite metrics in {candidate_label(precision, channels_last)}")
+        return seconds
+
+    def time_step(precision: str, channels_last: bool, give_up_after: float) -> float:
+        seconds = time_one(precision, channels_last, False, give_up_after)
+        if graph_possible(cfg, device, precision, world):
+            try:  # a graph that fails to capture or to run leaves the eager step standing
+                seconds = min(seconds, time_one(precision, channels_last, True, give_up_after))
+            except (RuntimeError, ValueError) as e:  # (torch.OutOfMemoryError is a RuntimeError)
+                if on_log:
+                    on_log(f"{candidate_label(precision, channels_last)} as one CUDA graph failed "
+                           f"({type(e).__name__}: {e}); timed eager only")
         return seconds
 
     key = {"model": config_mod.to_dict(cfg.model), "batch": t.batch_size, "device": dkey}

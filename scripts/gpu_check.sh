@@ -24,10 +24,10 @@ OUT_DIR=${1:-${OUT:-gpu_out}}
 PY=${PYTHON:-python3}
 DEV=${GPU_CHECK_DEVICE:-cuda}
 SMOKE=${GPU_CHECK_SMOKE:-0}
-BUDGET_S=${GPU_CHECK_BUDGET_S:-540}
+BUDGET_S=${GPU_CHECK_BUDGET_S:-540}  # the whole script ends by about this many seconds
 SPEED_S=${GPU_CHECK_SPEED_S:-170}  # no new speed row starts after this many seconds
 PARTS=",${GPU_CHECK_PARTS:-speed,race,tests},"
-has() { case "$PARTS" in *",$1,"*) return 0 ;; esac; return 1; }  # the whole script ends by about this many seconds
+has() { case "$PARTS" in *",$1,"*) return 0 ;; esac; return 1; }
 T0=$(date +%s)
 OUT_DIR=$(mkdir -p "$OUT_DIR" && cd "$OUT_DIR" && pwd)
 cd "$(dirname "$0")/.."
@@ -201,7 +201,7 @@ if [ -n "$BLOB_PID" ]; then
     "$LOG/scenes-blobgan" "$LOG/scenes-blobgan-fp16" && tar -cf "$OUT_DIR/scenes_blobgan.tar" -C "$LOG" scenes-blobgan-fp16
 fi
 if has clusters; then
-  for p in "${pids[@]}"; do wait "$p"; done
+  for p in ${pids[@]+"${pids[@]}"}; do wait "$p"; done
   for f in "$LOG"/fmnist_*.log "$LOG"/shapes_*.log; do [ -e "$f" ] && record "$(basename "$f" .log)" "$f"; done
 fi
 if [ -n "$RACE_PID" ]; then

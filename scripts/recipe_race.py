@@ -144,6 +144,11 @@ def main(argv=None) -> dict:
         return score_run(Path(args.out), args.n, args.real, args.score_every)
     if not args.recipe:
         fail("name at least one --recipe")
+    names = [name for name, *_ in args.recipe]
+    if len(set(names)) < len(names):
+        fail(f"recipe names must differ: {', '.join(names)}")
+    if args.score_every < 1 or (args.score_minutes is not None and args.score_minutes <= 0):
+        fail("--score-every takes a whole number >= 1 and --score-minutes a number > 0")
     out = Path(args.out)
     recipes = {}
     for name, *own in args.recipe:
@@ -175,7 +180,7 @@ def main(argv=None) -> dict:
                                        "--score-every", str(args.score_every)],
                                       stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=score_env)
                for name in recipes}
-    score_deadline = time.time() + args.score_minutes * 60 if args.score_minutes else None
+    score_deadline = time.time() + args.score_minutes * 60 if args.score_minutes is not None else None
     result = {"minutes": args.minutes, "recipes": {}}
     for name, proc in scorers.items():
         try:

@@ -330,3 +330,30 @@ def test_precision_is_chosen_for_the_step_that_will_run_graph_or_eager(tmp_path)
     assert not train_mod.graph_possible(cfg, CPU, "bf16")
     assert not train_mod.graph_possible(tiny_cfg(tmp_path, cuda_graph=False), cuda, "bf16")
     assert train_mod.graph_possible(tiny_cfg(tmp_path, cuda_graph=True), cuda, "bf16")
+
+
+def test_the_chooser_times_graph_steps_and_keeps_eager_when_a_capture_fails(tmp_path, monkeypatch):
+    # pretend the CPU could capture: each candidate is then timed as eager AND as a graph step
+    calls = []
+
+    class FakeStaticStep:
+        def __init__(self, cfg, m, images):
+            calls.append(m.autocast_dtype)
+            if fail:
+                raise RuntimeError("capture failed")
+            self.step = train_mod.eager_steps(cfg, m, images, CPU)
+
+    real_build = train_mod.build_models
+    monkeypatch.setattr(train_mod, "graph_possible", lambda *a, **k: True)
+    monkeypatch.setattr(train_mod, "StaticStep", FakeStaticStep)
+    # (capturable Adam needs CUDA tensors: the CPU stand-in builds plain ones)
+    monkeypatch.setattr(train_mod, "build_models", lambda cfg, dev, choice, **kw: real_build(cfg, dev, choice, wrap=False))
+    from gan_core.config import sync_model_to_data
+    cfg = sync_model_to_data(tiny_cfg(tmp_path, precision="auto", channels_last=None))
+    for fail in (False, True):
+        calls.clear()
+        logs = []
+        choice = train_mod.choose_runtime(cfg, CPU, cache=tmp_path / f"t{fail}.json", on_log=logs.append)
+        assert len(calls) == len(choice.timings) >= 2  # one graph attempt per candidate
+        assert all(0 < t < float("inf") for t in choice.timings.values())  # eager timings stand on failure
+        assert any("as one CUDA graph failed" in line for line in logs) == fail

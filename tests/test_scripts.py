@@ -302,6 +302,9 @@ def test_recipe_race_settings_are_typed_and_bad_ones_are_one_line():
     proc, result = run_script(["scripts/recipe_race.py", "--out", "unused", "--minutes", "1",
                                "--recipe", "a", "train.steps=-2"])
     assert proc.returncode == 2 and "recipe a" in result["error"]
+    proc, result = run_script(["scripts/recipe_race.py", "--out", "unused", "--minutes", "1",
+                               "--recipe", "a", "--recipe", "a", "train.steps=2"])
+    assert proc.returncode == 2 and "must differ" in result["error"]
 
 
 def test_recipe_race_trains_side_by_side_and_scores_each_checkpoint(tmp_path):

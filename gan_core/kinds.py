@@ -24,14 +24,15 @@ from .models.base import Kind
 DEFAULT_KIND = "dcgan"
 
 KINDS: dict[str, Kind] = {k.name: k for k in (
-    Kind("dcgan", dcgan.DCGANConfig, dcgan.build, dcgan.train_step, validate=dcgan.validate, facade=Model),
+    Kind("dcgan", dcgan.DCGANConfig, dcgan.build, dcgan.train_step, validate=dcgan.validate,
+         loss_fields=dcgan.LOSS_FIELDS, facade=Model),
     Kind("cluster", cluster.ClusterConfig, cluster.build, cluster.train_step, validate=cluster.validate,
          check_run=cluster.check_run, num_codes=cluster.num_codes, ema_roles=(GENERATOR, DISCRIMINATOR),
          unused_parameters=cluster.unused_parameters, checkpoint_meta=cluster.checkpoint_meta, choose=cluster.choose,
          finish=cluster.finish, start=cluster.start, legacy_defaults=cluster.LEGACY_DEFAULTS, facade=ClusterModel),
     Kind("blobgan", blobgan.BlobGANConfig, blobgan.build, blobgan.train_step, validate=blobgan.validate,
          check_run=blobgan.check_run, extra_modules=blobgan.extra_modules, trained_extras=blobgan.trained_extras,
-         graph_safe=False, facade=BlobModel),  # lazy R1 runs on some steps only
+         loss_fields=blobgan.LOSS_FIELDS, graph_safe=False, facade=BlobModel),  # lazy R1 runs on some steps only
 )}
 
 

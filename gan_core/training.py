@@ -329,19 +329,23 @@ def choose_from_data(cfg: config_mod.RunConfig, images: torch.Tensor, out_dir: P
     return cfg, record
 
 
-def resume(cfg: config_mod.RunConfig, m: Models, out_dir: Path) -> int:
+def resume(cfg: config_mod.RunConfig, m: Models, out_dir: Path, on_log: Optional[LogFn] = None) -> int:
     """Load the latest checkpoint of `out_dir` into `m`; returns its step (0 when there is none).
-    An EMA copy or extra module switched on since that checkpoint starts from the trained model or
-    fresh, and an optimizer the checkpoint never had starts fresh."""
+    The model config must be the saved one, except the kind's `loss_fields` (R1's weight, ...), whose
+    change is logged. An EMA copy or extra module switched on since that checkpoint starts from the
+    trained model or fresh, and an optimizer the checkpoint never had starts fresh."""
     folder = ckpt.latest_checkpoint(out_dir)
     if folder is None:
         return 0
     saved, meta = kinds.read_config(folder)
     was, now = config_mod.to_dict(saved.model), config_mod.to_dict(cfg.model)
-    if was != now:
-        changed = sorted(k for k, v in was.items() if now.get(k) != v)
+    changed = sorted(k for k in was.keys() | now.keys() if now.get(k) != was.get(k))
+    fixed = [k for k in changed if k not in kinds.of(cfg).loss_fields]
+    if fixed:
         raise ValueError(f"cannot resume: {folder} was trained with a different model config "
-                         f"(differs in {', '.join('model.' + k for k in changed[:4])}; set them as saved)")
+                         f"(differs in {', '.join('model.' + k for k in fixed[:4])}; set them as saved)")
+    if changed and on_log:
+        on_log("resumed with " + ", ".join(f"model.{k} {was.get(k)!r} -> {now.get(k)!r}" for k in changed))
     stored = set(ckpt.weight_roles(folder))
     for role, module in m.cores().items():  # an extra module switched on at resume starts fresh
         if role in stored or role in (ckpt.GENERATOR, ckpt.DISCRIMINATOR):  # (a missing G or D is an error)
@@ -385,7 +389,7 @@ def _tune_build_resume(cfg: config_mod.RunConfig, device: torch.device, images: 
         ckpt.check_output_folder(out_dir, need_bytes=2 * ckpt.checkpoint_bytes(m.modules(), m.optimizers()))
 
     # resume
-    step = resume(cfg, m, out_dir) if t.resume else 0
+    step = resume(cfg, m, out_dir, on_log if rank == 0 else None) if t.resume else 0
     m.G.train()
     m.D.train()
     return choice, use_graph, m, step

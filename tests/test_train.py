@@ -124,6 +124,25 @@ def test_resume_refuses_a_different_model(tmp_path):
         train_mod.train(cfg)
 
 
+def test_resume_takes_new_loss_weights_and_says_so(tmp_path):
+    """R1's weight is a loss setting, not the weights': a resumed run may change it (logged, and saved
+    with the next checkpoint), while a width change beside it is still refused."""
+    from gan_core import kinds
+    train_mod.train(tiny_cfg(tmp_path / "r", steps=2, checkpoint_every=2))
+    cfg = tiny_cfg(tmp_path / "r", steps=4, resume=True, checkpoint_every=2)
+    cfg.model.r1_gamma, cfg.model.r1_every = 0.5, 2
+    lines = []
+    out = train_mod.train(cfg, on_log=lines.append)
+    assert out["step"] == 4 and out["steps_run"] == 2
+    assert any("model.r1_gamma 0.0 -> 0.5" in line and "model.r1_every 1 -> 2" in line for line in lines), lines
+    saved, _ = kinds.read_config(out["checkpoint"])
+    assert saved.model.r1_gamma == 0.5 and saved.model.r1_every == 2
+    cfg = tiny_cfg(tmp_path / "r", steps=6, resume=True)
+    cfg.model.r1_gamma, cfg.model.ndf = 1.0, 16
+    with pytest.raises(ValueError, match=r"differs in model\.ndf;"):
+        train_mod.train(cfg)
+
+
 def test_a_resumed_run_trains_at_the_rates_it_is_given(tmp_path):
     """train.lr / lr_d / betas set at resume are used, not the saved optimizers' (Adam's moments are kept)."""
     from gan_core import checkpoint as ckpt

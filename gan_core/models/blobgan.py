@@ -58,6 +58,10 @@ class BlobGANConfig:
     inversion_loss: Optional[str] = None  # written when the encoder is trained: which loss terms it used
 
 
+# the fields a resumed run may change (`Kind.loss_fields`)
+LOSS_FIELDS = ("r1_gamma", "r1_every", "jitter")
+
+
 def validate(cfg: RunConfig) -> None:
     m, t = cfg.model, cfg.train
     check_widths(cfg)

@@ -59,6 +59,8 @@ class DCGANConfig:
 
 
 D_NORMS = ("batch", "none")
+# the fields a resumed run may change (`Kind.loss_fields`): they weigh or shape D's loss and inputs only
+LOSS_FIELDS = ("r1_gamma", "r1_every", "diffaugment", "d_blur", "d_blur_steps")
 
 
 class BatchNorm2d(nn.BatchNorm2d):

@@ -152,6 +152,14 @@ def eager_steps(cfg: config_mod.RunConfig, m: Models, images: torch.Tensor,
     return lambda: run_step(cfg, m, make_batch(cfg, images, m, next(steps), 0, device))
 
 
+def fresh_step(cfg: config_mod.RunConfig, device: torch.device, choice: Choice, images: torch.Tensor,
+               graph: bool) -> Callable[[], dict]:
+    """Freshly built models' training steps in `choice`, as one CUDA graph (`graph`) or eager, each call
+    one step (for the choosers' timings)."""
+    m = build_models(cfg, device, choice, wrap=False, capturable=graph)
+    return StaticStep(cfg, m, images).step if graph else eager_steps(cfg, m, images, device)
+
+
 def graph_possible(cfg: config_mod.RunConfig, device: torch.device, precision: str, world: int = 1) -> bool:
     """Whether `choose_graph` could pick the CUDA graph step for this precision."""
     return (device.type == "cuda" and cfg.train.cuda_graph is not False and world == 1
@@ -182,8 +190,7 @@ def choose_runtime(cfg: config_mod.RunConfig, device: torch.device, recorded: Op
     images = stand_in_images(cfg, device)
 
     def time_one(precision: str, channels_last: bool, graph: bool, give_up_after: float) -> float:
-        m = build_models(cfg, device, Choice(precision, channels_last), wrap=False, capturable=graph)
-        step, last = (StaticStep(cfg, m, images).step if graph else eager_steps(cfg, m, images, device)), {}
+        step, last = fresh_step(cfg, device, Choice(precision, channels_last), images, graph), {}
 
         def one() -> None:
             last["metrics"] = step()
@@ -261,8 +268,7 @@ def choose_graph(cfg: config_mod.RunConfig, device: torch.device, choice: Choice
         images = stand_in_images(cfg, device)
 
     def time_one(label: str, give_up_after: float) -> float:
-        m = build_models(cfg, device, choice, wrap=False, capturable=label == "graph")
-        step = StaticStep(cfg, m, images).step if label == "graph" else eager_steps(cfg, m, images, device)
+        step = fresh_step(cfg, device, choice, images, graph=label == "graph")
         return time_calls(step, device, repeats=3, give_up_after=give_up_after)
 
     key = {"model": config_mod.to_dict(cfg.model), "batch": t.batch_size, "device": device_key(device),

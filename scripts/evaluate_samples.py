@@ -77,7 +77,7 @@ def figures(ev, reference, feats, probs, real_ids, level, prefix: str = "") -> d
     return {prefix + k: (round(v, 4) if isinstance(v, float) else v) for k, v in out.items()}
 
 
-HEADLINE = ("evaluator", "n", "truncation", "fid", "kid", "precision", "recall", "class_coverage", "class_kl",
+HEADLINE = ("evaluator", "n", "truncation", "refine", "fid", "kid", "precision", "recall", "class_coverage", "class_kl",
             "confident", "no_shape", "real_fid", "real_precision", "real_recall", "fid_ratio")
 
 
@@ -104,6 +104,9 @@ def main(argv=None) -> dict:
                    help="an evaluator folder (default: the one shipped for the checkpoint's data source)")
     p.add_argument("--seed", type=int, default=1234)
     p.add_argument("--truncation", type=float, default=1.0, help="1.0: as the Sample tab draws by default")
+    p.add_argument("--refine", type=int, default=0,
+                   help="refine each latent with this many steps guided by the checkpoint's discriminator "
+                        "(the Sample tab's 'Refine with D'; 0, its default: no refinement)")
     p.add_argument("--no-ema", action="store_true")
     p.add_argument("--inception", action="store_true", help="also the standard Inception FID (needs its weights)")
     p.add_argument("--pixel-n", type=int, default=500, help="images for the (quadratic) pixel statistics")
@@ -111,6 +114,8 @@ def main(argv=None) -> dict:
                    help="also store the headline figures in the checkpoint folder's config.json "
                         "(`sample_quality`: the app's Sample tab shows them and opens on the best bundled model)")
     args = p.parse_args(argv)
+    if args.record and args.refine:
+        p.error("--record stores the figures of the Sample tab's default draw, so it takes no --refine")
 
     import torch
     from tqdm import tqdm
@@ -121,6 +126,8 @@ def main(argv=None) -> dict:
 
     t0 = time.time()
     model = load_model(args.checkpoint, ema=not args.no_ema)
+    if args.refine and not model.sampler.can_refine:
+        raise SystemExit(f"--refine needs a discriminator, and {args.checkpoint} ships none")
     cfg, meta = model.cfg, model.meta
     ev = evaluator.load(args.evaluator) if args.evaluator else evaluator.for_source(cfg.data.source, cfg.data.path)
     data = cfg.data
@@ -130,12 +137,13 @@ def main(argv=None) -> dict:
     chunk = 250
     batches = []
     for i in tqdm(range(0, args.n, chunk), desc="sampling", unit="batch", disable=None):
-        x = model.sampler.sample(min(chunk, args.n - i), args.seed + i, truncation=args.truncation)
+        x = model.sampler.sample(min(chunk, args.n - i), args.seed + i, truncation=args.truncation,
+                                 refine=args.refine)
         batches.append(((x.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu())
     generated = torch.cat(batches)
     held = held_out(cfg.data, args.n)
     result = {"checkpoint": meta["folder"], "step": meta["step"], "n": args.n, "real": len(reference),
-              "truncation": args.truncation}
+              "truncation": args.truncation, "refine": args.refine}
     if ev is None:
         print(f"no evaluator for data source {cfg.data.source!r} ({cfg.data.path}): pass --evaluator; "
               "only pixel statistics follow", file=sys.stderr)

@@ -675,3 +675,38 @@ def test_fit_familiarity_records_into_the_checkpoint(models, model_dir, tmp_path
     saved = json.loads((folder / "config.json").read_text())["familiarity"]
     assert saved == rec and rec["images"] == 32 and -1 <= rec["threshold"] <= 1
     assert load_model(folder).familiarity_stats[0].shape[0] == 3  # K cluster means, read back
+
+
+def test_refine_with_d_lowers_the_energy_and_keeps_codes_and_d_as_stored(models, monkeypatch):
+    from gan_core.inference import sampler as sampler_module
+
+    m = app.load("tiny-cluster")  # a kind whose latents end in a one-hot code
+    nz, z = m.sampler.nz, m.sampler.latents(6, 0)
+    stored = {k: v.clone() for k, v in m.d.state_dict().items()}
+    refined = m.sampler.refine(z, 5)
+    assert torch.equal(refined[:, nz:], z[:, nz:]) and not torch.allclose(refined[:, :nz], z[:, :nz])
+    assert torch.equal(m.sampler.refine(z, 5), refined)  # deterministic
+    assert torch.equal(m.sampler.refine(z, 0), z)
+    assert all(torch.equal(v, stored[k]) for k, v in m.d.state_dict().items())  # BatchNorm's statistics untouched
+    # Alone in its batch (no companions), each step is a gradient step on |z|^2/2 - D's logits: it goes down.
+    monkeypatch.setattr(sampler_module, "REFINE_COMPANIONS", 0)
+    d = sampler_module.batch_statistics_only(m.d)
+
+    def energy(w):
+        with torch.no_grad():
+            m.g.eval()
+            return float(0.5 * w[:, :nz].pow(2).sum() - d(m.g(w), logits=True).sum())
+    assert energy(m.sampler.refine(z, 3, step_size=0.005)) < energy(z)
+
+
+def test_refine_needs_a_discriminator(models, monkeypatch):
+    m = app.load("tiny-dcgan")
+    grid, _ = _sample(count=2)
+    refined = app.sample_images("tiny-dcgan", 3, 2, 1.0, "random", False, False, *(0,) * app.N_SLIDERS, 5)
+    assert not np.array_equal(np.asarray(grid), np.asarray(refined[0]))
+    monkeypatch.setattr(m.sampler, "d", None)
+    with pytest.raises(gr.Error, match="ships no discriminator"):
+        app.sample_images("tiny-dcgan", 3, 2, 1.0, "random", False, False, *(0,) * app.N_SLIDERS, 5)
+    with pytest.raises(ValueError, match="no discriminator"):
+        m.sampler.refine(m.sampler.latents(1, 0), 1)
+    assert app.sample_images("tiny-dcgan", 3, 2, 1.0, "random", False, False, *(0,) * app.N_SLIDERS, 0)[0].size == grid.size

@@ -31,7 +31,7 @@ def test_every_public_endpoint(client, tmp_path):
                  "/classify_batch"):
         assert name in api, name
     params = [p["parameter_name"] for p in api["/sample"]["parameters"]]
-    assert params[:4] == ["model", "seed", "count", "truncation"] and "direction_8" in params
+    assert params[:4] == ["model", "seed", "count", "truncation"] and "direction_8" in params and params[-1] == "refine"
     assert not any(name.startswith("param_") for name in params)  # every input has a name an agent can read
 
     grid, gallery = client.predict("tiny-dcgan", 1, 4, 1.0, "random", False, True, *N_SLIDERS_ZERO, api_name="/sample")

@@ -46,3 +46,16 @@ def test_evaluate_samples_reports_every_figure_and_a_floor_the_samples_do_not_be
     assert res["real_class_coverage"] == 10 and abs(res["real_confident"] - 0.95) < 0.03
     # offline, --inception says in one line why it cannot run, and the rest still reports
     assert res["inception_fid"] is None and "--inception" in proc.stderr
+
+
+def test_refine_with_d_scores_better_than_the_plain_draw_and_is_never_recorded():
+    args = ["scripts/evaluate_samples.py", "--checkpoint", "checkpoints/shapes-dcgan", "--n", "300", "--real", "300",
+            "--pixel-n", "20"]
+    proc, plain = run_script(args)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    proc, refined = run_script(args + ["--refine", "10"])
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert plain["refine"] == 0 and refined["refine"] == 10
+    assert refined["fid"] < plain["fid"] and refined["confident"] > plain["confident"]
+    proc, _ = run_script(args + ["--refine", "10", "--record"])
+    assert proc.returncode != 0 and "takes no --refine" in proc.stderr

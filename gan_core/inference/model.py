@@ -33,7 +33,7 @@ class Model:
         self.meta = meta or {}
         for module in modules.values():
             module.eval()
-        self.sampler = Sampler(kind, cfg.model, self.g)
+        self.sampler = Sampler(kind, cfg.model, self.g, d=modules.get(DISCRIMINATOR))
         self.runtime = Choice("fp32", False, how="default")  # how `painting()` runs G; see choose_runtime
 
     def choose_runtime(self, precision: str = "auto", batch: int = 16, cache: Optional[Path] = None) -> Choice:

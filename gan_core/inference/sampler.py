@@ -1,7 +1,9 @@
 """Sampling maths for any generator: seeded latents with truncation and a categorical code,
-GANSpace directions (Härkönen et al. 2020) as slider offsets, and spherical interpolation."""
+GANSpace directions (Härkönen et al. 2020) as slider offsets, spherical interpolation, and latents
+refined by the discriminator (Tanaka 2019; Che et al. 2020)."""
 from __future__ import annotations
 
+import copy
 from typing import Optional
 
 import torch
@@ -56,15 +58,34 @@ def slerp(a: torch.Tensor, b: torch.Tensor, t: float) -> torch.Tensor:
     return torch.sin((1 - t) * omega) / so * a + torch.sin(t * omega) / so * b
 
 
+REFINE_CHUNK = 48  # latents refined together ...
+REFINE_COMPANIONS = 16  # ... beside this many fixed ones (see Sampler.refine)
+REFINE_SEED = 2**31 - 1  # the companions' seed
+
+
+def batch_statistics_only(d: nn.Module) -> nn.Module:
+    """A copy of `d` for refinement: eval mode, except that BatchNorm normalises by the batch (as D
+    did in training, fake batches apart from real ones) without updating its running statistics."""
+    d = copy.deepcopy(d).eval().requires_grad_(False)
+    for mod in d.modules():
+        if isinstance(mod, nn.modules.batchnorm._BatchNorm):
+            mod.train()
+            mod.track_running_stats = False  # batch statistics, and the stored ones stay as they are
+    return d
+
+
 class Sampler:
     """Latents and images of one generator. Latents are drawn on the CPU from a seed, so a seed gives
     the same images on any device; `generate` runs G on its own device (the caller picks the
-    precision context)."""
+    precision context). With the checkpoint's discriminator `d`, `refine` moves latents to where D
+    finds their images more real."""
 
-    def __init__(self, kind: Kind, model_cfg, g: nn.Module, n_directions: int = 8, pca_samples: int = 2048):
-        self.kind, self.model_cfg, self.g = kind, model_cfg, g
+    def __init__(self, kind: Kind, model_cfg, g: nn.Module, n_directions: int = 8, pca_samples: int = 2048,
+                 d: Optional[nn.Module] = None):
+        self.kind, self.model_cfg, self.g, self.d = kind, model_cfg, g, d
         self.n_directions, self.pca_samples = n_directions, pca_samples
         self._directions: Optional[tuple[torch.Tensor, torch.Tensor]] = None
+        self._refiner: Optional[nn.Module] = None
 
     @property
     def nz(self) -> int:
@@ -124,5 +145,47 @@ class Sampler:
         """Images in [-1, 1] (float32, on G's device) from latents."""
         return generate(self.g, z.to(self.device))
 
-    def sample(self, n: int, seed: int, truncation: float = 1.0, code: Optional[int] = None) -> torch.Tensor:
-        return self.generate(self.latents(n, seed, truncation, code))
+    def sample(self, n: int, seed: int, truncation: float = 1.0, code: Optional[int] = None,
+               refine: int = 0) -> torch.Tensor:
+        """n images from a seed; `refine` > 0 refines their latents first with that many steps."""
+        return self.generate(self.refine(self.latents(n, seed, truncation, code), refine))
+
+    @property
+    def can_refine(self) -> bool:
+        return self.d is not None
+
+    def refine(self, z: torch.Tensor, steps: int, step_size: float = 0.01) -> torch.Tensor:
+        """Latents moved by `steps` of gradient descent on E(z) = |z|^2 / 2 - D_logit(G(z)) (the
+        Gaussian prior's energy minus D's logit: the discriminator-driven latent sampling of Che et al.
+        2020 without its noise, close to Tanaka's 2019 discriminator optimal transport). Only the noise
+        part moves, never a categorical code. Returns new latents on the CPU; `steps` <= 0 returns z.
+
+        D normalises by batch statistics, as it did in training, so each chunk of `REFINE_CHUNK`
+        latents is refined beside `REFINE_COMPANIONS` fixed seeded latents: a latent's result is
+        deterministic for a given chunk and moves smoothly with it, and depends on the rest of its
+        chunk only through those statistics. G paints in eval mode and fp32 here."""
+        if steps <= 0:
+            return z
+        if self.d is None:
+            raise ValueError("this checkpoint has no discriminator, so its samples cannot be refined")
+        if self._refiner is None:
+            self._refiner = batch_statistics_only(self.d)
+        d, g, nz = self._refiner, self.g, self.nz
+        was_training = g.training
+        g.eval()
+        companions = self.latents(REFINE_COMPANIONS, REFINE_SEED).to(self.device)
+        out = []
+        try:
+            with torch.inference_mode(False), torch.enable_grad():
+                for chunk in z.split(REFINE_CHUNK):
+                    w = torch.cat([chunk.to(self.device), companions]).float()
+                    noise, rest = w[:, :nz].clone(), w[:, nz:]
+                    for _ in range(steps):
+                        noise.requires_grad_(True)
+                        energy = 0.5 * noise.pow(2).sum() - d(g(torch.cat([noise, rest], 1)), logits=True).float().sum()
+                        grad, = torch.autograd.grad(energy, noise)
+                        noise = (noise - step_size * grad).detach()
+                    out.append(torch.cat([noise, rest], 1)[: len(chunk)].cpu())
+        finally:
+            g.train(was_training)
+        return torch.cat(out).to(z.dtype)

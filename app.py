@@ -42,6 +42,7 @@ from gan_core.inference.blobs import BlobModel  # noqa: E402
 from gan_core.inference.cluster import ClusterModel, skipped_rows  # noqa: E402
 from gan_core.inference.loading import load_model, unpack_model_zip  # noqa: E402
 from gan_core.inference.model import Model  # noqa: E402
+from gan_core.inference.sampler import REFINE_MAX  # noqa: E402
 from gan_core.models import blob_layout  # noqa: E402
 from gan_core.models.blob_layout import Layout  # noqa: E402
 from gan_core.runtime import PRECISIONS  # noqa: E402
@@ -195,9 +196,26 @@ def quality_text(name: str | None) -> str:
     q = sample_quality(model_sources().get(name, "")) if name else None
     if not q or "fid" not in q:
         return "Sample quality: not measured (`python -m scripts.evaluate_samples --checkpoint DIR --record`)."
-    return (f"Sample quality ({q.get('n', '?')} samples, {q.get('evaluator')} evaluator): FID {q['fid']:.3g} "
+    drawn = f", refined with D for {q['refine']} steps" if q.get("refine") else ""
+    return (f"Sample quality ({q.get('n', '?')} samples{drawn}, {q.get('evaluator')} evaluator): FID {q['fid']:.3g} "
             f"against {q['real_fid']:.3g} for real held-out images (x{q['fid_ratio']:.0f}); precision "
             f"{q['precision']:.2f}, recall {q['recall']:.2f}; {q['class_coverage']} of {q.get('classes', '?')} classes drawn.")
+
+
+def refine_default(name: str | None) -> int:
+    """The Refine-with-D steps of a model's default draw (`Model.default_refine`): read from a listed
+    local checkpoint's config.json without loading it, else from the loaded model; 0 for a model that
+    cannot be read (its error shows when it is drawn)."""
+    source = model_sources().get(name, "") if name else ""
+    if Path(source).is_dir():
+        try:
+            return int((kinds.read_config(source)[1].get("sampling") or {}).get("refine", 0))
+        except (CheckpointError, ValueError, TypeError):
+            return 0
+    try:
+        return load(name).default_refine
+    except gr.Error:
+        return 0
 
 
 def best_bundled_sampler(choices: list[str]) -> str | None:
@@ -345,7 +363,7 @@ def sample_images(model: str, seed: int = 0, count: int = 16, truncation: float 
                   raw_z: bool = False, gallery: bool = False,
                   direction_1: float = 0.0, direction_2: float = 0.0, direction_3: float = 0.0,
                   direction_4: float = 0.0, direction_5: float = 0.0, direction_6: float = 0.0,
-                  direction_7: float = 0.0, direction_8: float = 0.0, refine: int = 0):
+                  direction_7: float = 0.0, direction_8: float = 0.0, refine: int | None = None):
     """Draw images from a generator.
 
     Args:
@@ -365,7 +383,8 @@ def sample_images(model: str, seed: int = 0, count: int = 16, truncation: float 
         direction_7: offset along the seventh principal direction of the latent (GANSpace), -3 to 3.
         direction_8: offset along the eighth principal direction of the latent (GANSpace), -3 to 3.
         refine: 0-50 steps that move each latent to where the model's discriminator finds its image more
-            real (fewer misdrawn samples; slower; needs a model that ships its discriminator).
+            real (fewer misdrawn samples; slower; needs a model that ships its discriminator). None: the
+            model's default draw (the steps its sample quality was measured with; 0 if none were stored).
 
     Returns:
         One grid image (small images enlarged for display), and the single images or None.
@@ -378,7 +397,7 @@ def sample_images(model: str, seed: int = 0, count: int = 16, truncation: float 
     z = m.sampler.latents(n, seed, truncation, _code(m, code))
     alphas = [_number(a, "Slider", -10, 10, integer=False) for a in sliders]
     z = m.sampler.move(z, alphas, raw=bool(raw_z))
-    steps = _number(refine, "Refine with D", 0, 50)
+    steps = m.default_refine if refine is None else _number(refine, "Refine with D", 0, REFINE_MAX)
     if steps and not m.sampler.can_refine:
         raise gr.Error("This model ships no discriminator, so its samples cannot be refined: set Refine with D to 0")
     z = m.sampler.refine(z, steps)
@@ -974,8 +993,10 @@ def build() -> gr.Blocks:
                 with gr.Row():
                     go = gr.Button("Sample", variant="primary", elem_id="sample-button")
                     as_gallery = gr.Checkbox(value=False, label="Also as a gallery")
-                    refine = Slider(0, 50, value=0, step=5, label="Refine with D (steps; slower)",
-                                    info="moves each latent to where the discriminator finds its image more real")
+                    refine = Slider(0, REFINE_MAX, value=refine_default(sample_default), step=5,
+                                    label="Refine with D (steps; slower)",
+                                    info="moves each latent to where the discriminator finds its image more real; "
+                                         "each model opens with the steps its sample quality was measured with")
                 grid = gr.Image(label="Samples", type="pil", format="png", interactive=False, elem_id="sample-grid")
                 gallery = gr.Gallery(label="Single images", columns=8, visible=False)
                 with gr.Accordion("Interpolate between two seeds", open=False):
@@ -1071,9 +1092,12 @@ def build() -> gr.Blocks:
         # Live: a redraw takes well under a second (seconds with Refine with D), so every control redraws on
         # its own (Enter in the seed box, a slider let go, another model or code); only the latest of a burst
         # of changes is drawn.
-        gr.on([seed.submit, count.release, truncation.release, s_model.change, code.change, raw_z.change,
+        gr.on([seed.submit, count.release, truncation.release, code.change, raw_z.change,
                as_gallery.change, refine.release, *(slider.release for slider in sliders)],
               sample_images, sample_inputs, [grid, gallery], trigger_mode="always_last", **private)
+        # another model opens with its own default draw: its Refine-with-D steps first, then the redraw
+        s_model.change(refine_default, s_model, refine, trigger_mode="always_last", **private).then(
+            sample_images, sample_inputs, [grid, gallery], **private)
         as_gallery.change(lambda on: gr.update(visible=bool(on)), as_gallery, gallery, **private)
         dice.click(lambda: int(torch.randint(0, 2**31 - 1, ()).item()), None, seed, **private).then(
             sample_images, sample_inputs, [grid, gallery], **private)

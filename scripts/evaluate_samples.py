@@ -18,7 +18,9 @@ The same figures for held-out real images (`real_fid`, `real_kid`, ...: another 
 built-in source, or the test split) are the floor: what a perfect generator would score with the
 same numbers of images. Pixel statistics (two-colour coverage, nearest-training-image distance,
 diversity) follow under `pixels`. `--inception` adds the standard Inception FID through torchmetrics
-where its weights can be had; offline it says in one line why not. Last stdout line: one JSON object.
+where its weights can be had; offline it says in one line why not. Samples are drawn as the Sample
+tab draws them by default: truncation 1 and the checkpoint's recorded Refine-with-D steps (`--refine N`
+sets them; `--record` stores the figures and that draw). Last stdout line: one JSON object.
 """
 from __future__ import annotations
 
@@ -82,7 +84,8 @@ HEADLINE = ("evaluator", "n", "truncation", "refine", "fid", "kid", "precision",
 
 
 def record(folder: str, result: dict) -> None:
-    """Write the headline figures into FOLDER/config.json under `sample_quality` (atomically)."""
+    """Write the headline figures into FOLDER/config.json under `sample_quality`, and the draw they were
+    measured with under `sampling` (the model's default draw from then on), atomically."""
     from pathlib import Path
 
     from gan_core.checkpoint import write_json
@@ -92,6 +95,7 @@ def record(folder: str, result: dict) -> None:
     raw = json.loads(path.read_text())
     raw["sample_quality"] = {k: result[k] for k in HEADLINE if k in result}
     raw["sample_quality"]["classes"] = len(result.get("class_shares", {}))
+    raw["sampling"] = {"refine": int(result.get("refine", 0))}
     write_json(path, raw)
 
 
@@ -104,18 +108,22 @@ def main(argv=None) -> dict:
                    help="an evaluator folder (default: the one shipped for the checkpoint's data source)")
     p.add_argument("--seed", type=int, default=1234)
     p.add_argument("--truncation", type=float, default=1.0, help="1.0: as the Sample tab draws by default")
-    p.add_argument("--refine", type=int, default=0,
+    p.add_argument("--refine", type=int, default=None,
                    help="refine each latent with this many steps guided by the checkpoint's discriminator "
-                        "(the Sample tab's 'Refine with D'; 0, its default: no refinement)")
+                        "(the Sample tab's 'Refine with D'; default: the checkpoint's default draw, as recorded "
+                        "under `sampling`, else 0: no refinement)")
     p.add_argument("--no-ema", action="store_true")
     p.add_argument("--inception", action="store_true", help="also the standard Inception FID (needs its weights)")
     p.add_argument("--pixel-n", type=int, default=500, help="images for the (quadratic) pixel statistics")
     p.add_argument("--record", action="store_true",
                    help="also store the headline figures in the checkpoint folder's config.json "
-                        "(`sample_quality`: the app's Sample tab shows them and opens on the best bundled model)")
+                        "(`sample_quality`: the app's Sample tab shows them and opens on the best bundled model), "
+                        "and the draw they were measured with (`sampling`: the --refine steps) as the model's "
+                        "default draw, which the Sample tab and this script then use")
     args = p.parse_args(argv)
-    if args.record and args.refine:
-        p.error("--record stores the figures of the Sample tab's default draw, so it takes no --refine")
+    from gan_core.inference.sampler import REFINE_MAX
+    if args.refine is not None and not 0 <= args.refine <= REFINE_MAX:
+        p.error(f"--refine takes 0 to {REFINE_MAX} steps (as the Sample tab does), not {args.refine}")
 
     import torch
     from tqdm import tqdm
@@ -126,6 +134,8 @@ def main(argv=None) -> dict:
 
     t0 = time.time()
     model = load_model(args.checkpoint, ema=not args.no_ema)
+    if args.refine is None:
+        args.refine = model.default_refine
     if args.refine and not model.sampler.can_refine:
         raise SystemExit(f"--refine needs a discriminator, and {args.checkpoint} ships none")
     cfg, meta = model.cfg, model.meta

@@ -699,6 +699,28 @@ def test_refine_with_d_lowers_the_energy_and_keeps_codes_and_d_as_stored(models,
     assert energy(m.sampler.refine(z, 3, step_size=0.005)) < energy(z)
 
 
+def test_a_model_opens_with_the_draw_its_figures_were_recorded_with(models, model_dir):
+    from gan_core.checkpoint import write_json
+    import json
+    assert app.refine_default("tiny-dcgan") == 0 and app.load("tiny-dcgan").default_refine == 0
+    path = model_dir / "checkpoints" / "tiny-dcgan" / "config.json"
+    before = path.read_text()
+    raw = json.loads(before)
+    raw["sample_quality"] = {"evaluator": "shapes", "n": 100, "refine": 5, "fid": 2.0, "real_fid": 0.5, "fid_ratio": 4.0,
+                             "precision": 0.7, "recall": 0.4, "class_coverage": 9, "classes": 10}
+    raw["sampling"] = {"refine": 5}
+    write_json(path, raw)
+    try:
+        assert app.refine_default("tiny-dcgan") == 5 and app.load("tiny-dcgan").default_refine == 5
+        assert "refined with D for 5 steps" in app.quality_text("tiny-dcgan")
+        args = ("tiny-dcgan", 3, 2, 1.0, "random", False, False, *(0,) * app.N_SLIDERS)
+        default, explicit, plain = (np.asarray(app.sample_images(*args, r)[0]) for r in (None, 5, 0))
+        assert np.array_equal(default, explicit) and not np.array_equal(default, plain)
+    finally:
+        path.write_text(before)
+    assert app.refine_default("tiny-dcgan") == 0 and app.refine_default("no-such-model") == 0
+
+
 def test_refine_needs_a_discriminator(models, monkeypatch):
     m = app.load("tiny-dcgan")
     grid, _ = _sample(count=2)

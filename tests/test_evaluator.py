@@ -48,14 +48,25 @@ def test_evaluate_samples_reports_every_figure_and_a_floor_the_samples_do_not_be
     assert res["inception_fid"] is None and "--inception" in proc.stderr
 
 
-def test_refine_with_d_scores_better_than_the_plain_draw_and_is_never_recorded():
-    args = ["scripts/evaluate_samples.py", "--checkpoint", "checkpoints/shapes-dcgan", "--n", "300", "--real", "300",
-            "--pixel-n", "20"]
-    proc, plain = run_script(args)
+def test_refine_with_d_scores_better_than_the_plain_draw_and_record_keeps_the_draw(tmp_path):
+    import json
+    import shutil
+    args = ["scripts/evaluate_samples.py", "--n", "300", "--real", "300", "--pixel-n", "20"]
+    proc, plain = run_script(args + ["--checkpoint", "checkpoints/shapes-dcgan", "--refine", "0"])
     assert proc.returncode == 0, proc.stderr[-2000:]
-    proc, refined = run_script(args + ["--refine", "10"])
+    proc, refined = run_script(args + ["--checkpoint", "checkpoints/shapes-dcgan", "--refine", "10"])
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert plain["refine"] == 0 and refined["refine"] == 10
     assert refined["fid"] < plain["fid"] and refined["confident"] > plain["confident"]
-    proc, _ = run_script(args + ["--refine", "10", "--record"])
-    assert proc.returncode != 0 and "takes no --refine" in proc.stderr
+    # --record stores the figures with the draw they were measured with, which becomes the default draw
+    copy = tmp_path / "model"
+    shutil.copytree(ROOT / "checkpoints" / "shapes-dcgan", copy)
+    proc, recorded = run_script(args + ["--checkpoint", str(copy), "--refine", "10", "--record"])
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    raw = json.loads((copy / "config.json").read_text())
+    assert raw["sampling"] == {"refine": 10} and raw["sample_quality"]["refine"] == 10
+    assert raw["sample_quality"]["fid"] == recorded["fid"] == refined["fid"]
+    proc, again = run_script(args + ["--checkpoint", str(copy)])
+    assert proc.returncode == 0 and again["refine"] == 10 and again["fid"] == refined["fid"]
+    proc, _ = run_script(args + ["--checkpoint", str(copy), "--refine", "51"])
+    assert proc.returncode != 0 and "--refine takes 0 to 50" in proc.stderr

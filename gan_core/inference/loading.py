@@ -48,8 +48,9 @@ def load_model(path_or_repo: str | Path, device: str | torch.device = "cpu", ema
     return facade(kind, cfg, load_modules(folder, cfg, device, ema), folder, meta)
 
 
-# config.json entries a shipped copy keeps: a kind's statistics and the figures recorded for the model
-KEPT_ON_EXPORT = ("familiarity", "sample_quality", "scan", "input_choice")
+# config.json entries a shipped copy keeps: a kind's statistics, the figures recorded for the model and
+# the draw they were recorded with
+KEPT_ON_EXPORT = ("familiarity", "sample_quality", "sampling", "scan", "input_choice")
 
 
 def export(src: str | Path, dst: str | Path, dtype: torch.dtype = torch.float16,

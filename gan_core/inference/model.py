@@ -78,6 +78,13 @@ class Model:
         return next(self.g.parameters()).device
 
     @property
+    def default_refine(self) -> int:
+        """Refine-with-D steps of this model's default draw: what `evaluate_samples --record` measured and
+        stored under `sampling` (0, the plain draw, when nothing was stored or there is no D to refine with)."""
+        steps = (self.meta.get("sampling") or {}).get("refine", 0)
+        return int(steps) if self.sampler.can_refine else 0
+
+    @property
     def image_size(self) -> int:
         return self.cfg.data.image_size
 

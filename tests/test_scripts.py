@@ -324,3 +324,40 @@ def test_recipe_race_trains_side_by_side_and_scores_each_checkpoint(tmp_path):
         assert r["best_step"] == min(r["scores"], key=lambda s: s["fid"])["step"]
     assert load_model(tmp_path / "r1" / "checkpoints" / "step_00000004").cfg.model.r1_gamma == 1.0
     assert result["recipes"]["r1"]["images_per_s"] > 0 and "train.batch_size=8" in result["recipes"]["r1"]["settings"]
+
+
+def test_widen_checkpoint_keeps_what_g_paints_and_the_run_goes_on_wider(tmp_path):
+    from gan_core import kinds
+    from gan_core.training import build_models
+    out, wide = tmp_path / "run", tmp_path / "wide"
+    proc, _ = run_script(["scripts/train.py", *TINY, "train.steps=2", "train.ema_decay=0.9", f"train.out_dir={out}"])
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    proc, res = run_script(["scripts/widen_checkpoint.py", "--checkpoint", str(out), "--out", str(wide), "--noise", "0"])
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert res["step"] == 2 and res["ngf"] == [4, 8]
+    before, after = load_model(out), load_model(wide)  # the EMA generators, in eval mode
+    assert after.cfg.model.ngf == 8 and before.cfg.model.ngf == 4
+    z = before.sampler.latents(6, 0)
+    assert torch.allclose(before.sampler.generate(z), after.sampler.generate(z), atol=1e-5)
+    # the raw G too, in train mode (batch statistics), and D as it was
+    cfg_a, _ = kinds.read_config(out / "checkpoints" / "step_00000002")
+    cfg_b, _ = kinds.read_config(Path(res["checkpoint"]))
+    a, b = build_models(cfg_a, torch.device("cpu"), wrap=False), build_models(cfg_b, torch.device("cpu"), wrap=False)
+    for m, folder in ((a, out / "checkpoints" / "step_00000002"), (b, Path(res["checkpoint"]))):
+        for role, module in m.modules().items():
+            ckpt.load_weights(module, ckpt.weights_file(folder, role))
+    assert torch.allclose(a.g_core.train()(z), b.g_core.train()(z), atol=1e-5)
+    assert all(torch.equal(p, q) for p, q in zip(a.d_core.state_dict().values(), b.d_core.state_dict().values()))
+    # with noise, the copies differ a little; and the wider run resumes from it
+    proc, res = run_script(["scripts/widen_checkpoint.py", "--checkpoint", str(out), "--out", str(wide)])
+    assert proc.returncode != 0 and "already holds checkpoints" in proc.stderr
+    shutil.rmtree(wide)
+    proc, res = run_script(["scripts/widen_checkpoint.py", "--checkpoint", str(out), "--out", str(wide)])
+    assert proc.returncode == 0 and res["noise"] == 0.01
+    moved = (load_model(wide).sampler.generate(z) - before.sampler.generate(z)).abs().mean()
+    assert 0 < moved < 0.05
+    tiny_wide = [a for a in TINY if not a.startswith("model.ngf=")] + ["model.ngf=8"]
+    proc, result = run_script(["scripts/train.py", *tiny_wide, "train.steps=3", "train.ema_decay=0.9", "train.resume=true",
+                               f"train.out_dir={wide}"])
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert result["step"] == 3 and result["steps_run"] == 1

@@ -271,3 +271,34 @@ def train_step(m: Models, b: Batch) -> dict[str, torch.Tensor]:
     if recon_weight > 0:
         metrics["recon"] = recon.detach()
     return metrics
+
+
+@torch.no_grad()
+def widen_generator(old: Generator, new: Generator, noise: float = 0.0, seed: int = 0) -> None:
+    """Copy a trained generator into one of twice its width (`new`: ngf doubled), Net2WiderNet style
+    (Chen et al. 2016): every hidden channel and its BatchNorm entries twice, the next layer's weights from
+    each copy halved, so `new` paints what `old` painted (in train and eval mode). `noise` > 0 adds Gaussian
+    noise of that fraction of each widened layer's weight spread (seeded), so the two copies of a channel can
+    learn apart once training goes on; the output then moves by about that fraction too."""
+    convs_old = [m for m in old.main if isinstance(m, nn.ConvTranspose2d)]
+    convs_new = [m for m in new.main if isinstance(m, nn.ConvTranspose2d)]
+    norms_old = [m for m in old.main if isinstance(m, nn.BatchNorm2d)]
+    norms_new = [m for m in new.main if isinstance(m, nn.BatchNorm2d)]
+    if len(convs_old) != len(convs_new) or any(
+            b.weight.shape[1] != 2 * a.weight.shape[1] for a, b in zip(convs_old[:-1], convs_new[:-1])):
+        raise ValueError("widen_generator needs a generator of the same size and twice the width (ngf)")
+    gen = torch.Generator().manual_seed(seed)
+    copies = None  # which old channel each new input channel copies
+    for i, (a, b) in enumerate(zip(convs_old, convs_new)):
+        w = a.weight.float()  # (in, out, k, k)
+        if copies is not None:
+            w = w[copies] / 2
+        if i < len(convs_old) - 1:
+            copies = torch.arange(w.shape[1]).repeat(2)
+            w = w[:, copies]
+            if noise > 0:
+                w = w + torch.randn(w.shape, generator=gen) * w.std() * noise
+            for name in ("weight", "bias", "running_mean", "running_var"):
+                getattr(norms_new[i], name).copy_(getattr(norms_old[i], name)[copies])
+            norms_new[i].num_batches_tracked.copy_(norms_old[i].num_batches_tracked)
+        b.weight.copy_(w)

@@ -1,0 +1,71 @@
+#!/usr/bin/env python
+"""Go on training a `dcgan` run with a generator of twice the width, from where it stands.
+
+    python -m scripts.widen_checkpoint --checkpoint runs/exp/lz_lo/checkpoints/step_00116047 --out runs/exp/wide
+    python -m scripts.train model=dcgan model.ngf=64 ... train.out_dir=runs/exp/wide train.resume=true
+
+Writes a training checkpoint at the same step into OUT/checkpoints, with model.ngf doubled: G and its EMA
+copy widened so that they paint what they painted (`gan_core.models.dcgan.widen_generator`, Net2WiderNet),
+plus `--noise` (a fraction of each layer's weight spread) so the copies of a channel can learn apart; D,
+its EMA copy if any and D's Adam state as they were; G's Adam state fresh. Resume it with the same
+settings as before and `model.ngf` doubled. Last stdout line: one JSON object.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+from pathlib import Path
+
+from scripts._cli import fail
+
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--checkpoint", required=True, help="a training checkpoint folder of a dcgan run (or the run folder)")
+    p.add_argument("--out", required=True, help="the new run folder (must not hold checkpoints yet)")
+    p.add_argument("--noise", type=float, default=0.01, help="symmetry-breaking noise, a fraction of each weight spread")
+    args = p.parse_args(argv)
+
+    import torch
+
+    from gan_core import checkpoint as ckpt, kinds
+    from gan_core.checkpoint import CheckpointError
+    from gan_core.inference.loading import resolve
+    from gan_core.models.dcgan import widen_generator
+    from gan_core.training import build_models
+
+    try:
+        src = resolve(args.checkpoint)
+        cfg, meta = kinds.read_config(src)
+    except CheckpointError as e:
+        fail(str(e))
+    if cfg.model.kind != "dcgan":
+        fail(f"{src} is a {cfg.model.kind} run; only dcgan generators can be widened")
+    if not ckpt.has_optimizer_state(src):
+        fail(f"{src} has no optimizer state (an exported checkpoint?): widen a training checkpoint")
+    out = Path(args.out)
+    if ckpt.latest_checkpoint(out) is not None:
+        fail(f"{out} already holds checkpoints: pick a new folder")
+    cpu = torch.device("cpu")
+    wide = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, ngf=2 * cfg.model.ngf),
+                               train=dataclasses.replace(cfg.train, out_dir=str(out)))
+    old, new = build_models(cfg, cpu, wrap=False), build_models(wide, cpu, wrap=False)
+    for role, module in old.modules().items():
+        ckpt.load_weights(module, ckpt.weights_file(src, role))
+    for role, module in new.modules().items():
+        if role in (ckpt.GENERATOR, ckpt.ema_role(ckpt.GENERATOR)):
+            widen_generator(old.modules()[role], module, noise=args.noise)
+        else:
+            module.load_state_dict(old.modules()[role].state_dict())
+    ckpt.load_optimizers(src, {"D": new.opt_d})
+    folder = ckpt.save_training_checkpoint(out, wide, meta["step"], new.modules(), new.optimizers(),
+                                           metrics=meta.get("metrics"), keep=cfg.train.keep_checkpoints)
+    result = {"checkpoint": str(folder), "step": meta["step"], "ngf": [cfg.model.ngf, wide.model.ngf],
+              "noise": args.noise}
+    print(json.dumps(result))
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -343,8 +343,14 @@ def test_controls_redraw_live_and_uploads_classify_at_once(models):
 
     live = [(t, mode) for t, mode in triggers("sample_images") if ("Seed", "submit") in t]
     assert len(live) == 1 and live[0][1] == "always_last"
-    assert {("Model", "change"), ("Truncation", "release"), ("How many", "release"), ("Cluster code", "change"),
+    assert {("Truncation", "release"), ("How many", "release"), ("Cluster code", "change"), ("Refine with D (steps; slower)", "release"),
             ("direction 1", "release"), (f"direction {app.N_SLIDERS}", "release")} <= live[0][0]
+    # another model first sets Refine with D to that model's default draw, then redraws
+    first = [(i, f) for i, f in demo.fns.items() if getattr(f.fn, "__name__", "") == "refine_default"]
+    assert len(first) == 1 and first[0][1].trigger_mode == "always_last"
+    assert {(getattr(demo.blocks.get(t), "label", None), ev) for t, ev in first[0][1].targets} == {("Model", "change")}
+    assert [f.trigger_after for f in demo.fns.values() if getattr(f.fn, "__name__", "") == "sample_images"
+            and f.trigger_after is not None and demo.fns[f.trigger_after] is first[0][1]]
     assert any(("One image", "upload") in t for t, _ in triggers("classify"))
     cleared = [f for f in demo.fns.values() if ("One image" , "clear") in
                {(getattr(demo.blocks.get(t), "label", None), ev) for t, ev in f.targets}]

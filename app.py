@@ -41,7 +41,7 @@ from gan_core.data import DataError, ImageDataset, decode_items, upload_items  #
 from gan_core.inference.blobs import BlobModel  # noqa: E402
 from gan_core.inference.cluster import ClusterModel, skipped_rows  # noqa: E402
 from gan_core.inference.loading import load_model, unpack_model_zip  # noqa: E402
-from gan_core.inference.model import Model  # noqa: E402
+from gan_core.inference.model import Model, recorded_refine  # noqa: E402
 from gan_core.inference.sampler import REFINE_MAX  # noqa: E402
 from gan_core.models import blob_layout  # noqa: E402
 from gan_core.models.blob_layout import Layout  # noqa: E402
@@ -183,12 +183,19 @@ def model_choices(*facades: type) -> list[str]:
     return out
 
 
-def sample_quality(source: str) -> dict | None:
-    """The figures `scripts/evaluate_samples.py --record` stored in a local checkpoint's config.json."""
+def local_meta(source: str) -> dict | None:
+    """A local checkpoint's config.json entries, read without loading the model (None for a Hub id or
+    an unreadable folder)."""
     try:
-        return kinds.read_config(source)[1].get("sample_quality") if Path(source).is_dir() else None
+        return kinds.read_config(source)[1] if Path(source).is_dir() else None
     except (CheckpointError, ValueError):
         return None
+
+
+def sample_quality(source: str) -> dict | None:
+    """The figures `scripts/evaluate_samples.py --record` stored in a local checkpoint's config.json."""
+    meta = local_meta(source)
+    return meta.get("sample_quality") if meta else None
 
 
 def quality_text(name: str | None) -> str:
@@ -209,8 +216,8 @@ def refine_default(name: str | None) -> int:
     source = model_sources().get(name, "") if name else ""
     if Path(source).is_dir():
         try:
-            return int((kinds.read_config(source)[1].get("sampling") or {}).get("refine", 0))
-        except (CheckpointError, ValueError, TypeError):
+            return recorded_refine(local_meta(source) or {})
+        except (ValueError, TypeError):  # a hand-edited entry that is no number
             return 0
     try:
         return load(name).default_refine

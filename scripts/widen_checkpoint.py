@@ -51,13 +51,14 @@ def main(argv=None) -> dict:
     wide = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, ngf=2 * cfg.model.ngf),
                                train=dataclasses.replace(cfg.train, out_dir=str(out)))
     old, new = build_models(cfg, cpu, wrap=False), build_models(wide, cpu, wrap=False)
-    for role, module in old.modules().items():
+    trained = old.modules()
+    for role, module in trained.items():
         ckpt.load_weights(module, ckpt.weights_file(src, role))
     for role, module in new.modules().items():
         if role in (ckpt.GENERATOR, ckpt.ema_role(ckpt.GENERATOR)):
-            widen_generator(old.modules()[role], module, noise=args.noise)
+            widen_generator(trained[role], module, noise=args.noise)
         else:
-            module.load_state_dict(old.modules()[role].state_dict())
+            module.load_state_dict(trained[role].state_dict())
     ckpt.load_optimizers(src, {"D": new.opt_d})
     folder = ckpt.save_training_checkpoint(out, wide, meta["step"], new.modules(), new.optimizers(),
                                            metrics=meta.get("metrics"), keep=cfg.train.keep_checkpoints)

@@ -15,6 +15,12 @@ from ..runtime import PRECISIONS, Choice, autocast, candidates, choose, device_k
 from .sampler import Sampler
 
 
+def recorded_refine(meta: dict) -> int:
+    """The Refine-with-D steps stored in a checkpoint's config.json (`meta`) under `sampling` by
+    `evaluate_samples --record`: the draw its figures were measured with (0, the plain draw, if none)."""
+    return int((meta.get("sampling") or {}).get("refine", 0))
+
+
 class Model:
     """The networks of one checkpoint (eval mode), its config, and a `Sampler` over its generator.
     Kinds with more to offer subclass it (`ClusterModel`, `BlobModel`); `loading.load_model` picks
@@ -81,8 +87,7 @@ class Model:
     def default_refine(self) -> int:
         """Refine-with-D steps of this model's default draw: what `evaluate_samples --record` measured and
         stored under `sampling` (0, the plain draw, when nothing was stored or there is no D to refine with)."""
-        steps = (self.meta.get("sampling") or {}).get("refine", 0)
-        return int(steps) if self.sampler.can_refine else 0
+        return recorded_refine(self.meta) if self.sampler.can_refine else 0
 
     @property
     def image_size(self) -> int:

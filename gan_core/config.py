@@ -46,6 +46,10 @@ class TrainConfig:
     compile: bool = False  # torch.compile G and D (CUDA mostly)
     compile_mode: str = "default"  # default | reduce-overhead (CUDA graphs by inductor) | max-autotune
     cuda_graph: Optional[bool] = None  # the whole step as one CUDA graph; None: on CUDA where it times faster
+    # CPU, fp32, channels_last: run a convolution's forward or gradients as one matmul over its patches where
+    # that times faster than oneDNN, layer by layer; None: if the whole step then times faster too; true: without
+    # that check; false: never
+    conv_gemm: Optional[bool] = None
     ema_decay: float = 0.0  # keep an exponential moving average of G (0.999 is common); samples use it. 0: none
     # Stabilisers, off by default (off = the tutorial's algorithm exactly):
     real_label: float = 1.0  # one-sided label smoothing when < 1 (Salimans et al. 2016 use 0.9)

@@ -115,6 +115,7 @@ class Choice:
     channels_last: bool = False
     how: str = "set"
     timings: dict = field(default_factory=dict)
+    conv_gemm: tuple = ()  # (layer path, products) run as matmuls over patches (`gan_core.convgemm`)
 
     @property
     def dtype(self) -> Optional[torch.dtype]:
@@ -131,11 +132,13 @@ class Choice:
     def record(self, device_key: str) -> dict:
         """What config.json keeps of it (`runtime`), so a resumed run on the same machine reuses it."""
         return {"precision": self.precision, "channels_last": self.channels_last, "how": self.how,
-                "device": device_key, "timings_s": {k: round(v, 5) for k, v in self.timings.items()}}
+                "device": device_key, "timings_s": {k: round(v, 5) for k, v in self.timings.items()},
+                **({"conv_gemm": dict(self.conv_gemm)} if self.conv_gemm else {})}
 
     def describe(self) -> str:
         times = ", ".join(f"{k} {v * 1000:.1f} ms" for k, v in sorted(self.timings.items(), key=lambda kv: kv[1]))
-        return f"{self.label} ({self.how}{': ' + times if times else ''})"
+        gemm = f"; as matmuls: {', '.join(f'{p} {o}' for p, o in self.conv_gemm)}" if self.conv_gemm else ""
+        return f"{self.label} ({self.how}{': ' + times if times else ''}){gemm}"
 
 
 def candidate_label(precision: str, channels_last: bool) -> str:

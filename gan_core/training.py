@@ -31,6 +31,7 @@ from typing import Callable, Optional
 import torch
 
 from . import checkpoint as ckpt
+from . import convgemm
 from . import config as config_mod
 from . import kinds
 from .data import ImageDataset, load_dataset, to_float
@@ -87,6 +88,8 @@ def build_models(cfg: config_mod.RunConfig, device: torch.device, choice: Option
     g, d = kind.build(cfg.model)
     fmt = choice.memory_format
     g, d = g.to(device, memory_format=fmt), d.to(device, memory_format=fmt)
+    if choice.conv_gemm:  # (EMA copies, made from these below, paint with the same plan)
+        convgemm.install({"G": g, "D": d}, dict(choice.conv_gemm))
     fused = device.type == "cuda"
     adam = dict(betas=(t.beta1, t.beta2), fused=fused, **({"capturable": True} if capturable else {}))
     opt_g = torch.optim.Adam(g.parameters(), lr=t.lr, **adam)
@@ -183,10 +186,21 @@ def choose_runtime(cfg: config_mod.RunConfig, device: torch.device, recorded: Op
     dkey = device_key(device)
     same = recorded and recorded.get("device") == dkey
     if same and (recorded.get("precision"), recorded.get("channels_last")) in options:
-        return Choice(recorded["precision"], bool(recorded["channels_last"]), how="recorded",
-                      timings=dict(recorded.get("timings_s") or {}))
+        choice = Choice(recorded["precision"], bool(recorded["channels_last"]), how="recorded",
+                        timings=dict(recorded.get("timings_s") or {}))
+        if conv_gemm_possible(cfg, device, choice, world):
+            choice = replace(choice, conv_gemm=tuple((recorded.get("conv_gemm") or {}).items()))
+        return choice
     if len(options) == 1:
-        return Choice(*options[0], how="set" if t.precision != "auto" and t.channels_last is not None else "only")
+        choice = Choice(*options[0], how="set" if t.precision != "auto" and t.channels_last is not None else "only")
+    else:
+        choice = _choose_precision_format(cfg, device, options, dkey, cache, on_log, world)
+    return choose_conv_gemm(cfg, device, choice, world, cache=cache, on_log=on_log)
+
+
+def _choose_precision_format(cfg: config_mod.RunConfig, device: torch.device, options: list, dkey: str,
+                             cache: Optional[Path], on_log: Optional[LogFn], world: int) -> Choice:
+    t = cfg.train
     images = stand_in_images(cfg, device)
 
     def time_one(precision: str, channels_last: bool, graph: bool, give_up_after: float) -> float:
@@ -220,6 +234,49 @@ def choose_runtime(cfg: config_mod.RunConfig, device: torch.device, recorded: Op
         if on_log:
             on_log(f"choosing among {names} by timing a few steps of each (once per model, batch and machine)")
     return choose(key, options, time_step, tuning_cache() if cache is None else cache, announce)
+
+
+def conv_gemm_possible(cfg: config_mod.RunConfig, device: torch.device, choice: Choice, world: int = 1) -> bool:
+    """Whether `choose_conv_gemm` may give this run a plan: CPU, fp32, channels_last, eager, one process."""
+    return (device.type == "cpu" and cfg.train.conv_gemm is not False and choice.precision == "fp32"
+            and choice.channels_last and not cfg.train.compile and world == 1)
+
+
+def choose_conv_gemm(cfg: config_mod.RunConfig, device: torch.device, choice: Choice, world: int = 1,
+                     cache: Optional[Path] = None, on_log: Optional[LogFn] = None,
+                     time_layer: Optional[Callable] = None) -> Choice:
+    """`choice` with the convolution products to run as matmuls (`gan_core.convgemm`): each eligible
+    layer's three products timed both ways at the run's shapes (cached per layer shape), then, unless
+    `train.conv_gemm` is true, one step of fresh models timed with and without that plan (cached per model,
+    batch and machine): the plan is kept only if its step was faster. `time_layer` is injectable for tests."""
+    if not conv_gemm_possible(cfg, device, choice, world):
+        return choice
+    cache = tuning_cache() if cache is None else cache
+    images = stand_in_images(cfg, device)
+    m = build_models(cfg, device, choice, wrap=False)
+    roles = {"G": m.g_core, "D": m.d_core}
+    shapes = convgemm.input_shapes(roles, lambda: run_step(cfg, m, make_batch(cfg, images, m, 0, 0, device)))
+    plan, _ = convgemm.plan(roles, shapes, device, cache, time_layer, announce=lambda: on_log and on_log(
+        "timing each convolution's forward and gradients as matmuls (once per layer shape and machine)"))
+    if not plan:
+        return choice
+    candidate = replace(choice, conv_gemm=tuple(plan.items()))
+    if cfg.train.conv_gemm:
+        return candidate
+    by_label = {"oneDNN": choice, "planned": candidate}
+
+    def time_one(label: str, give_up_after: float) -> float:
+        return time_calls(fresh_step(cfg, device, by_label[label], images, graph=False), device, repeats=3,
+                          give_up_after=give_up_after)
+
+    key = {"model": config_mod.to_dict(cfg.model), "batch": cfg.train.batch_size, "device": device_key(device),
+           "step": "conv plan", "plan": plan}
+    label, timings, how = fastest(key, list(by_label), time_one, cache)
+    if on_log:
+        times = ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in timings.items())
+        on_log(f"convolutions as matmuls ({convgemm.describe(plan)}): "
+               f"{'kept' if label == 'planned' else 'not kept'} ({how}: {times} per step)")
+    return by_label[label]
 
 
 def instance_noise_std(t: config_mod.TrainConfig, step: int) -> float:
@@ -620,6 +677,7 @@ def train(cfg: config_mod.RunConfig, on_progress: Optional[ProgressFn] = None,
         "precision": choice.precision,
         "channels_last": choice.channels_last,
         "runtime": choice.how,
+        "conv_gemm": dict(choice.conv_gemm),
         "cuda_graph": use_graph,
         "world_size": world,
         **chosen,

@@ -123,16 +123,18 @@ def reference(folder: Path, device: torch.device, steps: int, batch: int, warmup
 
 def fast(folder: Path, device: torch.device, steps: int, batch: int, warmup: int, compile_: bool,
          precision: str, cache: Path, channels_last: Optional[bool] = None, cuda_graph: Optional[bool] = None,
-         compile_mode: str = "default") -> dict:
+         compile_mode: str = "default", conv_gemm: Optional[bool] = None) -> dict:
     """gan_core's routine: the same blocks `gan_core.training.train` runs, timed without its I/O."""
     cfg = config_mod.sync_model_to_data(RunConfig(
         model=DCGANConfig(), data=DataConfig(source="folder", path=str(folder), cache_dir=str(cache)),
         train=TrainConfig(batch_size=batch, device=str(device), compile=compile_, precision=precision,
-                          channels_last=channels_last, cuda_graph=cuda_graph, compile_mode=compile_mode)))
+                          channels_last=channels_last, cuda_graph=cuda_graph, compile_mode=compile_mode,
+                          conv_gemm=conv_gemm)))
     t_decode = time.perf_counter()
     images = load_dataset(cfg.data).images.to(device)
     decode_s = time.perf_counter() - t_decode
-    choice = training.choose_runtime(cfg, device, cache=cache / "tuning.json")  # measured afresh every run
+    choice = training.choose_runtime(cfg, device, cache=cache / "tuning.json",  # measured afresh every run
+                                     on_log=lambda line: print(line, file=sys.stderr))
     use_graph, graph_why = training.choose_graph(cfg, device, choice, images=images, cache=cache / "tuning.json")
     m = training.build_models(cfg, device, choice, capturable=use_graph and device.type == "cuda")
     stepper = StaticStep(cfg, m, images) if use_graph else None
@@ -156,7 +158,8 @@ def fast(folder: Path, device: torch.device, steps: int, batch: int, warmup: int
     loss_d, loss_g = torch.stack(sums).mean(0).tolist()
     return {"img_s": steps * batch / elapsed, "loss_d": loss_d, "loss_g": loss_g, "decode_s": decode_s,
             "precision": choice.precision, "channels_last": choice.channels_last, "chosen": choice.how,
-            "timings_s": choice.timings, "cuda_graph": use_graph, "cuda_graph_why": graph_why}
+            "timings_s": choice.timings, "conv_gemm": dict(choice.conv_gemm), "cuda_graph": use_graph,
+            "cuda_graph_why": graph_why}
 
 
 def step_gflop_per_image(batch: int, device: torch.device) -> float:
@@ -241,6 +244,9 @@ def main(argv=None) -> dict:
     p.add_argument("--cuda-graph", default="auto", choices=["auto", "on", "off"],
                    help="the whole step as one CUDA graph (auto: where it times faster, CUDA only; on with a CPU: dry run)")
     p.add_argument("--compile-mode", default="default", choices=["default", "reduce-overhead", "max-autotune"])
+    p.add_argument("--conv-gemm", default="auto", choices=["auto", "on", "off"],
+                   help="CPU fp32: convolution products as matmuls where they time faster (auto: if the step "
+                        "then times faster too)")
     p.add_argument("--skip-reference", action="store_true")
     p.add_argument("--ceiling", action="store_true",
                    help="also measure the device's best GFLOP/s per precision and the speedup that would allow")
@@ -260,7 +266,7 @@ def main(argv=None) -> dict:
             print(f"reference: {ref['img_s']:.1f} img/s", file=sys.stderr)
         flag = {"auto": None, "on": True, "off": False}
         fst = fast(folder, device, args.steps, args.batch, warmup, args.compile, args.precision, Path(tmp) / "cache",
-                   flag[args.channels_last], flag[args.cuda_graph], args.compile_mode)
+                   flag[args.channels_last], flag[args.cuda_graph], args.compile_mode, flag[args.conv_gemm])
         print(f"fast: {fst['img_s']:.1f} img/s", file=sys.stderr)
     top = ceiling(device, args.batch, fst, ref) if args.ceiling else None
     result = {
@@ -274,7 +280,7 @@ def main(argv=None) -> dict:
         "fast_loss_d": round(fst["loss_d"], 4), "fast_loss_g": round(fst["loss_g"], 4),
         "fast_precision": fst["precision"], "fast_channels_last": fst["channels_last"], "compile": args.compile,
         "chosen_by": fst["chosen"], "choice_timings_s": fst["timings_s"], "compile_mode": args.compile_mode,
-        "cuda_graph": fst["cuda_graph"], "cuda_graph_why": fst["cuda_graph_why"],
+        "conv_gemm": fst["conv_gemm"], "cuda_graph": fst["cuda_graph"], "cuda_graph_why": fst["cuda_graph_why"],
         "cpu_capability": torch.backends.cpu.get_cpu_capability(), "cpu_bf16_native": cpu_bf16_is_fast(),
         "torch": torch.__version__,
     }

@@ -87,7 +87,7 @@ def test_the_checker_sees_a_cycle():
 LAYERS = [
     ["files", "config"],
     ["models.blob_layout"],
-    ["runtime", "shapes", "data", "augment", "losses", "metrics", "evaluator", "scan"],
+    ["runtime", "convgemm", "shapes", "data", "augment", "losses", "metrics", "evaluator", "scan"],
     ["checkpoint", "hub"],
     ["models", "models.base", "models.dcgan", "models.cluster", "models.blobgan"],
     ["viz"],

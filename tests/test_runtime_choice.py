@@ -95,7 +95,7 @@ def test_candidates_explicit_settings_win(monkeypatch):
 def test_train_records_the_choice_and_a_resumed_run_reuses_it(tmp_path, monkeypatch):
     # Injected timings through the real train(): channels_last measured slower, so NCHW is chosen.
     monkeypatch.setattr(train_mod, "time_calls",
-                        lambda fn, device, give_up_after=None: (fn(), 2.0 if m_is_channels_last(fn) else 1.0)[1])
+                        lambda fn, device, give_up_after=None, **_: (fn(), 2.0 if m_is_channels_last(fn) else 1.0)[1])
     logs = []
     cfg = tiny_cfg(tmp_path / "r", steps=4, precision="auto", channels_last=None, checkpoint_every=2)
     result = train_mod.train(cfg, on_log=logs.append)
@@ -109,7 +109,7 @@ def test_train_records_the_choice_and_a_resumed_run_reuses_it(tmp_path, monkeypa
     # Resumed, the recorded choice is reused although timings now say channels_last, and the run is
     # bit-identical with one trained straight through.
     monkeypatch.setattr(train_mod, "time_calls",
-                        lambda fn, device, give_up_after=None: (fn(), 0.5 if m_is_channels_last(fn) else 1.0)[1])
+                        lambda fn, device, give_up_after=None, **_: (fn(), 0.5 if m_is_channels_last(fn) else 1.0)[1])
     from gan_core.config import sync_model_to_data
 
     other = sync_model_to_data(tiny_cfg(tmp_path / "other", precision="auto", channels_last=None))

@@ -46,7 +46,7 @@ class TrainConfig:
     compile: bool = False  # torch.compile G and D (CUDA mostly)
     compile_mode: str = "default"  # default | reduce-overhead (CUDA graphs by inductor) | max-autotune
     cuda_graph: Optional[bool] = None  # the whole step as one CUDA graph; None: on CUDA where it times faster
-    # CPU, fp32, channels_last: run a convolution's forward or gradients as one matmul over its patches where
+    # CPU, fp32 or bf16, channels_last: run a convolution's forward or gradients as one matmul over its patches where
     # that times faster than oneDNN, layer by layer; None: if the whole step then times faster too; true: without
     # that check; false: never
     conv_gemm: Optional[bool] = None

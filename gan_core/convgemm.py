@@ -9,7 +9,7 @@ weight gradient in 46, while the same arithmetic as one matmul over the layer's 
 layer is timed both ways at the run's own shapes and takes the faster (`plan`), and then the whole step
 is timed with and without the plan, which is kept only where it wins (`gan_core.training.choose_runtime`).
 
-Scope: CPU, fp32 (no autocast), `nn.Conv2d` and `nn.ConvTranspose2d` with square kernels, one stride and one
+Scope: CPU, fp32 or autocast to bf16, `nn.Conv2d` and `nn.ConvTranspose2d` with square kernels, one stride and one
 zero padding for both sides, no groups, dilation or output padding. Every other layer, and every layer
 outside a plan, runs as torch runs it. A plan changes how a layer computes, not what: its weights, state
 dict and checkpoints are those of the plain layer.
@@ -190,13 +190,25 @@ def eligible(layer: nn.Module) -> bool:
             and tuple(getattr(layer, "output_padding", (0, 0))) == (0, 0))
 
 
+def run_dtype(x: torch.Tensor) -> Optional[torch.dtype]:
+    """The dtype a convolution of `x` runs in here: fp32, or bf16 under CPU autocast to bf16; None where the
+    plan does not apply (another device or dtype, autocast to fp16)."""
+    if x.device.type != "cpu" or x.dtype not in (torch.float32, torch.bfloat16):
+        return None
+    if torch.is_autocast_enabled("cpu"):
+        return torch.bfloat16 if torch.get_autocast_dtype("cpu") == torch.bfloat16 else None
+    return torch.float32 if x.dtype == torch.float32 else None
+
+
 def _planned_forward(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    if x.dtype != torch.float32 or x.device.type != "cpu" or torch.is_autocast_enabled("cpu"):
+    dtype = run_dtype(x)
+    if dtype is None:
         return plain_type(layer).forward(layer, x)  # outside the plan's scope: as torch runs it
-    x = x.contiguous(memory_format=torch.channels_last)
-    y = _PlannedConv.apply(x, layer.weight, layer.stride[0], layer.padding[0],
-                           isinstance(layer, nn.ConvTranspose2d), layer.gemm_ops)
-    return y if layer.bias is None else y + layer.bias.view(1, -1, 1, 1)
+    x = x.to(dtype).contiguous(memory_format=torch.channels_last)
+    with torch.autocast("cpu", enabled=False):  # cast here as autocast would; the products run in `dtype`
+        y = _PlannedConv.apply(x, layer.weight.to(dtype), layer.stride[0], layer.padding[0],
+                               isinstance(layer, nn.ConvTranspose2d), layer.gemm_ops)
+        return y if layer.bias is None else y + layer.bias.to(dtype).view(1, -1, 1, 1)
 
 
 class PlannedConv2d(nn.Conv2d):
@@ -263,22 +275,22 @@ def input_shapes(modules: dict[str, nn.Module], run: Callable[[], object]) -> di
     return shapes
 
 
-def _operands(layer: nn.Module, shape: tuple[int, ...], device: torch.device):
+def _operands(layer: nn.Module, shape: tuple[int, ...], device: torch.device, dtype: torch.dtype):
     gen = torch.Generator(device=device).manual_seed(0)
     cl = torch.channels_last
-    x = torch.randn(shape, generator=gen, device=device).contiguous(memory_format=cl)
-    w = torch.randn(layer.weight.shape, generator=gen, device=device).contiguous(memory_format=cl)
+    x = torch.randn(shape, generator=gen, device=device).to(dtype).contiguous(memory_format=cl)
+    w = torch.randn(layer.weight.shape, generator=gen, device=device).to(dtype).contiguous(memory_format=cl)
     stride, padding = layer.stride[0], layer.padding[0]
     transposed = isinstance(layer, nn.ConvTranspose2d)
     y = layer_forward(x, w, stride, padding, transposed, False)
-    gy = torch.randn(y.shape, generator=gen, device=device).contiguous(memory_format=cl)
+    gy = torch.randn(y.shape, generator=gen, device=device).to(dtype).contiguous(memory_format=cl)
     return x, w, gy, stride, padding, transposed
 
 
 def time_layer(layer: nn.Module, shape: tuple[int, ...], op: str, gemm: bool, device: torch.device,
-               give_up_after: float) -> float:
-    """Seconds for one of `layer`'s products (`op`, a letter of OPS) at input `shape`, either way."""
-    x, w, gy, stride, padding, transposed = _operands(layer, shape, device)
+               give_up_after: float, dtype: torch.dtype = torch.float32) -> float:
+    """Seconds for one of `layer`'s products (`op`, a letter of OPS) at input `shape` in `dtype`, either way."""
+    x, w, gy, stride, padding, transposed = _operands(layer, shape, device, dtype)
     if op == "f":
         fn = lambda: layer_forward(x, w, stride, padding, transposed, gemm)  # noqa: E731
     elif op == "i":
@@ -291,13 +303,15 @@ def time_layer(layer: nn.Module, shape: tuple[int, ...], op: str, gemm: bool, de
 
 def plan(modules: dict[str, nn.Module], shapes: dict[str, tuple[int, ...]], device: torch.device,
          cache=None, time_one: Optional[Callable[[nn.Module, tuple, str, bool, float], float]] = None,
-         announce: Optional[Callable[[], None]] = None) -> tuple[dict[str, str], dict[str, dict]]:
-    """For each layer with a known input shape, the products that time at least 5% faster as a matmul,
-    each timed once per (layer geometry, input shape, product, device) and kept in `cache`.
+         announce: Optional[Callable[[], None]] = None,
+         dtype: torch.dtype = torch.float32) -> tuple[dict[str, str], dict[str, dict]]:
+    """For each layer with a known input shape, the products that time at least 5% faster as a matmul in
+    `dtype`, each timed once per (layer geometry, input shape, dtype, product, device) and kept in `cache`.
     `time_one(layer, shape, op, gemm, give_up_after)` (seconds; default `time_layer`) is injectable for
     tests; `announce()` is called once, before the first product is timed (not when the cache answers all).
     -> (plan: path -> letters, timings: path -> {op: {way: seconds}})."""
-    time_one = time_one or (lambda layer, shape, op, gemm, limit: time_layer(layer, shape, op, gemm, device, limit))
+    time_one = time_one or (lambda layer, shape, op, gemm, limit: time_layer(layer, shape, op, gemm, device, limit,
+                                                                           dtype))
     result: dict[str, str] = {}
     timings: dict[str, dict] = {}
     said: list = []
@@ -311,7 +325,7 @@ def plan(modules: dict[str, nn.Module], shapes: dict[str, tuple[int, ...]], devi
             continue
         geometry = {"type": plain_type(layer).__name__,
                     "weight": list(layer.weight.shape), "stride": layer.stride[0], "padding": layer.padding[0],
-                    "input": list(shapes[path])}
+                    "input": list(shapes[path]), "dtype": str(dtype)}
         ops = ""
         for op in OPS:
             key = {"conv": geometry, "op": op, "device": device_key(device)}

@@ -237,8 +237,8 @@ def _choose_precision_format(cfg: config_mod.RunConfig, device: torch.device, op
 
 
 def conv_gemm_possible(cfg: config_mod.RunConfig, device: torch.device, choice: Choice, world: int = 1) -> bool:
-    """Whether `choose_conv_gemm` may give this run a plan: CPU, fp32, channels_last, eager, one process."""
-    return (device.type == "cpu" and cfg.train.conv_gemm is not False and choice.precision == "fp32"
+    """Whether `choose_conv_gemm` may give this run a plan: CPU, fp32 or bf16, channels_last, eager, one process."""
+    return (device.type == "cpu" and cfg.train.conv_gemm is not False and choice.precision in ("fp32", "bf16")
             and choice.channels_last and not cfg.train.compile and world == 1)
 
 
@@ -257,7 +257,8 @@ def choose_conv_gemm(cfg: config_mod.RunConfig, device: torch.device, choice: Ch
     roles = {"G": m.g_core, "D": m.d_core}
     shapes = convgemm.input_shapes(roles, lambda: run_step(cfg, m, make_batch(cfg, images, m, 0, 0, device)))
     plan, _ = convgemm.plan(roles, shapes, device, cache, time_layer, announce=lambda: on_log and on_log(
-        "timing each convolution's forward and gradients as matmuls (once per layer shape and machine)"))
+        "timing each convolution's forward and gradients as matmuls (once per layer shape and machine)"),
+        dtype=choice.dtype or torch.float32)
     if not plan:
         return choice
     candidate = replace(choice, conv_gemm=tuple(plan.items()))

@@ -245,7 +245,7 @@ def main(argv=None) -> dict:
                    help="the whole step as one CUDA graph (auto: where it times faster, CUDA only; on with a CPU: dry run)")
     p.add_argument("--compile-mode", default="default", choices=["default", "reduce-overhead", "max-autotune"])
     p.add_argument("--conv-gemm", default="auto", choices=["auto", "on", "off"],
-                   help="CPU fp32: convolution products as matmuls where they time faster (auto: if the step "
+                   help="CPU, channels_last: convolution products as matmuls where they time faster (auto: if the step "
                         "then times faster too)")
     p.add_argument("--skip-reference", action="store_true")
     p.add_argument("--ceiling", action="store_true",

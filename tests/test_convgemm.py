@@ -70,9 +70,29 @@ def test_a_planned_layer_computes_what_the_plain_one_does(ops, kind):
     # a deep copy (the EMA copies) keeps the plan and its own weights
     twin = copy.deepcopy(planned)
     assert twin.gemm_ops == ops and twin.weight.data_ptr() != planned.weight.data_ptr()
-    # outside the plan's scope (autocast, another dtype) the layer runs as torch runs it
+    # outside the plan's scope (fp16, a double input) the layer runs as torch runs it
+    wide = copy.deepcopy(planned).double()
+    assert torch.allclose(wide(x.double()).float(), ya, atol=1e-4) and convgemm.run_dtype(x.half()) is None
+
+
+@pytest.mark.parametrize("kind", [nn.Conv2d, nn.ConvTranspose2d])
+def test_under_bf16_autocast_a_planned_layer_computes_what_autocast_does(kind):
+    torch.manual_seed(0)
+    plain = kind(6, 5, 4, 2, 1, bias=True)
+    planned = copy.deepcopy(plain)
+    convgemm.install({"G": nn.Sequential(planned)}, {"G.0": "fiw"})
+    x = torch.randn(3, 6, 8, 8).contiguous(memory_format=CL)
+    xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        assert planned(x).dtype == torch.bfloat16
+        ya, yb = plain(xa), planned(xb)
+    assert ya.dtype == yb.dtype == torch.bfloat16
+    assert torch.allclose(ya.float(), yb.float(), atol=0.1, rtol=0.02)
+    g = torch.randn_like(ya)
+    ya.backward(g)
+    yb.backward(g)
+    assert xb.grad.dtype == torch.float32 and planned.weight.grad.dtype == torch.float32
+    assert torch.allclose(xa.grad, xb.grad, atol=0.1, rtol=0.02)
+    assert torch.allclose(plain.weight.grad, planned.weight.grad, atol=0.3, rtol=0.02)
 
 
 def test_install_refuses_a_plan_for_other_layers():
@@ -161,10 +181,13 @@ def test_choose_conv_gemm_keeps_the_plan_only_if_the_step_is_faster(tmp_path, mo
     forced = sync_model_to_data(tiny_cfg(tmp_path / "b", channels_last=True, conv_gemm=True))
     assert dict(train_mod.choose_conv_gemm(forced, CPU, fp32_cl, cache=tmp_path / "3.json",
                                            time_layer=layer_timer(winners)).conv_gemm) == {"D.main.5": "w"}
+    bf16 = train_mod.choose_conv_gemm(forced, CPU, Choice("bf16", True), cache=tmp_path / "4.json",
+                                      time_layer=layer_timer(winners))
+    assert dict(bf16.conv_gemm) == {"D.main.5": "w"} and bf16.precision == "bf16"
     off = sync_model_to_data(tiny_cfg(tmp_path / "c", channels_last=True, conv_gemm=False))
     assert train_mod.choose_conv_gemm(off, CPU, fp32_cl, time_layer=never) is fp32_cl
-    # only for fp32 channels_last eager steps on one CPU process
-    for choice, c, world in ((Choice("bf16", True), cfg, 1), (Choice("fp32", False), cfg, 1), (fp32_cl, cfg, 2),
+    # only for channels_last eager steps on one CPU process, in fp32 or bf16
+    for choice, c, world in ((Choice("fp16", True), cfg, 1), (Choice("fp32", False), cfg, 1), (fp32_cl, cfg, 2),
                              (fp32_cl, sync_model_to_data(tiny_cfg(tmp_path / "d", compile=True)), 1)):
         assert train_mod.choose_conv_gemm(c, CPU, choice, world, time_layer=never) is choice
 
@@ -185,7 +208,7 @@ def seen_plan(fn) -> bool:
 def test_train_records_the_plan_and_a_resumed_run_reuses_it(tmp_path, monkeypatch):
     winners = {("C", (32, 16, 4, 4), "w"), ("C", (8, 3, 4, 4), "f")}
     monkeypatch.setattr(train_mod.convgemm, "time_layer",
-                        lambda layer, shape, op, gemm, device, limit: layer_timer(winners)(layer, shape, op, gemm, limit))
+                        lambda layer, shape, op, gemm, device, limit, dtype: layer_timer(winners)(layer, shape, op, gemm, limit))
     cfg = tiny_cfg(tmp_path / "r", steps=4, channels_last=True, conv_gemm=True, checkpoint_every=2)
     logs = []
     result = train_mod.train(cfg, on_log=logs.append)

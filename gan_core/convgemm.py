@@ -7,10 +7,10 @@ convolution (256 -> 512 channels, 8x8 -> 4x4) ran its forward in 26 ms, its inpu
 weight gradient in 46, while the same arithmetic as one matmul over the layer's patches took 22, 23 and 23
 (G's second layer, its transpose, alike); D's first layers ran faster in oneDNN. So each product of each
 layer is timed both ways at the run's own shapes and takes the faster (`plan`), and then the whole step
-is timed with and without the plan, which is kept only where it wins (`gan_core.training.choose_runtime`).
+is timed with and without the plan, which is kept only where it wins (`gan_core.training.choose_conv_gemm`).
 
-Scope: CPU, fp32 or autocast to bf16, `nn.Conv2d` and `nn.ConvTranspose2d` with square kernels, one stride and one
-zero padding for both sides, no groups, dilation or output padding. Every other layer, and every layer
+Scope: CPU, fp32 or autocast to bf16, `nn.Conv2d` and `nn.ConvTranspose2d` with square kernels, one stride
+and one zero padding for both sides, no groups, dilation or output padding. Every other layer, and every layer
 outside a plan, runs as torch runs it. A plan changes how a layer computes, not what: its weights, state
 dict and checkpoints are those of the plain layer.
 

@@ -208,7 +208,8 @@ def seen_plan(fn) -> bool:
 def test_train_records_the_plan_and_a_resumed_run_reuses_it(tmp_path, monkeypatch):
     winners = {("C", (32, 16, 4, 4), "w"), ("C", (8, 3, 4, 4), "f")}
     monkeypatch.setattr(train_mod.convgemm, "time_layer",
-                        lambda layer, shape, op, gemm, device, limit, dtype: layer_timer(winners)(layer, shape, op, gemm, limit))
+                        lambda layer, shape, op, gemm, device, limit, dtype:
+                        layer_timer(winners)(layer, shape, op, gemm, limit))
     cfg = tiny_cfg(tmp_path / "r", steps=4, channels_last=True, conv_gemm=True, checkpoint_every=2)
     logs = []
     result = train_mod.train(cfg, on_log=logs.append)

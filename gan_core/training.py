@@ -271,7 +271,7 @@ def choose_conv_gemm(cfg: config_mod.RunConfig, device: torch.device, choice: Ch
                           give_up_after=give_up_after)
 
     key = {"model": config_mod.to_dict(cfg.model), "batch": cfg.train.batch_size, "device": device_key(device),
-           "step": "conv plan", "plan": plan}
+           "precision": choice.precision, "step": "conv plan", "plan": plan}
     label, timings, how = fastest(key, list(by_label), time_one, cache)
     if on_log:
         times = ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in timings.items())

@@ -22,7 +22,7 @@ from safetensors.torch import load_file
 
 def tiny_cfg(out_dir, **train_kw) -> RunConfig:
     kw = dict(steps=6, batch_size=8, log_every=2, sample_every=3, checkpoint_every=100, out_dir=str(out_dir),
-              device="cpu", precision="fp32", ema_decay=0.9)
+              device="cpu", precision="fp32", ema_decay=0.9, conv_gemm=False)  # (its timings: tests/test_convgemm.py)
     kw.update(train_kw)
     return RunConfig(model=DCGANConfig(nz=16, ngf=8, ndf=8),
                      data=DataConfig(source="shapes", num_images=64, image_size=32), train=TrainConfig(**kw))

@@ -194,13 +194,19 @@ def choose_runtime(cfg: config_mod.RunConfig, device: torch.device, recorded: Op
     if len(options) == 1:
         choice = Choice(*options[0], how="set" if t.precision != "auto" and t.channels_last is not None else "only")
     else:
-        choice = _choose_precision_format(cfg, device, options, dkey, cache, on_log, world)
+        choice = _choose_precision_format(cfg, device, options, cache, on_log, world)
     return choose_conv_gemm(cfg, device, choice, world, cache=cache, on_log=on_log)
 
 
-def _choose_precision_format(cfg: config_mod.RunConfig, device: torch.device, options: list, dkey: str,
+def tuning_key(cfg: config_mod.RunConfig, device: torch.device, **more) -> dict:
+    """What a timed choice for this run depends on (its tuning-cache key): the model config, the batch size,
+    the kind of device, and `more`."""
+    return {"model": config_mod.to_dict(cfg.model), "batch": cfg.train.batch_size, "device": device_key(device),
+            **more}
+
+
+def _choose_precision_format(cfg: config_mod.RunConfig, device: torch.device, options: list,
                              cache: Optional[Path], on_log: Optional[LogFn], world: int) -> Choice:
-    t = cfg.train
     images = stand_in_images(cfg, device)
 
     def time_one(precision: str, channels_last: bool, graph: bool, give_up_after: float) -> float:
@@ -225,7 +231,7 @@ def _choose_precision_format(cfg: config_mod.RunConfig, device: torch.device, op
                            f"({type(e).__name__}: {e}); timed eager only")
         return seconds
 
-    key = {"model": config_mod.to_dict(cfg.model), "batch": t.batch_size, "device": dkey}
+    key = tuning_key(cfg, device)
     if any(graph_possible(cfg, device, p, world) for p, _ in options):
         key["step"] = "eager or graph"  # (timings of eager steps alone, cached before, do not answer this)
     names = ", ".join(candidate_label(*o) for o in options)
@@ -270,8 +276,7 @@ def choose_conv_gemm(cfg: config_mod.RunConfig, device: torch.device, choice: Ch
         return time_calls(fresh_step(cfg, device, by_label[label], images, graph=False), device, repeats=3,
                           give_up_after=give_up_after)
 
-    key = {"model": config_mod.to_dict(cfg.model), "batch": cfg.train.batch_size, "device": device_key(device),
-           "precision": choice.precision, "step": "conv plan", "plan": plan}
+    key = tuning_key(cfg, device, precision=choice.precision, step="conv plan", plan=plan)
     label, timings, how = fastest(key, list(by_label), time_one, cache)
     if on_log:
         times = ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in timings.items())
@@ -329,8 +334,8 @@ def choose_graph(cfg: config_mod.RunConfig, device: torch.device, choice: Choice
         step = fresh_step(cfg, device, choice, images, graph=label == "graph")
         return time_calls(step, device, repeats=3, give_up_after=give_up_after)
 
-    key = {"model": config_mod.to_dict(cfg.model), "batch": t.batch_size, "device": device_key(device),
-           "precision": choice.precision, "channels_last": choice.channels_last, "step": "graph or eager"}
+    key = tuning_key(cfg, device, precision=choice.precision, channels_last=choice.channels_last,
+                     step="graph or eager")
     label, timings, how = fastest(key, ["eager", "graph"], time_one, tuning_cache() if cache is None else cache)
     times = ", ".join(f"{k} {v * 1000:.2f} ms" for k, v in timings.items())
     return label == "graph", f"{'on' if label == 'graph' else 'off'} ({how}: {times})"

@@ -189,7 +189,13 @@ def choose_runtime(cfg: config_mod.RunConfig, device: torch.device, recorded: Op
         choice = Choice(recorded["precision"], bool(recorded["channels_last"]), how="recorded",
                         timings=dict(recorded.get("timings_s") or {}))
         if conv_gemm_possible(cfg, device, choice, world):
-            choice = replace(choice, conv_gemm=tuple((recorded.get("conv_gemm") or {}).items()))
+            plan = dict(recorded.get("conv_gemm") or {})
+            if not plan_fits(cfg, plan):  # recorded by another version of the model's code: time a new one
+                if on_log:
+                    on_log(f"the recorded convolution plan ({convgemm.describe(plan)}) does not fit this model's "
+                           "layers; timing a new one")
+                return choose_conv_gemm(cfg, device, choice, world, cache=cache, on_log=on_log)
+            choice = replace(choice, conv_gemm=tuple(plan.items()))
         return choice
     if len(options) == 1:
         choice = Choice(*options[0], how="set" if t.precision != "auto" and t.channels_last is not None else "only")
@@ -240,6 +246,17 @@ def _choose_precision_format(cfg: config_mod.RunConfig, device: torch.device, op
         if on_log:
             on_log(f"choosing among {names} by timing a few steps of each (once per model, batch and machine)")
     return choose(key, options, time_step, tuning_cache() if cache is None else cache, announce)
+
+
+def plan_fits(cfg: config_mod.RunConfig, plan: dict[str, str]) -> bool:
+    """Whether every layer a convolution plan names is an eligible layer of this config's G and D, with
+    products `convgemm.OPS` knows (so `convgemm.install` takes it)."""
+    if not plan:
+        return True
+    with torch.random.fork_rng(devices=[]):  # building draws an init: leave the caller's random stream alone
+        g, d = kinds.of(cfg).build(cfg.model)
+    found = convgemm.layers({"G": g, "D": d})
+    return all(path in found and ops and not set(ops) - set(convgemm.OPS) for path, ops in plan.items())
 
 
 def conv_gemm_possible(cfg: config_mod.RunConfig, device: torch.device, choice: Choice, world: int = 1) -> bool:

@@ -262,3 +262,22 @@ def test_a_run_with_a_plan_stopped_and_resumed_is_exact(tmp_path, monkeypatch):
         a = load_file(str(tmp_path / "full" / "checkpoints" / "step_00000008" / f"{name}.safetensors"))
         b = load_file(str(tmp_path / "split" / "checkpoints" / "step_00000008" / f"{name}.safetensors"))
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
+
+
+def test_a_recorded_plan_that_does_not_fit_the_model_is_timed_again(tmp_path, monkeypatch):
+    # a run recorded by other model code names a layer this model does not have: resume times a new plan
+    winners = {("C", (32, 16, 4, 4), "w")}
+    monkeypatch.setattr(train_mod.convgemm, "time_layer",
+                        lambda layer, shape, op, gemm, device, limit, dtype:
+                        layer_timer(winners)(layer, shape, op, gemm, limit))
+    cfg = sync_model_to_data(tiny_cfg(tmp_path / "r", channels_last=True, conv_gemm=True))
+    recorded = {"device": train_mod.device_key(CPU), "precision": "fp32", "channels_last": True,
+                "conv_gemm": {"D.main.99": "w"}}
+    assert not train_mod.plan_fits(cfg, recorded["conv_gemm"])
+    assert train_mod.plan_fits(cfg, {"D.main.5": "w"}) and not train_mod.plan_fits(cfg, {"D.main.5": "wx"})
+    logs = []
+    choice = train_mod.choose_runtime(cfg, CPU, recorded, cache=tmp_path / "c.json", on_log=logs.append)
+    assert dict(choice.conv_gemm) == {"D.main.5": "w"} and any("does not fit" in line for line in logs)
+    recorded["conv_gemm"] = {"D.main.5": "w"}  # one that fits is reused without timing anything
+    monkeypatch.setattr(train_mod.convgemm, "time_layer", never)
+    assert dict(train_mod.choose_runtime(cfg, CPU, recorded, on_log=logs.append).conv_gemm) == {"D.main.5": "w"}

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Go on training a `dcgan` run with a generator of twice the width, from where it stands.
+"""Go on training a `dcgan` run with a generator (or discriminator) of twice the width, from where it stands.
 
     python -m scripts.widen_checkpoint --checkpoint runs/exp/lz_lo/checkpoints/step_00116047 --out runs/exp/wide
     python -m scripts.train model=dcgan model.ngf=64 ... train.out_dir=runs/exp/wide train.resume=true
@@ -8,7 +8,9 @@ Writes a training checkpoint at the same step into OUT/checkpoints, with model.n
 copy widened so that they paint what they painted (`gan_core.models.dcgan.widen_generator`, Net2WiderNet),
 plus `--noise` (a fraction of each layer's weight spread) so the copies of a channel can learn apart; D,
 its EMA copy if any and D's Adam state as they were; G's Adam state fresh. Resume it with the same
-settings as before and `model.ngf` doubled. Last stdout line: one JSON object.
+settings as before and `model.ngf` doubled. `--part discriminator` widens D instead (model.ndf doubled,
+`widen_discriminator`: the same logits as before, up to the noise), keeping G, its EMA copy and G's Adam
+state, with D's Adam state fresh. Last stdout line: one JSON object.
 """
 from __future__ import annotations
 
@@ -25,6 +27,8 @@ def main(argv=None) -> dict:
     p.add_argument("--checkpoint", required=True, help="a training checkpoint folder of a dcgan run (or the run folder)")
     p.add_argument("--out", required=True, help="the new run folder (must not hold checkpoints yet)")
     p.add_argument("--noise", type=float, default=0.01, help="symmetry-breaking noise, a fraction of each weight spread")
+    p.add_argument("--part", choices=("generator", "discriminator"), default="generator",
+                   help="which network to widen (model.ngf or model.ndf doubled)")
     args = p.parse_args(argv)
 
     import torch
@@ -32,7 +36,7 @@ def main(argv=None) -> dict:
     from gan_core import checkpoint as ckpt, kinds
     from gan_core.checkpoint import CheckpointError
     from gan_core.inference.loading import resolve
-    from gan_core.models.dcgan import widen_generator
+    from gan_core.models.dcgan import widen_discriminator, widen_generator
     from gan_core.training import build_models
 
     try:
@@ -48,22 +52,29 @@ def main(argv=None) -> dict:
     if ckpt.latest_checkpoint(out) is not None:
         fail(f"{out} already holds checkpoints: pick a new folder")
     cpu = torch.device("cpu")
-    wide = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, ngf=2 * cfg.model.ngf),
+    field = "ngf" if args.part == "generator" else "ndf"
+    if field == "ndf" and cfg.model.d_recon > 0:
+        fail("--part discriminator cannot widen the decoder of model.d_recon: widen a run without it")
+    wide = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, **{field: 2 * getattr(cfg.model, field)}),
                                train=dataclasses.replace(cfg.train, out_dir=str(out)))
     old, new = build_models(cfg, cpu, wrap=False), build_models(wide, cpu, wrap=False)
     trained = old.modules()
     for role, module in trained.items():
         ckpt.load_weights(module, ckpt.weights_file(src, role))
+    widened = ((ckpt.GENERATOR, ckpt.ema_role(ckpt.GENERATOR)) if field == "ngf"
+               else (ckpt.DISCRIMINATOR, ckpt.ema_role(ckpt.DISCRIMINATOR)))
+    widen = widen_generator if field == "ngf" else widen_discriminator
     for role, module in new.modules().items():
-        if role in (ckpt.GENERATOR, ckpt.ema_role(ckpt.GENERATOR)):
-            widen_generator(trained[role], module, noise=args.noise)
+        if role in widened:
+            widen(trained[role], module, noise=args.noise)
         else:
             module.load_state_dict(trained[role].state_dict())
-    ckpt.load_optimizers(src, {"D": new.opt_d})
+    kept = {"D": new.opt_d} if field == "ngf" else {"G": new.opt_g}  # the widened network's Adam starts fresh
+    ckpt.load_optimizers(src, kept)
     folder = ckpt.save_training_checkpoint(out, wide, meta["step"], new.modules(), new.optimizers(),
                                            metrics=meta.get("metrics"), keep=cfg.train.keep_checkpoints)
-    result = {"checkpoint": str(folder), "step": meta["step"], "ngf": [cfg.model.ngf, wide.model.ngf],
-              "noise": args.noise}
+    result = {"checkpoint": str(folder), "step": meta["step"], "part": args.part,
+              field: [getattr(cfg.model, field), getattr(wide.model, field)], "noise": args.noise}
     print(json.dumps(result))
     return result
 

@@ -282,3 +282,20 @@ def test_self_supervised_d_redraws_real_images(monkeypatch):
     assert sum(recons[-10:]) / 10 < 0.7 * recons[0]
     with pytest.raises(ValueError, match="d_recon"):
         kinds.validate(RunConfig(model=DCGANConfig(d_recon=-1.0)))
+
+
+@pytest.mark.parametrize("d_norm", ["batch", "none"])
+def test_widen_discriminator_gives_the_same_logits_and_refuses_other_sizes(d_norm):
+    from gan_core.models.dcgan import DCGANConfig, Discriminator, widen_discriminator
+    torch.manual_seed(0)
+    old, new = Discriminator(DCGANConfig(ndf=4, d_norm=d_norm)), Discriminator(DCGANConfig(ndf=8, d_norm=d_norm))
+    x = torch.randn(6, 3, 64, 64)
+    old.train()(x)  # running statistics that are not the init's
+    widen_discriminator(old, new)
+    for mode in (True, False):
+        assert torch.allclose(old.train(mode)(x, logits=True), new.train(mode)(x, logits=True), atol=1e-5)
+    widen_discriminator(old, new, noise=0.05)
+    moved = (old.train()(x, logits=True) - new.train()(x, logits=True)).abs().max()
+    assert 0 < moved < 0.5
+    with pytest.raises(ValueError, match="twice the width"):
+        widen_discriminator(old, Discriminator(DCGANConfig(ndf=12, d_norm=d_norm)))

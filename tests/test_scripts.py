@@ -361,3 +361,31 @@ def test_widen_checkpoint_keeps_what_g_paints_and_the_run_goes_on_wider(tmp_path
                                f"train.out_dir={wide}"])
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert result["step"] == 3 and result["steps_run"] == 1
+
+
+def test_widen_checkpoint_part_discriminator_keeps_ds_logits_and_g(tmp_path):
+    from gan_core import kinds
+    from gan_core.training import build_models
+    out, wide = tmp_path / "run", tmp_path / "wide"
+    proc, _ = run_script(["scripts/train.py", *TINY, "train.steps=2", "train.ema_decay=0.9", f"train.out_dir={out}"])
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    proc, res = run_script(["scripts/widen_checkpoint.py", "--checkpoint", str(out), "--out", str(wide),
+                            "--part", "discriminator", "--noise", "0"])
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert res["part"] == "discriminator" and res["ndf"][1] == 2 * res["ndf"][0]
+    cfg_a, _ = kinds.read_config(out / "checkpoints" / "step_00000002")
+    cfg_b, _ = kinds.read_config(Path(res["checkpoint"]))
+    assert cfg_b.model.ndf == 2 * cfg_a.model.ndf and cfg_b.model.ngf == cfg_a.model.ngf
+    a, b = build_models(cfg_a, torch.device("cpu"), wrap=False), build_models(cfg_b, torch.device("cpu"), wrap=False)
+    for m, folder in ((a, out / "checkpoints" / "step_00000002"), (b, Path(res["checkpoint"]))):
+        for role, module in m.modules().items():
+            ckpt.load_weights(module, ckpt.weights_file(folder, role))
+    x = torch.rand(5, cfg_a.model.channels, cfg_a.model.image_size, cfg_a.model.image_size) * 2 - 1
+    for mode in (True, False):  # batch statistics and stored ones
+        assert torch.allclose(a.d_core.train(mode)(x, logits=True), b.d_core.train(mode)(x, logits=True), atol=1e-5)
+    assert all(torch.equal(p, q) for p, q in zip(a.g_core.state_dict().values(), b.g_core.state_dict().values()))
+    tiny_wide = [s for s in TINY if not s.startswith("model.ndf=")] + [f"model.ndf={cfg_b.model.ndf}"]
+    proc, result = run_script(["scripts/train.py", *tiny_wide, "train.steps=3", "train.ema_decay=0.9",
+                               "train.resume=true", f"train.out_dir={wide}"])
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert result["step"] == 3 and result["steps_run"] == 1

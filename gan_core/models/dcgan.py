@@ -302,3 +302,43 @@ def widen_generator(old: Generator, new: Generator, noise: float = 0.0, seed: in
                 getattr(norms_new[i], name).copy_(getattr(norms_old[i], name)[copies])
             norms_new[i].num_batches_tracked.copy_(norms_old[i].num_batches_tracked)
         b.weight.copy_(w)
+
+
+@torch.no_grad()
+def widen_discriminator(old: Discriminator, new: Discriminator, noise: float = 0.0, seed: int = 0) -> None:
+    """Copy a trained discriminator into one of twice its width (`new`: ndf doubled), Net2WiderNet style as
+    `widen_generator` does: every hidden channel (its conv filter, bias and BatchNorm entries) twice, and
+    the next layer's weights from each copy halved, so `new` gives the logits `old` gave (in train and eval
+    mode). `noise` > 0 adds seeded Gaussian noise of that fraction of each widened filter bank's spread,
+    so the copies can learn apart. A discriminator with the self-supervised decoder (`model.d_recon`) is
+    refused: its decoder would need widening too."""
+    if old.decoder is not None or new.decoder is not None:
+        raise ValueError("widen_discriminator does not widen the decoder of model.d_recon")
+    convs_old = [m for m in old.main if isinstance(m, nn.Conv2d)]
+    convs_new = [m for m in new.main if isinstance(m, nn.Conv2d)]
+    norms_old = [m for m in old.main if isinstance(m, nn.BatchNorm2d)]
+    norms_new = [m for m in new.main if isinstance(m, nn.BatchNorm2d)]
+    if len(convs_old) != len(convs_new) or len(norms_old) != len(norms_new) or any(
+            b.weight.shape[0] != 2 * a.weight.shape[0] for a, b in zip(convs_old[:-1], convs_new[:-1])):
+        raise ValueError("widen_discriminator needs a discriminator of the same size and twice the width (ndf)")
+    gen = torch.Generator().manual_seed(seed)
+    copies = None  # which old channel each new input channel copies
+    for i, (a, b) in enumerate(zip(convs_old, convs_new)):
+        w = a.weight.float()  # (out, in, k, k)
+        if copies is not None:
+            w = w[:, copies] / 2
+        bias = a.bias.float() if a.bias is not None else None
+        if i < len(convs_old) - 1:
+            copies = torch.arange(w.shape[0]).repeat(2)
+            w = w[copies]
+            if noise > 0:
+                w = w + torch.randn(w.shape, generator=gen) * w.std() * noise
+            bias = bias[copies] if bias is not None else None
+            if norms_old:  # the BatchNorm after every conv but the first and the last
+                if i > 0:
+                    for name in ("weight", "bias", "running_mean", "running_var"):
+                        getattr(norms_new[i - 1], name).copy_(getattr(norms_old[i - 1], name)[copies])
+                    norms_new[i - 1].num_batches_tracked.copy_(norms_old[i - 1].num_batches_tracked)
+        b.weight.copy_(w)
+        if bias is not None:
+            b.bias.copy_(bias)

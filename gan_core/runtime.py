@@ -34,9 +34,11 @@ def resolve_device(name: str = "auto") -> torch.device:
     return device
 
 
-def cpu_bf16_is_fast() -> bool:
-    """oneDNN runs bf16 convolutions natively only with AVX512-BF16 or AMX; elsewhere it emulates
-    them, which is far slower than fp32 (measured ~10x slower on an AVX2-only EPYC)."""
+def cpu_claims_bf16() -> bool:
+    """Whether oneDNN says it supports bf16 on this CPU. A claim, not a speed: it is also true on AVX512
+    CPUs without AVX512-BF16/AMX, where bf16 is emulated (2.0-2.3x slower than fp32 on an Ice Lake Xeon),
+    so bf16 is only ever chosen by timing it. Where not even claimed (AVX2), bf16 is far slower still
+    (~10x on an AVX2-only EPYC) and not worth timing."""
     try:
         return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except (AttributeError, RuntimeError):
@@ -154,7 +156,7 @@ def precision_candidates(precision: str, device: torch.device) -> list[str]:
         return [precision]
     if device.type == "cuda":
         return ["fp32", "bf16", "fp16"] if torch.cuda.is_bf16_supported() else ["fp32", "fp16"]
-    if device.type == "cpu" and cpu_bf16_is_fast():
+    if device.type == "cpu" and cpu_claims_bf16():
         return ["fp32", "bf16"]
     return ["fp32"]
 
@@ -172,6 +174,20 @@ def device_key(device: torch.device) -> str:
     else:
         name = f"{_cpu_model()} {torch.backends.cpu.get_cpu_capability()} {torch.get_num_threads()} threads"
     return f"{device.type}: {name}, torch {torch.__version__}"
+
+
+BF16_FLAGS = ("avx512_bf16", "amx_bf16", "amx_tile")  # the CPU flags of native bf16 arithmetic
+
+
+def cpu_bf16_flags() -> list[str]:
+    """Which of `BF16_FLAGS` this CPU reports (Linux /proc/cpuinfo; [] where unreadable): for reports
+    only, never to pick a path."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return []
+    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
+    return [f for f in BF16_FLAGS if f in flags]
 
 
 def _cpu_model() -> str:

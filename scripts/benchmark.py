@@ -41,7 +41,7 @@ from gan_core.data import load_dataset
 from gan_core.models import dcgan
 from gan_core.models.base import Batch, step_generator
 from gan_core.models.dcgan import DCGANConfig
-from gan_core.runtime import cpu_bf16_is_fast
+from gan_core.runtime import cpu_bf16_flags, cpu_claims_bf16
 from gan_core.shapes import render_shapes
 
 
@@ -281,7 +281,8 @@ def main(argv=None) -> dict:
         "fast_precision": fst["precision"], "fast_channels_last": fst["channels_last"], "compile": args.compile,
         "chosen_by": fst["chosen"], "choice_timings_s": fst["timings_s"], "compile_mode": args.compile_mode,
         "conv_gemm": fst["conv_gemm"], "cuda_graph": fst["cuda_graph"], "cuda_graph_why": fst["cuda_graph_why"],
-        "cpu_capability": torch.backends.cpu.get_cpu_capability(), "cpu_bf16_native": cpu_bf16_is_fast(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(), "cpu_bf16_claimed": cpu_claims_bf16(),
+        "cpu_bf16_flags": cpu_bf16_flags(),
         "torch": torch.__version__,
     }
     if top is not None:

@@ -77,12 +77,12 @@ def test_one_option_is_taken_without_measuring():
 
 
 def test_candidates_explicit_settings_win(monkeypatch):
-    monkeypatch.setattr(runtime, "cpu_bf16_is_fast", lambda: True)
+    monkeypatch.setattr(runtime, "cpu_claims_bf16", lambda: True)
     assert runtime.candidates("auto", None, CPU) == FOUR  # a CPU that claims bf16: measured, not trusted
     assert runtime.candidates("fp32", None, CPU) == [("fp32", False), ("fp32", True)]
     assert runtime.candidates("auto", True, CPU) == [("fp32", True), ("bf16", True)]
     assert runtime.candidates("bf16", False, CPU) == [("bf16", False)]
-    monkeypatch.setattr(runtime, "cpu_bf16_is_fast", lambda: False)
+    monkeypatch.setattr(runtime, "cpu_claims_bf16", lambda: False)
     assert runtime.candidates("auto", None, CPU) == [("fp32", False), ("fp32", True)]  # bf16 would be emulated
     # compile on CUDA: channels_last failed in inductor's backward there, so auto means contiguous
     cuda = torch.device("cuda")
@@ -163,7 +163,7 @@ def test_inference_paints_in_the_measured_choice(tmp_path, monkeypatch):
     result = train_mod.train(tiny_cfg(tmp_path / "run", steps=2))
     model = load_model(result["checkpoint"])
     # A CPU that claims bf16: on this one bf16 + channels_last times fastest, so painting uses it.
-    monkeypatch.setattr(runtime, "cpu_bf16_is_fast", lambda: True)
+    monkeypatch.setattr(runtime, "cpu_claims_bf16", lambda: True)
     seen = []
 
     def fake_time(fn, device, give_up_after=None):
@@ -357,3 +357,13 @@ def test_the_chooser_times_graph_steps_and_keeps_eager_when_a_capture_fails(tmp_
         assert len(calls) == len(choice.timings) >= 2  # one graph attempt per candidate
         assert all(0 < t < float("inf") for t in choice.timings.values())  # eager timings stand on failure
         assert any("as one CUDA graph failed" in line for line in logs) == fail
+
+
+def test_cpu_bf16_flags_reads_only_the_native_bf16_flags(monkeypatch, tmp_path):
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nflags\t\t: fpu avx2 avx512f avx512_vnni amx_tile amx_bf16 avx512_bf16x\n")
+    real_path = runtime.Path
+    monkeypatch.setattr(runtime, "Path", lambda p: info if p == "/proc/cpuinfo" else real_path(p))
+    assert runtime.cpu_bf16_flags() == ["amx_bf16", "amx_tile"]  # not the made-up "avx512_bf16x"
+    monkeypatch.setattr(runtime, "Path", lambda p: tmp_path / "missing" if p == "/proc/cpuinfo" else real_path(p))
+    assert runtime.cpu_bf16_flags() == []

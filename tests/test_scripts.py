@@ -224,6 +224,9 @@ def test_benchmark_tiny_run_reports_both_paths_and_the_ceiling():
                 "fast_loss_d", "fast_loss_g"):
         assert key in result
     assert result["reference_img_s"] > 0 and result["fast_img_s"] > 0 and result["batch"] == 4
+    # what the CPU reports about bf16: oneDNN's claim and the native flags, apart (a claim can be emulation)
+    from gan_core.runtime import BF16_FLAGS
+    assert isinstance(result["cpu_bf16_claimed"], bool) and set(result["cpu_bf16_flags"]) <= set(BF16_FLAGS)
     top = result["ceiling"]
     # The seed DCGAN's step: 8 D passes' and 3 G passes' worth of about 0.21 GFLOP each per image.
     assert 2.0 < top["step_gflop_per_image"] < 2.6

@@ -12,22 +12,43 @@ def fail(message: str, code: int = 2, **extra) -> None:
     sys.exit(code)
 
 
+def typed_value(text: str, default):
+    """A NAME=VALUE's value, typed like the field's default: true/false for a bool, a whole number for an
+    int ("2" or "2.0"), a float, a string; JSON (numbers, true/false, null, lists) for a field whose default
+    is None or a collection, else the text. Raises ValueError with the reason."""
+    if isinstance(default, bool):
+        if text.lower() not in ("true", "false"):
+            raise ValueError(f"takes true or false, not {text!r}")
+        return text.lower() == "true"
+    if isinstance(default, (int, float)):
+        try:
+            number = float(text)
+        except ValueError:
+            raise ValueError(f"takes {'whole numbers' if isinstance(default, int) else 'numbers'}, "
+                             f"not {text!r}") from None
+        if isinstance(default, float):
+            return number
+        if number != int(number):
+            raise ValueError(f"takes whole numbers, not {text!r}")
+        return int(number)
+    if isinstance(default, str):
+        return text
+    try:  # a field whose default is None (train.lr_d, train.channels_last, ...) or a collection
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
 def parse_sets(items: list[str], settable: tuple[str, ...], defaults) -> dict:
-    """`--set NAME=VALUE` items -> {NAME: value}, NAME one of `settable`, the value of the type of
-    `defaults`' NAME (a config dataclass); a bool is true or false. Raises ValueError with the reason."""
+    """`--set NAME=VALUE` items -> {NAME: value}, NAME one of `settable`, the value typed like
+    `defaults`' NAME (a config dataclass; `typed_value`). Raises ValueError with the reason."""
     out = {}
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or key not in settable:
             raise ValueError(f"--set takes NAME=VALUE with NAME one of {', '.join(settable)}, not {item!r}")
-        kind = type(getattr(defaults, key))
-        if kind is bool:
-            if value.lower() not in ("true", "false"):
-                raise ValueError(f"--set {key} takes true or false, not {value!r}")
-            out[key] = value.lower() == "true"
-            continue
         try:
-            out[key] = kind(value)
-        except ValueError:
-            raise ValueError(f"--set {key} takes {kind.__name__} values, not {value!r}") from None
+            out[key] = typed_value(value, getattr(defaults, key))
+        except ValueError as e:
+            raise ValueError(f"--set {key} {e}") from None
     return out

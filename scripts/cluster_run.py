@@ -20,6 +20,8 @@ import tarfile
 import time
 from pathlib import Path
 
+from scripts._cli import typed_value
+
 
 def train_mutual_information(d, images, cfg, device, batch: int = 1024, seed: int = 0) -> float:
     """I(cluster of x; cluster of aug(x)) over `images` (uint8), with the model's own augmentations."""
@@ -80,18 +82,15 @@ def main(argv=None) -> dict:
     from gan_core.runtime import resolve_device
     from gan_core.training import train
 
-    def parse_value(text: str):
-        try:
-            return json.loads(text)  # numbers, true/false, null, lists
-        except json.JSONDecodeError:
-            return text
-
     overrides = {}
     for item in args.model:
         key, sep, value = item.partition("=")
         if not sep or key not in ClusterConfig.__dataclass_fields__:
             p.error(f"--model takes KEY=VALUE with a ClusterConfig field, not {item!r}")
-        overrides[key] = parse_value(value)
+        try:
+            overrides[key] = typed_value(value, ClusterConfig.__dataclass_fields__[key].default)
+        except ValueError as e:
+            p.error(f"--model {key} {e}")
     device = resolve_device(args.device)
     data = DataConfig(source=args.data_source, path=args.data_path, image_size=args.image_size,
                       channels=args.channels, num_images=args.num_images)

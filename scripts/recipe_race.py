@@ -28,30 +28,9 @@ import sys
 import time
 from pathlib import Path
 
-from scripts._cli import fail
+from scripts._cli import fail, typed_value
 
 SCORED = ("fid", "fid_ratio", "kid", "precision", "recall", "class_coverage", "no_shape", "confident", "class_kl")
-
-
-def parse_value(text: str, default):
-    """A NAME=VALUE's value, typed like the field's default (JSON for fields whose default is None)."""
-    if isinstance(default, bool):
-        if text.lower() not in ("true", "false"):
-            raise ValueError(f"takes true or false, not {text!r}")
-        return text.lower() == "true"
-    if isinstance(default, int):
-        number = float(text)
-        if number != int(number):
-            raise ValueError(f"takes whole numbers, not {text!r}")
-        return int(number)
-    if isinstance(default, float):
-        return float(text)
-    if isinstance(default, str):
-        return text
-    try:  # a field whose default is None (train.lr_d, train.channels_last, ...)
-        return json.loads(text)
-    except json.JSONDecodeError:
-        return text
 
 
 def build_config(settings: list[str]):
@@ -72,7 +51,7 @@ def build_config(settings: list[str]):
         if field not in values[section]:
             raise ValueError(f"{name}: no such setting")
         try:
-            values[section][field] = parse_value(value, values[section][field])
+            values[section][field] = typed_value(value, values[section][field])
         except ValueError as e:
             raise ValueError(f"{name}: {e}") from None
     return kinds.validate(config_mod.sync_model_to_data(kinds.config_from_dict(values)))

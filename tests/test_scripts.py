@@ -392,3 +392,20 @@ def test_widen_checkpoint_part_discriminator_keeps_ds_logits_and_g(tmp_path):
                                "train.resume=true", f"train.out_dir={wide}"])
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert result["step"] == 3 and result["steps_run"] == 1
+
+
+def test_one_typed_value_parser_for_the_scripts_settings():
+    from gan_core.models.cluster import ClusterConfig
+    from scripts._cli import parse_sets, typed_value
+    assert typed_value("2.0", 3) == 2 and isinstance(typed_value("2", 3), int)
+    assert typed_value("1", 0.5) == 1.0 and isinstance(typed_value("1", 0.5), float)
+    assert typed_value("False", True) is False and typed_value("a,b", "") == "a,b"
+    assert typed_value("null", None) is None and typed_value("[1, 2]", None) == [1, 2] and typed_value("x", None) == "x"
+    for text, default, why in (("1.5", 3, "whole numbers"), ("x", 3, "whole numbers"), ("x", 0.5, "numbers"),
+                               ("yes", True, "true or false")):
+        with pytest.raises(ValueError, match=why):
+            typed_value(text, default)
+    field = next(f for f, v in vars(ClusterConfig()).items() if isinstance(v, int) and not isinstance(v, bool))
+    assert parse_sets([f"{field}=4"], (field,), ClusterConfig) == {field: 4}
+    with pytest.raises(ValueError, match=f"--set {field} takes whole numbers"):
+        parse_sets([f"{field}=abc"], (field,), ClusterConfig)

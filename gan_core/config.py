@@ -62,6 +62,10 @@ class TrainConfig:
     keep_checkpoints: int = 2  # older checkpoints are deleted
     out_dir: str = "runs/dcgan"  # the run folder (OUT)
     resume: bool = False  # continue from OUT's latest checkpoint (the model config must match)
+    # start a new run from this checkpoint's weights (a checkpoint or run folder, or a Hub repo id): G, D and their
+    # EMA copies where it has them, fresh optimizers, step 0; its model config must be this one (loss fields apart).
+    # A resumed run that already has checkpoints goes on from them instead
+    init_from: Optional[str] = None
 
 
 @dataclass

@@ -36,6 +36,7 @@ from . import config as config_mod
 from . import kinds
 from .data import ImageDataset, load_dataset, to_float
 from .graphs import StaticStep, graph_blocker
+from .hub import resolve
 from .models.base import (Batch, Extra, Models, ema_decay_at, generate, recalibrate_batchnorm, step_generator,
                           update_ema)
 from .runtime import (PRECISIONS, Choice, candidate_label, candidates, channels_last_setting, choose, configure_cpu,
@@ -415,23 +416,30 @@ def choose_from_data(cfg: config_mod.RunConfig, images: torch.Tensor, out_dir: P
     return cfg, record
 
 
-def resume(cfg: config_mod.RunConfig, m: Models, out_dir: Path, on_log: Optional[LogFn] = None) -> int:
-    """Load the latest checkpoint of `out_dir` into `m`; returns its step (0 when there is none).
-    The model config must be the saved one, except the kind's `loss_fields` (R1's weight, ...), whose
-    change is logged. An EMA copy or extra module switched on since that checkpoint starts from the
-    trained model or fresh, and an optimizer the checkpoint never had starts fresh."""
-    folder = ckpt.latest_checkpoint(out_dir)
-    if folder is None:
-        return 0
+def _check_model_config(cfg: config_mod.RunConfig, folder: Path, verb: str, on_log: Optional[LogFn]) -> dict:
+    """`folder`'s meta, after checking that its model config is `cfg`'s, except the kind's `loss_fields`
+    (R1's weight, ...), whose change is logged."""
     saved, meta = kinds.read_config(folder)
+    if saved.model.kind != cfg.model.kind:
+        raise ValueError(f"cannot {verb}: {folder} is a {saved.model.kind} checkpoint, this run a {cfg.model.kind}")
     was, now = config_mod.to_dict(saved.model), config_mod.to_dict(cfg.model)
     changed = sorted(k for k in was.keys() | now.keys() if now.get(k) != was.get(k))
     fixed = [k for k in changed if k not in kinds.of(cfg).loss_fields]
     if fixed:
-        raise ValueError(f"cannot resume: {folder} was trained with a different model config "
+        raise ValueError(f"cannot {verb}: {folder} was trained with a different model config "
                          f"(differs in {', '.join('model.' + k for k in fixed[:4])}; set them as saved)")
     if changed and on_log:
-        on_log("resumed with " + ", ".join(f"model.{k} {was.get(k)!r} -> {now.get(k)!r}" for k in changed))
+        on_log(f"{'resumed' if verb == 'resume' else verb} with "
+               + ", ".join(f"model.{k} {was.get(k)!r} -> {now.get(k)!r}" for k in changed))
+    return meta
+
+
+def _load_weights_of(cfg: config_mod.RunConfig, m: Models, folder: Path, verb: str,
+                     on_log: Optional[LogFn]) -> dict:
+    """Load `folder`'s weights into `m` (G, D, the extra modules it has, the EMA copies: from the
+    checkpoint, else from the trained model); -> its meta. The model config must be the saved one
+    (`_check_model_config`)."""
+    meta = _check_model_config(cfg, folder, verb, on_log)
     stored = set(ckpt.weight_roles(folder))
     for role, module in m.cores().items():  # an extra module switched on at resume starts fresh
         if role in stored or role in (ckpt.GENERATOR, ckpt.DISCRIMINATOR):  # (a missing G or D is an error)
@@ -441,6 +449,18 @@ def resume(cfg: config_mod.RunConfig, m: Models, out_dir: Path, on_log: Optional
             ckpt.load_weights(ema, ckpt.weights_file(folder, role))
         else:  # EMA switched on at resume: start it from the trained model, not from the init
             ema.load_state_dict(core.state_dict())
+    return meta
+
+
+def resume(cfg: config_mod.RunConfig, m: Models, out_dir: Path, on_log: Optional[LogFn] = None) -> int:
+    """Load the latest checkpoint of `out_dir` into `m`, weights and optimizer state; returns its step (0
+    when there is none). The model config must be the saved one, except the kind's `loss_fields`. An EMA
+    copy or extra module switched on since that checkpoint starts from the trained model or fresh, and an
+    optimizer the checkpoint never had starts fresh."""
+    folder = ckpt.latest_checkpoint(out_dir)
+    if folder is None:
+        return 0
+    meta = _load_weights_of(cfg, m, folder, "resume", on_log)
     if not ckpt.has_optimizer_state(folder):
         raise ValueError(f"cannot resume from {folder}: it has no optimizer state (an exported checkpoint?)")
     ckpt.load_optimizers(folder, m.optimizers())
@@ -448,6 +468,31 @@ def resume(cfg: config_mod.RunConfig, m: Models, out_dir: Path, on_log: Optional
     if m.scaler is not None and scaler_state:
         m.scaler.load_state_dict(scaler_state)
     return int(meta["step"])
+
+
+INIT_VERB = "start from train.init_from"
+
+
+def init_source(cfg: config_mod.RunConfig, source: str) -> Path:
+    """`train.init_from`'s checkpoint folder (fetched from the Hub where it names a repo), after checking
+    that its model config is this run's: errors say so in one line before any time is spent."""
+    try:
+        folder = resolve(source)
+    except ckpt.CheckpointError as e:
+        raise ValueError(f"train.init_from: {e}") from None
+    _check_model_config(cfg, folder, INIT_VERB, None)
+    return folder
+
+
+def init_weights(cfg: config_mod.RunConfig, m: Models, source: str | Path, on_log: Optional[LogFn] = None) -> Path:
+    """A new run's start from another checkpoint's weights (`train.init_from`: a checkpoint or run folder,
+    or a Hub repo id; exported fp16 weights are cast to the run's): G, D, their EMA copies where it has
+    them and its extra modules; the optimizers stay fresh and the step is 0. -> the folder read."""
+    folder = init_source(cfg, str(source))
+    meta = _load_weights_of(cfg, m, folder, INIT_VERB, on_log)
+    if on_log:
+        on_log(f"weights from {folder} (its step {meta.get('step')}); fresh optimizers, step 0")
+    return folder
 
 
 _SET_UP = threading.Lock()  # runs in threads (train_many) time, seed, build and capture one at a time
@@ -461,6 +506,8 @@ def _tune_build_resume(cfg: config_mod.RunConfig, device: torch.device, images: 
     recorded = None
     if t.resume and (latest := ckpt.latest_checkpoint(out_dir)) is not None:
         recorded = ckpt.read_meta(latest).get("runtime")
+    elif t.init_from:
+        init_source(cfg, t.init_from)  # a bad train.init_from fails here, before the timings
     choice = choose_runtime(cfg, device, recorded, on_log=on_log, world=world) if rank == 0 else default_choice(cfg, device)
     choice = agree_on_runtime(choice, rank, world, device)
     use_graph, why = choose_graph(cfg, device, choice, world, images)
@@ -474,8 +521,10 @@ def _tune_build_resume(cfg: config_mod.RunConfig, device: torch.device, images: 
     if rank == 0:  # room for a new checkpoint beside the kept one, or the first save would fail mid-run
         ckpt.check_output_folder(out_dir, need_bytes=2 * ckpt.checkpoint_bytes(m.modules(), m.optimizers()))
 
-    # resume
+    # resume, or start from another run's weights
     step = resume(cfg, m, out_dir, on_log if rank == 0 else None) if t.resume else 0
+    if step == 0 and t.init_from:
+        init_weights(cfg, m, t.init_from, on_log if rank == 0 else None)
     m.G.train()
     m.D.train()
     return choice, use_graph, m, step

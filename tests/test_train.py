@@ -378,3 +378,41 @@ def test_progress_from_the_first_step_saves_on_the_clock_and_stops_mid_window(tm
     assert Path(stopped["checkpoint"]).name == "step_00000003"
     with pytest.raises(ValueError, match="checkpoint_minutes"):
         validate(dataclasses.replace(tiny_cfg(tmp_path / "d"), train=TrainConfig(checkpoint_minutes=-1)))
+
+
+def test_init_from_starts_a_new_run_from_an_exported_checkpoints_weights(tmp_path):
+    from gan_core.config import sync_model_to_data
+    from gan_core.inference.loading import export
+    first = train_mod.train(tiny_cfg(tmp_path / "a", steps=4))
+    shipped = export(first["checkpoint"], tmp_path / "shipped")  # fp16 weights, no optimizer state
+    logs = []
+    # the models it builds hold exactly the shipped weights (cast back from fp16)
+    cfg = sync_model_to_data(tiny_cfg(tmp_path / "b", init_from=str(shipped)))
+    m = train_mod.build_models(cfg, torch.device("cpu"), wrap=False)
+    assert train_mod.init_weights(cfg, m, str(shipped), on_log=logs.append) == shipped
+    assert any("fresh optimizers, step 0" in line for line in logs)
+    built = m.modules()
+    for role in ("generator", "discriminator", "generator_ema"):
+        a, b = load_file(ckpt.weights_file(shipped, role)), built[role].state_dict()
+        assert all(torch.equal(a[k].float(), b[k].float()) for k in a), role
+    # and it trains on from there, counting its own steps
+    on = train_mod.train(tiny_cfg(tmp_path / "c", steps=3, init_from=str(shipped)))
+    assert on["step"] == 3 and ckpt.has_optimizer_state(on["checkpoint"])
+    g = load_file(ckpt.weights_file(on["checkpoint"], "generator"))
+    fresh = train_mod.train(tiny_cfg(tmp_path / "d", steps=3, seed=1))  # (seed 0 would start where "a" did)
+    g_fresh = load_file(ckpt.weights_file(fresh["checkpoint"], "generator"))
+    g0 = load_file(ckpt.weights_file(shipped, "generator"))
+    convs = [k for k in g0 if k.endswith("weight") and g0[k].dim() == 4]
+    near = sum((g[k].float() - g0[k].float()).abs().mean() for k in convs)
+    far = sum((g_fresh[k].float() - g0[k].float()).abs().mean() for k in convs)
+    assert near < far / 5  # three small Adam steps from the shipped weights, not from a new init
+    # a model config that is not the checkpoint's, or no checkpoint at all, is one clear error
+    wider = tiny_cfg(tmp_path / "e", steps=1, init_from=str(shipped))
+    wider = dataclasses.replace(wider, model=dataclasses.replace(wider.model, ngf=16))
+    with pytest.raises(ValueError, match="model.ngf"):
+        train_mod.train(wider)
+    with pytest.raises(ValueError, match="train.init_from"):
+        train_mod.train(tiny_cfg(tmp_path / "f", steps=1, init_from=str(tmp_path / "nowhere")))
+    # a resumed run that has checkpoints goes on from them, not from init_from
+    again = train_mod.train(tiny_cfg(tmp_path / "c", steps=4, resume=True, init_from=str(tmp_path / "nowhere")))
+    assert again["step"] == 4 and again["steps_run"] == 1

@@ -461,6 +461,7 @@ def resume(cfg: config_mod.RunConfig, m: Models, out_dir: Path, on_log: Optional
     if folder is None:
         return 0
     meta = _load_weights_of(cfg, m, folder, "resume", on_log)
+    m.ema_age = int(meta.get("ema_age") or 0)
     if not ckpt.has_optimizer_state(folder):
         raise ValueError(f"cannot resume from {folder}: it has no optimizer state (an exported checkpoint?)")
     ckpt.load_optimizers(folder, m.optimizers())
@@ -490,6 +491,8 @@ def init_weights(cfg: config_mod.RunConfig, m: Models, source: str | Path, on_lo
     them and its extra modules; the optimizers stay fresh and the step is 0. -> the folder read."""
     folder = init_source(cfg, str(source))
     meta = _load_weights_of(cfg, m, folder, INIT_VERB, on_log)
+    if any(role in ckpt.weight_roles(folder) for role, _, _ in m.ema_pairs()):
+        m.ema_age = int(meta.get("step") or 0)  # a trained average goes on as one, without a new warm-up
     if on_log:
         on_log(f"weights from {folder} (its step {meta.get('step')}); fresh optimizers, step 0")
     return folder
@@ -662,7 +665,7 @@ def train(cfg: config_mod.RunConfig, on_progress: Optional[ProgressFn] = None,
                                                last_metrics, keep=t.keep_checkpoints, runtime=runtime_record,
                                                scaler=m.scaler.state_dict() if m.scaler is not None else None,
                                                extra={**chosen, **kind.checkpoint_meta(cfg.model, m.modules(), images),
-                                                      **finished})
+                                                      **finished, **({"ema_age": m.ema_age} if m.ema_age else {})})
         if on_checkpoint:
             on_checkpoint(step, folder)
         return folder
@@ -673,7 +676,7 @@ def train(cfg: config_mod.RunConfig, on_progress: Optional[ProgressFn] = None,
         else:
             metrics = run_step(cfg, m, make_batch(cfg, images, m, step, rank, device))
         for _, ema, core in m.ema_pairs():
-            update_ema(ema, core, ema_decay_at(t.ema_decay, step))
+            update_ema(ema, core, ema_decay_at(t.ema_decay, m.ema_age + step))
         step += 1
         window.add(metrics)
         # Alone, a stop request and a save on the clock act at any step; under DDP both wait for a logging

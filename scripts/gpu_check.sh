@@ -5,9 +5,9 @@
 #  speed    GPU to itself: the speed table at batch 128 (the tutorial; gan_core's default, chosen by timing,
 #           with --ceiling; then bf16 / fp16, NCHW / channels_last, eager / one CUDA graph, torch.compile by
 #           hand while time allows, most telling first) and a profile of the default step (issue 14).
-#  race     shapes-dcgan recipes side by side until the deadline (scripts.recipe_race: R1, EMA, batch and
-#           widths), every checkpoint scored by scripts.evaluate_samples; each recipe's best checkpoint comes
-#           back in fp16 (race_NAME.tar) (issue 16).
+#  race     the bundled shapes-dcgan trained on (train.init_from) in recipes side by side until the deadline
+#           (scripts.recipe_race: learning rate and batch), every checkpoint scored by scripts.evaluate_samples;
+#           each recipe's best checkpoint comes back in fp16 (race_NAME.tar) (issue 16).
 #  tests    the CUDA tests (tests/test_cuda.py), beside the race.
 #  clusters clustering runs (scripts.cluster_run: Fashion-MNIST seed 1, three seeds of built-in shapes)
 #  blobgan  a BlobGAN on scenes, its inversion encoder and scripts.evaluate_blobs
@@ -111,28 +111,27 @@ MARGIN_S=120  # scoring and export after the training deadline (the optional par
 MINUTES=$(python3 -c "print(round($TRAIN_S / 60, 2))")
 echo "training parts: $MINUTES min each, from $(elapsed) s"
 
-# The race (issue 16): the R1 recipe for shapes-dcgan (ngf = ndf = 32, R1 gamma 1 every 16th step, EMA
-# 0.999) at the CPU's batch, at batch 256, with the seed's width for D and for both, and in fp32.
+# The race (issue 16): the bundled shapes-dcgan (step 138,742, ngf 64, ndf 32, R1 gamma 1 every 16th step,
+# EMA 0.999) trained on from its weights (`train.init_from`, fresh Adam) at the CPU's batch and rate, at
+# twice the rate, and at batch 256: how far a GPU's minutes take the model the CPU sessions trained for 8 h.
+# (Session 17 raced recipes from scratch: BENCHMARKS.md.) The smoke run does the same at tiny batches.
 RACE_PID=
 if has race; then
   wait  # the race's images (the only job still in the background here)
   if [ "$SMOKE" = 1 ]; then
-    RACE_BASE="model.ngf=8 model.ndf=8 train.checkpoint_every=20 train.sample_every=40 train.log_every=10"
-    RACE_W64="model.ngf=16 model.ndf=16"
+    RACE_BASE="train.checkpoint_every=4 train.sample_every=8 train.log_every=2"; B_SMALL=4; B_BIG=8
   else
-    RACE_BASE="model.ngf=32 model.ndf=32 train.checkpoint_every=2000 train.sample_every=2000 train.log_every=100"
-    RACE_W64="model.ngf=64 model.ndf=64"
+    RACE_BASE="train.checkpoint_every=2000 train.sample_every=2000 train.log_every=100"; B_SMALL=64; B_BIG=256
   fi
   ( GANLAB_CACHE="$LOG/.cache-race" timeout $(( TRAIN_S + SCORE_S + 30 )) $PY -m scripts.recipe_race --out "$LOG/race" \
       --minutes "$MINUTES" --device "$DEV" --n $RACE_N --real $RACE_N --score-every 2 \
       --score-minutes $(python3 -c "print(round($SCORE_S / 60 - 0.2, 2))") \
-      --base model.kind=dcgan data.source=shapes model.r1_gamma=1 model.r1_every=16 train.ema_decay=0.999 \
+      --base model.kind=dcgan data.source=shapes model.ngf=64 model.ndf=32 model.r1_gamma=1 model.r1_every=16 \
+        train.ema_decay=0.999 train.init_from=checkpoints/shapes-dcgan \
         data.num_images=$RACE_IMAGES train.steps=10000000 train.keep_checkpoints=1000 $RACE_BASE \
-      --recipe b64 train.batch_size=64 \
-      --recipe b64_fp32 train.batch_size=64 train.precision=fp32 \
-      --recipe b256 train.batch_size=256 \
-      --recipe b256_d64 train.batch_size=256 model.ndf=$([ "$SMOKE" = 1 ] && echo 16 || echo 64) \
-      --recipe b256_w64 train.batch_size=256 $RACE_W64 ) > "$LOG/race.log" 2>&1 &
+      --recipe b64_lr1e-4 train.batch_size=$B_SMALL train.lr=1e-4 \
+      --recipe b64_lr2e-4 train.batch_size=$B_SMALL train.lr=2e-4 \
+      --recipe b256_lr2e-4 train.batch_size=$B_BIG train.lr=2e-4 ) > "$LOG/race.log" 2>&1 &
   RACE_PID=$!
 fi
 

@@ -398,6 +398,9 @@ def test_init_from_starts_a_new_run_from_an_exported_checkpoints_weights(tmp_pat
     # and it trains on from there, counting its own steps
     on = train_mod.train(tiny_cfg(tmp_path / "c", steps=3, init_from=str(shipped)))
     assert on["step"] == 3 and ckpt.has_optimizer_state(on["checkpoint"])
+    # its EMA copy goes on as an average of the shipped run's 4 steps and these (no second warm-up), and
+    # a resume keeps counting so
+    assert m.ema_age == 4 and ckpt.read_meta(on["checkpoint"])["ema_age"] == 4
     g = load_file(ckpt.weights_file(on["checkpoint"], "generator"))
     fresh = train_mod.train(tiny_cfg(tmp_path / "d", steps=3, seed=1))  # (seed 0 would start where "a" did)
     g_fresh = load_file(ckpt.weights_file(fresh["checkpoint"], "generator"))
@@ -415,4 +418,4 @@ def test_init_from_starts_a_new_run_from_an_exported_checkpoints_weights(tmp_pat
         train_mod.train(tiny_cfg(tmp_path / "f", steps=1, init_from=str(tmp_path / "nowhere")))
     # a resumed run that has checkpoints goes on from them, not from init_from
     again = train_mod.train(tiny_cfg(tmp_path / "c", steps=4, resume=True, init_from=str(tmp_path / "nowhere")))
-    assert again["step"] == 4 and again["steps_run"] == 1
+    assert again["step"] == 4 and again["steps_run"] == 1 and ckpt.read_meta(again["checkpoint"])["ema_age"] == 4

@@ -47,6 +47,7 @@ class Models:
     ema: dict[str, nn.Module] = field(default_factory=dict)  # role of the followed module -> its EMA copy
     extras: dict[str, Extra] = field(default_factory=dict)  # role -> a module trained beside G and D
     scaler: Optional[torch.amp.GradScaler] = None  # fp16 only: scales losses so small gradients survive
+    ema_age: int = 0  # steps the EMA copies had averaged before this run's step 0 (`train.init_from`): their warm-up counts them
 
     def __post_init__(self):
         if self.d_for_g is None:

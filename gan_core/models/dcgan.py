@@ -287,21 +287,7 @@ def widen_generator(old: Generator, new: Generator, noise: float = 0.0, seed: in
     if len(convs_old) != len(convs_new) or any(
             b.weight.shape[1] != 2 * a.weight.shape[1] for a, b in zip(convs_old[:-1], convs_new[:-1])):
         raise ValueError("widen_generator needs a generator of the same size and twice the width (ngf)")
-    gen = torch.Generator().manual_seed(seed)
-    copies = None  # which old channel each new input channel copies
-    for i, (a, b) in enumerate(zip(convs_old, convs_new)):
-        w = a.weight.float()  # (in, out, k, k)
-        if copies is not None:
-            w = w[copies] / 2
-        if i < len(convs_old) - 1:
-            copies = torch.arange(w.shape[1]).repeat(2)
-            w = w[:, copies]
-            if noise > 0:
-                w = w + torch.randn(w.shape, generator=gen) * w.std() * noise
-            for name in ("weight", "bias", "running_mean", "running_var"):
-                getattr(norms_new[i], name).copy_(getattr(norms_old[i], name)[copies])
-            norms_new[i].num_batches_tracked.copy_(norms_old[i].num_batches_tracked)
-        b.weight.copy_(w)
+    _net2wider(list(zip(convs_old, convs_new)), dict(enumerate(zip(norms_old, norms_new))), 1, noise, seed)
 
 
 @torch.no_grad()
@@ -321,24 +307,38 @@ def widen_discriminator(old: Discriminator, new: Discriminator, noise: float = 0
     if len(convs_old) != len(convs_new) or len(norms_old) != len(norms_new) or any(
             b.weight.shape[0] != 2 * a.weight.shape[0] for a, b in zip(convs_old[:-1], convs_new[:-1])):
         raise ValueError("widen_discriminator needs a discriminator of the same size and twice the width (ndf)")
+    # the BatchNorm (if any) after every conv but the first and the last
+    norms = {i + 1: pair for i, pair in enumerate(zip(norms_old, norms_new))}
+    _net2wider(list(zip(convs_old, convs_new)), norms, 0, noise, seed)
+
+
+@torch.no_grad()
+def _net2wider(convs: list, norms: dict, out_axis: int, noise: float, seed: int) -> None:
+    """Net2WiderNet over a stack of convolutions, (old, new) pairs in order, each new one twice as wide
+    (but the last's outputs): every output channel of all but the last conv copied twice (its weights,
+    bias and, where `norms` names a BatchNorm after that conv, (old, new) by conv index, its entries), the
+    next conv's weights from each copy halved. `out_axis`: the weight axis of the output channels (0 for
+    Conv2d, 1 for ConvTranspose2d). `noise`: seeded Gaussian noise of that fraction of each widened weight's
+    spread."""
+    in_axis = 1 - out_axis
     gen = torch.Generator().manual_seed(seed)
     copies = None  # which old channel each new input channel copies
-    for i, (a, b) in enumerate(zip(convs_old, convs_new)):
-        w = a.weight.float()  # (out, in, k, k)
+    for i, (a, b) in enumerate(convs):
+        w = a.weight.float()
         if copies is not None:
-            w = w[:, copies] / 2
+            w = w.index_select(in_axis, copies) / 2
         bias = a.bias.float() if a.bias is not None else None
-        if i < len(convs_old) - 1:
-            copies = torch.arange(w.shape[0]).repeat(2)
-            w = w[copies]
+        if i < len(convs) - 1:
+            copies = torch.arange(w.shape[out_axis]).repeat(2)
+            w = w.index_select(out_axis, copies)
             if noise > 0:
                 w = w + torch.randn(w.shape, generator=gen) * w.std() * noise
             bias = bias[copies] if bias is not None else None
-            if norms_old:  # the BatchNorm after every conv but the first and the last
-                if i > 0:
-                    for name in ("weight", "bias", "running_mean", "running_var"):
-                        getattr(norms_new[i - 1], name).copy_(getattr(norms_old[i - 1], name)[copies])
-                    norms_new[i - 1].num_batches_tracked.copy_(norms_old[i - 1].num_batches_tracked)
+            if i in norms:
+                old_norm, new_norm = norms[i]
+                for name in ("weight", "bias", "running_mean", "running_var"):
+                    getattr(new_norm, name).copy_(getattr(old_norm, name)[copies])
+                new_norm.num_batches_tracked.copy_(old_norm.num_batches_tracked)
         b.weight.copy_(w)
         if bias is not None:
             b.bias.copy_(bias)

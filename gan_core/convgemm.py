@@ -346,4 +346,4 @@ def plan(modules: dict[str, nn.Module], shapes: dict[str, tuple[int, ...]], devi
 
 def describe(plan_: dict[str, str]) -> str:
     names = {"f": "forward", "i": "input grad", "w": "weight grad"}
-    return "; ".join(f"{path}: {', '.join(names[o] for o in ops)}" for path, ops in plan_.items()) or "none"
+    return "; ".join(f"{path}: {', '.join(names.get(o, repr(o)) for o in ops)}" for path, ops in plan_.items()) or "none"

@@ -389,15 +389,18 @@ def prepare_data(cfg: config_mod.RunConfig, dataset: Optional[ImageDataset], ran
 
 
 def choose_from_data(cfg: config_mod.RunConfig, images: torch.Tensor, out_dir: Path, rank: int, world: int,
-                     on_log: Optional[LogFn] = None, on_stage=None) -> tuple[config_mod.RunConfig, dict]:
+                     on_log: Optional[LogFn] = None, on_stage=None,
+                     start: Optional[Path] = None) -> tuple[config_mod.RunConfig, dict]:
     """The settings the kind picks from the data (`Kind.choose`), before anything is built: rank 0 picks on
-    its images and the other ranks take its pick; a resumed run keeps the pick its checkpoint recorded.
+    its images and the other ranks take its pick; a resumed run keeps the pick its checkpoint recorded, and
+    a run started from another's weights (`start`: train.init_from's folder) that run's pick.
     -> (the config with them set, entries for each checkpoint's config.json)."""
     kind = kinds.of(cfg)
     picked: list = [{}, {}, None]  # values, record, rank 0's error (the other ranks must not wait forever)
     if rank == 0:
         try:
             latest = ckpt.latest_checkpoint(out_dir) if cfg.train.resume else None
+            latest = latest if latest is not None else start
             saved = kinds.read_config(latest) if latest is not None else None
             picked[:2] = kind.choose(cfg, images, saved, on_log or (lambda _line: None), on_stage)
         except (ValueError, RuntimeError, OSError, MemoryError) as e:
@@ -474,13 +477,18 @@ def resume(cfg: config_mod.RunConfig, m: Models, out_dir: Path, on_log: Optional
 INIT_VERB = "start from train.init_from"
 
 
-def init_source(cfg: config_mod.RunConfig, source: str) -> Path:
-    """`train.init_from`'s checkpoint folder (fetched from the Hub where it names a repo), after checking
-    that its model config is this run's: errors say so in one line before any time is spent."""
+def init_folder(source: str) -> Path:
+    """`train.init_from`'s checkpoint folder (fetched from the Hub where it names a repo); a bad one is a
+    ValueError in one line."""
     try:
-        folder = resolve(source)
+        return resolve(source)
     except ckpt.CheckpointError as e:
         raise ValueError(f"train.init_from: {e}") from None
+
+
+def init_source(cfg: config_mod.RunConfig, source: str) -> Path:
+    """`init_folder(source)`, after checking that its model config is this run's."""
+    folder = init_folder(source)
     _check_model_config(cfg, folder, INIT_VERB, None)
     return folder
 
@@ -491,8 +499,13 @@ def init_weights(cfg: config_mod.RunConfig, m: Models, source: str | Path, on_lo
     them and its extra modules; the optimizers stay fresh and the step is 0. -> the folder read."""
     folder = init_source(cfg, str(source))
     meta = _load_weights_of(cfg, m, folder, INIT_VERB, on_log)
-    if any(role in ckpt.weight_roles(folder) for role, _, _ in m.ema_pairs()):
-        m.ema_age = int(meta.get("step") or 0)  # a trained average goes on as one, without a new warm-up
+    stored = set(ckpt.weight_roles(folder))
+    if any(role in stored for role, _, _ in m.ema_pairs()):
+        # a trained average goes on as one, without a new warm-up (its age: the source's steps, and its own
+        # source's where it was started from another run's weights too)
+        m.ema_age = int(meta.get("ema_age") or 0) + int(meta.get("step") or 0)
+    elif on_log and not m.ema and any(ckpt.ema_role(role) in stored for role in stored):
+        on_log(f"{folder} holds EMA copies, which this run does not keep (train.ema_decay is 0)")
     if on_log:
         on_log(f"weights from {folder} (its step {meta.get('step')}); fresh optimizers, step 0")
     return folder
@@ -510,7 +523,7 @@ def _tune_build_resume(cfg: config_mod.RunConfig, device: torch.device, images: 
     if t.resume and (latest := ckpt.latest_checkpoint(out_dir)) is not None:
         recorded = ckpt.read_meta(latest).get("runtime")
     elif t.init_from:
-        init_source(cfg, t.init_from)  # a bad train.init_from fails here, before the timings
+        init_source(cfg, t.init_from)  # a train.init_from of another model config fails here, before the timings
     choice = choose_runtime(cfg, device, recorded, on_log=on_log, world=world) if rank == 0 else default_choice(cfg, device)
     choice = agree_on_runtime(choice, rank, world, device)
     use_graph, why = choose_graph(cfg, device, choice, world, images)
@@ -606,13 +619,16 @@ def train(cfg: config_mod.RunConfig, on_progress: Optional[ProgressFn] = None,
         ckpt.check_output_folder(out_dir)
         if t.resume:
             ckpt.recover(out_dir)
+    # a run started from another's weights: a bad train.init_from fails here, before the data is read
+    resuming = t.resume and ckpt.latest_checkpoint(out_dir) is not None
+    start = init_folder(t.init_from) if t.init_from and not resuming else None
     images = prepare_data(cfg, dataset, rank, world, device, on_data_progress)
     # Alone, a stop request also ends the kind's stages (under torchrun only the steps answer it, where
     # every rank agrees).
     stage_report = _polled(on_stage, should_stop) if world == 1 else on_stage
     with _SET_UP:  # (it seeds the process's random stream for a moment, as model building does)
         try:
-            cfg, chosen = choose_from_data(cfg, images, out_dir, rank, world, on_log, stage_report)
+            cfg, chosen = choose_from_data(cfg, images, out_dir, rank, world, on_log, stage_report, start)
         except StageStopped:  # nothing was built or trained: nothing to save
             return {"checkpoint": None, "step": 0, "steps_run": 0, "seconds": 0.0, "images_per_s": 0.0,
                     "metrics": {}, "stopped": "stopped by request before the first step", "device": str(device),

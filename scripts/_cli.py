@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 import sys
 
 
@@ -20,17 +21,26 @@ def typed_value(text: str, default):
         if text.lower() not in ("true", "false"):
             raise ValueError(f"takes true or false, not {text!r}")
         return text.lower() == "true"
-    if isinstance(default, (int, float)):
+    if isinstance(default, int):
+        try:
+            return int(text)  # exact, however large (a seed)
+        except ValueError:
+            pass
+        try:
+            number = float(text)  # "2.0", "1e3"
+        except ValueError:
+            number = math.nan
+        if not math.isfinite(number) or number != int(number):
+            raise ValueError(f"takes whole numbers, not {text!r}")
+        return int(number)
+    if isinstance(default, float):
         try:
             number = float(text)
         except ValueError:
-            raise ValueError(f"takes {'whole numbers' if isinstance(default, int) else 'numbers'}, "
-                             f"not {text!r}") from None
-        if isinstance(default, float):
-            return number
-        if number != int(number):
-            raise ValueError(f"takes whole numbers, not {text!r}")
-        return int(number)
+            number = math.nan
+        if math.isnan(number):
+            raise ValueError(f"takes numbers, not {text!r}")
+        return number
     if isinstance(default, str):
         return text
     try:  # a field whose default is None (train.lr_d, train.channels_last, ...) or a collection

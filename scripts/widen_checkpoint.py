@@ -72,7 +72,8 @@ def main(argv=None) -> dict:
     kept = {"D": new.opt_d} if field == "ngf" else {"G": new.opt_g}  # the widened network's Adam starts fresh
     ckpt.load_optimizers(src, kept)
     folder = ckpt.save_training_checkpoint(out, wide, meta["step"], new.modules(), new.optimizers(),
-                                           metrics=meta.get("metrics"), keep=cfg.train.keep_checkpoints)
+                                           metrics=meta.get("metrics"), keep=cfg.train.keep_checkpoints,
+                                           extra={"ema_age": meta["ema_age"]} if meta.get("ema_age") else None)
     result = {"checkpoint": str(folder), "step": meta["step"], "part": args.part,
               field: [getattr(cfg.model, field), getattr(wide.model, field)], "noise": args.noise}
     print(json.dumps(result))

@@ -893,6 +893,13 @@ def test_a_resumed_auto_run_keeps_its_choice_without_choosing_again(monkeypatch)
     assert cluster.choose(tiny("y", input_transform="auto"), images, (other, {})) == ({}, {})
     old = kinds.config_from_dict({"model": {"kind": "cluster"}}, saved=True)  # written before the field existed
     assert old.model.input_transform == "none"
+    # the saved cluster names go on unless new ones are given
+    saved.model.cluster_names = ["a", "b", "c"]
+    assert cluster.choose(tiny("y", input_transform="auto"), images, (saved, record))[0] == {
+        "input_transform": "polar", "cluster_names": ["a", "b", "c"]}
+    renamed = tiny("y", input_transform="polar")
+    renamed.model.cluster_names = ["x", "y", "z"]
+    assert cluster.choose(renamed, images, (saved, record)) == ({}, record)
 
 
 def test_a_stop_during_the_input_choice_ends_the_run_before_anything_is_built(tmp_path):
@@ -986,3 +993,19 @@ def test_auto_input_picks_the_polar_mask_for_shapes_and_the_pixels_for_colours()
     colours = (palette[torch.arange(1000) % 10] + noise).clamp(0, 255).to(torch.uint8)
     values, record = cluster.choose(cfg, colours)
     assert values == {"input_transform": "none"}, record
+
+
+def test_init_from_a_cluster_run_keeps_its_input_choice_and_names(tmp_path):
+    first = train(tiny(tmp_path / "a", "iic", steps=2, input_transform="mask"))
+    folder = ckpt.latest_checkpoint(tmp_path / "a")
+    raw = json.loads((folder / "config.json").read_text())
+    raw["config"]["model"]["cluster_names"] = ["one", "two", "three"]
+    (folder / "config.json").write_text(json.dumps(raw))
+    # input_transform=auto and no names given: the source's mask and names, no new choice, no config error
+    lines = []
+    on = train(tiny(tmp_path / "b", "iic", steps=2, input_transform="auto", init_from=str(tmp_path / "a")),
+               on_log=lines.append)
+    assert not any(line.startswith("input: ") for line in lines)  # (the choice's log line)
+    saved, _ = kinds.read_config(ckpt.latest_checkpoint(tmp_path / "b"))
+    assert on["step"] == 2 and saved.model.input_transform == "mask" and saved.model.cluster_names == ["one", "two", "three"]
+    assert first["step"] == 2

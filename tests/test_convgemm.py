@@ -275,9 +275,11 @@ def test_a_recorded_plan_that_does_not_fit_the_model_is_timed_again(tmp_path, mo
                 "conv_gemm": {"D.main.99": "w"}}
     assert not train_mod.plan_fits(cfg, recorded["conv_gemm"])
     assert train_mod.plan_fits(cfg, {"D.main.5": "w"}) and not train_mod.plan_fits(cfg, {"D.main.5": "wx"})
-    logs = []
-    choice = train_mod.choose_runtime(cfg, CPU, recorded, cache=tmp_path / "c.json", on_log=logs.append)
-    assert dict(choice.conv_gemm) == {"D.main.5": "w"} and any("does not fit" in line for line in logs)
+    for bad in ({"D.main.99": "w"}, {"D.main.5": "wx"}):  # an unknown layer, an unknown product
+        logs = []
+        choice = train_mod.choose_runtime(cfg, CPU, {**recorded, "conv_gemm": bad}, cache=tmp_path / "c.json",
+                                          on_log=logs.append)
+        assert dict(choice.conv_gemm) == {"D.main.5": "w"} and any("does not fit" in line for line in logs)
     recorded["conv_gemm"] = {"D.main.5": "w"}  # one that fits is reused without timing anything
     monkeypatch.setattr(train_mod.convgemm, "time_layer", never)
     assert dict(train_mod.choose_runtime(cfg, CPU, recorded, on_log=logs.append).conv_gemm) == {"D.main.5": "w"}

@@ -401,7 +401,9 @@ def test_one_typed_value_parser_for_the_scripts_settings():
     assert typed_value("1", 0.5) == 1.0 and isinstance(typed_value("1", 0.5), float)
     assert typed_value("False", True) is False and typed_value("a,b", "") == "a,b"
     assert typed_value("null", None) is None and typed_value("[1, 2]", None) == [1, 2] and typed_value("x", None) == "x"
+    assert typed_value("9007199254740993", 0) == 9007199254740993 and typed_value("1e3", 0) == 1000
     for text, default, why in (("1.5", 3, "whole numbers"), ("x", 3, "whole numbers"), ("x", 0.5, "numbers"),
+                               ("inf", 3, "whole numbers"), ("nan", 3, "whole numbers"), ("nan", 0.5, "numbers"),
                                ("yes", True, "true or false")):
         with pytest.raises(ValueError, match=why):
             typed_value(text, default)

@@ -419,3 +419,16 @@ def test_init_from_starts_a_new_run_from_an_exported_checkpoints_weights(tmp_pat
     # a resumed run that has checkpoints goes on from them, not from init_from
     again = train_mod.train(tiny_cfg(tmp_path / "c", steps=4, resume=True, init_from=str(tmp_path / "nowhere")))
     assert again["step"] == 4 and again["steps_run"] == 1 and ckpt.read_meta(again["checkpoint"])["ema_age"] == 4
+    # exported, it keeps that age and forgets the local path it started from; a run from it counts both runs
+    shipped_c = export(again["checkpoint"], tmp_path / "shipped_c")
+    meta_c = ckpt.read_meta(shipped_c)
+    assert meta_c["ema_age"] == 4 and meta_c["config"]["train"]["init_from"] is None
+    m2 = train_mod.build_models(cfg, torch.device("cpu"), wrap=False)
+    train_mod.init_weights(cfg, m2, str(shipped_c))
+    assert m2.ema_age == 4 + 4
+    # without an EMA of its own, the run says that the source's EMA copy is not used
+    no_ema = sync_model_to_data(tiny_cfg(tmp_path / "g", ema_decay=0.0))
+    lines = []
+    train_mod.init_weights(no_ema, train_mod.build_models(no_ema, torch.device("cpu"), wrap=False), str(shipped),
+                           on_log=lines.append)
+    assert any("does not keep" in line for line in lines)

@@ -7,6 +7,7 @@ import re
 import shutil
 import tempfile
 import zipfile
+from dataclasses import replace
 from pathlib import Path, PurePosixPath
 from typing import Optional
 
@@ -50,7 +51,7 @@ def load_model(path_or_repo: str | Path, device: str | torch.device = "cpu", ema
 
 # config.json entries a shipped copy keeps: a kind's statistics, the figures recorded for the model and
 # the draw they were recorded with
-KEPT_ON_EXPORT = ("familiarity", "sample_quality", "sampling", "scan", "input_choice")
+KEPT_ON_EXPORT = ("familiarity", "sample_quality", "sampling", "scan", "input_choice", "ema_age")
 
 
 def export(src: str | Path, dst: str | Path, dtype: torch.dtype = torch.float16,
@@ -67,6 +68,8 @@ def export(src: str | Path, dst: str | Path, dtype: torch.dtype = torch.float16,
                 ckpt.load_weights(module, ckpt.weights_file(folder, stored_as))
                 modules[stored_as] = module
     kept = {key: meta[key] for key in KEPT_ON_EXPORT if key in meta}
+    # a local path the run started from means nothing on another machine (the step count stays in ema_age)
+    cfg = replace(cfg, train=replace(cfg.train, init_from=None))
     return ckpt.write_folder(Path(dst), cfg, meta["step"], modules, metrics=meta.get("metrics"), dtype=dtype,
                              model_card=model_card, extra=kept)
 

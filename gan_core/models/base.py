@@ -290,8 +290,9 @@ class Kind:
     # model config fields a config.json written before they existed must read as these values, not
     # today's defaults (cluster: head_fit = "iic", as those checkpoints were trained)
     legacy_defaults: dict = field(default_factory=dict)
-    # model config fields that only weigh or shape the losses (R1's weight, augmentations), never the
-    # weights' shapes or meaning: a resumed run may change them (every other model field must match)
+    # model config fields that only weigh or shape the losses (R1's weight, augmentations), or only label
+    # the outputs (cluster names), never the weights' shapes or meaning: a resumed run may change them
+    # (every other model field must match)
     loss_fields: tuple = ()
     graph_safe: bool = True  # the step is the same every time (one CUDA graph can replay it: gan_core.graphs)
     facade: Optional[type] = None  # the inference class a loaded checkpoint becomes (gan_core.inference)

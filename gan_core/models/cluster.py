@@ -560,15 +560,17 @@ def choose(cfg: RunConfig, images: torch.Tensor, saved=None, log=lambda _line: N
     augmentation) are clustered into K by a few quick SCAN heads, and the input whose best head has the
     lowest SCAN loss wins: the one under which augmented views and their nearest neighbours agree best
     while every cluster is used; a mask must beat the pixels by CHOICE_MARGIN. Label-free. A resumed run
-    keeps its choice. -> (model config values,
-    {"input_choice": the losses} for config.json)."""
+    (or one started from another's weights) keeps that run's choice, and its cluster names unless new
+    ones are given. -> (model config values, {"input_choice": the losses} for config.json)."""
     m: ClusterConfig = cfg.model
     if saved is not None and isinstance(saved[0].model, ClusterConfig):  # resumed: as the run started
         saved_model, meta = saved[0].model, saved[1]
         record = {"input_choice": meta["input_choice"]} if "input_choice" in meta else {}
+        names = ({"cluster_names": saved_model.cluster_names}
+                 if m.cluster_names is None and saved_model.cluster_names is not None else {})
         if m.input_transform == "auto":
-            return {"input_transform": saved_model.input_transform}, record
-        return {}, record if m.input_transform == saved_model.input_transform else {}
+            return {"input_transform": saved_model.input_transform, **names}, record
+        return names, record if m.input_transform == saved_model.input_transform else {}
     if m.input_transform != "auto" or saved is not None:  # (another kind's checkpoint: resume says so)
         return {}, {}
     import time

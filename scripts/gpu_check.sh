@@ -113,11 +113,15 @@ echo "training parts: $MINUTES min each, from $(elapsed) s"
 
 # The race (issue 16): the bundled shapes-dcgan (step 138,742, ngf 64, ndf 32, R1 gamma 1 every 16th step,
 # EMA 0.999) trained on from its weights (`train.init_from`, fresh Adam) at the CPU's batch and rate, at
-# twice the rate, and at batch 256: how far a GPU's minutes take the model the CPU sessions trained for 8 h.
+# twice the rate, at batch 256, and with D widened to the seed's ndf 64 (scripts.widen_checkpoint --part
+# discriminator: same logits at the start): how far a GPU's minutes take the model the CPU trained for 8 h.
 # (Session 17 raced recipes from scratch: BENCHMARKS.md.) The smoke run does the same at tiny batches.
 RACE_PID=
 if has race; then
   wait  # the race's images (the only job still in the background here)
+  timeout 120 $PY -m scripts.widen_checkpoint --checkpoint checkpoints/shapes-dcgan --out "$LOG/wide_d" \
+    --part discriminator > "$LOG/widen_d.log" 2>&1
+  record widen_d "$LOG/widen_d.log"
   if [ "$SMOKE" = 1 ]; then
     RACE_BASE="train.checkpoint_every=4 train.sample_every=8 train.log_every=2"; B_SMALL=4; B_BIG=8
   else
@@ -131,7 +135,9 @@ if has race; then
         data.num_images=$RACE_IMAGES train.steps=10000000 train.keep_checkpoints=1000 $RACE_BASE \
       --recipe b64_lr1e-4 train.batch_size=$B_SMALL train.lr=1e-4 \
       --recipe b64_lr2e-4 train.batch_size=$B_SMALL train.lr=2e-4 \
-      --recipe b256_lr2e-4 train.batch_size=$B_BIG train.lr=2e-4 ) > "$LOG/race.log" 2>&1 &
+      --recipe b256_lr2e-4 train.batch_size=$B_BIG train.lr=2e-4 \
+      --recipe d64_b64_lr1e-4 train.batch_size=$B_SMALL train.lr=1e-4 model.ndf=64 train.init_from="$LOG/wide_d" \
+    ) > "$LOG/race.log" 2>&1 &
   RACE_PID=$!
 fi
 

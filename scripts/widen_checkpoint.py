@@ -7,8 +7,8 @@
 Writes a training checkpoint at the same step into OUT/checkpoints, with model.ngf doubled: G and its EMA
 copy widened so that they paint what they painted (`gan_core.models.dcgan.widen_generator`, Net2WiderNet),
 plus `--noise` (a fraction of each layer's weight spread) so the copies of a channel can learn apart; D,
-its EMA copy if any and D's Adam state as they were; G's Adam state fresh. Resume it with the same
-settings as before and `model.ngf` doubled. `--part discriminator` widens D instead (model.ndf doubled,
+its EMA copy if any and D's Adam state as they were; G's Adam state fresh (both fresh from an exported
+checkpoint, which has none). Resume it with the same settings as before and `model.ngf` doubled. `--part discriminator` widens D instead (model.ndf doubled,
 `widen_discriminator`: the same logits as before, up to the noise), keeping G, its EMA copy and G's Adam
 state, with D's Adam state fresh. Last stdout line: one JSON object.
 """
@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import sys
 from pathlib import Path
 
 from scripts._cli import fail
@@ -46,8 +47,10 @@ def main(argv=None) -> dict:
         fail(str(e))
     if cfg.model.kind != "dcgan":
         fail(f"{src} is a {cfg.model.kind} run; only dcgan generators can be widened")
-    if not ckpt.has_optimizer_state(src):
-        fail(f"{src} has no optimizer state (an exported checkpoint?): widen a training checkpoint")
+    with_state = ckpt.has_optimizer_state(src)
+    if not with_state:
+        print(f"{src} has no optimizer state (an exported checkpoint): both networks' Adam states start fresh",
+              file=sys.stderr)
     out = Path(args.out)
     if ckpt.latest_checkpoint(out) is not None:
         fail(f"{out} already holds checkpoints: pick a new folder")
@@ -70,12 +73,14 @@ def main(argv=None) -> dict:
         else:
             module.load_state_dict(trained[role].state_dict())
     kept = {"D": new.opt_d} if field == "ngf" else {"G": new.opt_g}  # the widened network's Adam starts fresh
-    ckpt.load_optimizers(src, kept)
+    if with_state:
+        ckpt.load_optimizers(src, kept)
     folder = ckpt.save_training_checkpoint(out, wide, meta["step"], new.modules(), new.optimizers(),
                                            metrics=meta.get("metrics"), keep=cfg.train.keep_checkpoints,
                                            extra={"ema_age": meta["ema_age"]} if meta.get("ema_age") else None)
     result = {"checkpoint": str(folder), "step": meta["step"], "part": args.part,
-              field: [getattr(cfg.model, field), getattr(wide.model, field)], "noise": args.noise}
+              field: [getattr(cfg.model, field), getattr(wide.model, field)], "noise": args.noise,
+              "optimizer": "kept for the other network" if with_state else "fresh"}
     print(json.dumps(result))
     return result
 

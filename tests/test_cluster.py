@@ -953,7 +953,7 @@ def test_choose_input_script_prints_the_pick_without_training(tmp_path):
                                 "--channels", "3", "--k", "2", "--set", "aug_rotate_deg=180", "--set", "aug_colour=remap"])
     assert proc.returncode == 0, proc.stderr
     assert rotated["set"] == {"aug_rotate_deg": 180.0, "aug_colour": "remap"} and rotated["losses"] != result["losses"]
-    for bad, says in (("lr=1", "NAME one of"), ("mask_size=big", "takes int values"), ("aug_colour=sepia", "jitter or remap")):
+    for bad, says in (("lr=1", "NAME one of"), ("mask_size=big", "takes whole numbers"), ("aug_colour=sepia", "jitter or remap")):
         proc, result = run_script(["scripts/choose_input.py", "--data.path", str(tmp_path), "--set", bad])
         assert proc.returncode == 2 and says in proc.stderr, proc.stderr
     proc, result = run_script(["scripts/choose_input.py", "--data.source", "folder", "--data.path",

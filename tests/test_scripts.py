@@ -387,6 +387,12 @@ def test_widen_checkpoint_part_discriminator_keeps_ds_logits_and_g(tmp_path):
     for mode in (True, False):  # batch statistics and stored ones
         assert torch.allclose(a.d_core.train(mode)(x, logits=True), b.d_core.train(mode)(x, logits=True), atol=1e-5)
     assert all(torch.equal(p, q) for p, q in zip(a.g_core.state_dict().values(), b.g_core.state_dict().values()))
+    # an exported checkpoint (no optimizer state) widens too, both Adam states fresh
+    from gan_core.inference.loading import export
+    shipped = export(out / "checkpoints" / "step_00000002", tmp_path / "shipped")
+    proc, res2 = run_script(["scripts/widen_checkpoint.py", "--checkpoint", str(shipped), "--out", str(tmp_path / "w2"),
+                             "--part", "discriminator", "--noise", "0"])
+    assert proc.returncode == 0 and res2["optimizer"] == "fresh" and "start fresh" in proc.stderr
     tiny_wide = [s for s in TINY if not s.startswith("model.ndf=")] + [f"model.ndf={cfg_b.model.ndf}"]
     proc, result = run_script(["scripts/train.py", *tiny_wide, "train.steps=3", "train.ema_decay=0.9",
                                "train.resume=true", f"train.out_dir={wide}"])

@@ -13,10 +13,24 @@ def fail(message: str, code: int = 2, **extra) -> None:
     sys.exit(code)
 
 
-def typed_value(text: str, default):
+def field_type(cls, name: str) -> type | None:
+    """A dataclass field's plain type where it is bool, int, float or str (Optional[X] gives X), else None."""
+    import typing
+    try:
+        hint = typing.get_type_hints(cls).get(name)
+    except (NameError, TypeError):
+        return None
+    args = [a for a in typing.get_args(hint) if a is not type(None)] if typing.get_origin(hint) is typing.Union else [hint]
+    return args[0] if len(args) == 1 and args[0] in (bool, int, float, str) else None
+
+
+def typed_value(text: str, default, kind: type | None = None):
     """A NAME=VALUE's value, typed like the field's default: true/false for a bool, a whole number for an
-    int ("2" or "2.0"), a float, a string; JSON (numbers, true/false, null, lists) for a field whose default
-    is None or a collection, else the text. Raises ValueError with the reason."""
+    int ("2" or "2.0"), a float, a string. A field whose default is None takes null (or none) or a value of
+    its declared type `kind` (`field_type`) where that is known, else JSON (numbers, true/false, null,
+    lists) or the text, as a collection's default does. Raises ValueError with the reason."""
+    if default is None and kind is not None:
+        return None if text.lower() in ("null", "none") else typed_value(text, kind())
     if isinstance(default, bool):
         if text.lower() not in ("true", "false"):
             raise ValueError(f"takes true or false, not {text!r}")
@@ -58,7 +72,7 @@ def parse_sets(items: list[str], settable: tuple[str, ...], defaults) -> dict:
         if not sep or key not in settable:
             raise ValueError(f"--set takes NAME=VALUE with NAME one of {', '.join(settable)}, not {item!r}")
         try:
-            out[key] = typed_value(value, getattr(defaults, key))
+            out[key] = typed_value(value, getattr(defaults, key), field_type(defaults, key))
         except ValueError as e:
             raise ValueError(f"--set {key} {e}") from None
     return out

@@ -20,7 +20,7 @@ import tarfile
 import time
 from pathlib import Path
 
-from scripts._cli import typed_value
+from scripts._cli import field_type, typed_value
 
 
 def train_mutual_information(d, images, cfg, device, batch: int = 1024, seed: int = 0) -> float:
@@ -88,7 +88,8 @@ def main(argv=None) -> dict:
         if not sep or key not in ClusterConfig.__dataclass_fields__:
             p.error(f"--model takes KEY=VALUE with a ClusterConfig field, not {item!r}")
         try:
-            overrides[key] = typed_value(value, ClusterConfig.__dataclass_fields__[key].default)
+            overrides[key] = typed_value(value, ClusterConfig.__dataclass_fields__[key].default,
+                                         field_type(ClusterConfig, key))
         except ValueError as e:
             p.error(f"--model {key} {e}")
     device = resolve_device(args.device)

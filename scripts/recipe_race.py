@@ -28,7 +28,7 @@ import sys
 import time
 from pathlib import Path
 
-from scripts._cli import fail, typed_value
+from scripts._cli import fail, field_type, typed_value
 
 SCORED = ("fid", "fid_ratio", "kid", "precision", "recall", "class_coverage", "no_shape", "confident", "class_kl")
 
@@ -45,13 +45,15 @@ def build_config(settings: list[str]):
             raise ValueError(f"settings are data.NAME=VALUE, model.NAME=VALUE or train.NAME=VALUE, not {item!r}")
         pairs.append((name, value))
     kind = dict(pairs).get("model.kind", kinds.DEFAULT_KIND)
-    values = config_mod.to_dict(config_mod.RunConfig(model=kinds.model_config(kind)))
+    base = config_mod.RunConfig(model=kinds.model_config(kind))
+    values = config_mod.to_dict(base)
     for name, value in pairs:
         section, field = name.split(".")
         if field not in values[section]:
             raise ValueError(f"{name}: no such setting")
         try:
-            values[section][field] = typed_value(value, values[section][field])
+            values[section][field] = typed_value(value, values[section][field],
+                                                 field_type(type(getattr(base, section)), field))
         except ValueError as e:
             raise ValueError(f"{name}: {e}") from None
     return kinds.validate(config_mod.sync_model_to_data(kinds.config_from_dict(values)))

@@ -407,6 +407,14 @@ def test_one_typed_value_parser_for_the_scripts_settings():
     assert typed_value("1", 0.5) == 1.0 and isinstance(typed_value("1", 0.5), float)
     assert typed_value("False", True) is False and typed_value("a,b", "") == "a,b"
     assert typed_value("null", None) is None and typed_value("[1, 2]", None) == [1, 2] and typed_value("x", None) == "x"
+    # a None default with a declared type: that type (Optional[str] stays text, Optional[bool] takes true/false)
+    from gan_core.config import TrainConfig
+    from scripts._cli import field_type
+    assert field_type(TrainConfig, "init_from") is str and field_type(TrainConfig, "channels_last") is bool
+    assert typed_value("2024", None, str) == "2024" and typed_value("True", None, bool) is True
+    assert typed_value("null", None, bool) is None and typed_value("4e-4", None, float) == 4e-4
+    with pytest.raises(ValueError, match="true or false"):
+        typed_value("sometimes", None, bool)
     assert typed_value("9007199254740993", 0) == 9007199254740993 and typed_value("1e3", 0) == 1000
     for text, default, why in (("1.5", 3, "whole numbers"), ("x", 3, "whole numbers"), ("x", 0.5, "numbers"),
                                ("inf", 3, "whole numbers"), ("nan", 3, "whole numbers"), ("nan", 0.5, "numbers"),

@@ -486,18 +486,12 @@ def init_folder(source: str) -> Path:
         raise ValueError(f"train.init_from: {e}") from None
 
 
-def init_source(cfg: config_mod.RunConfig, source: str) -> Path:
-    """`init_folder(source)`, after checking that its model config is this run's."""
-    folder = init_folder(source)
-    _check_model_config(cfg, folder, INIT_VERB, None)
-    return folder
-
-
 def init_weights(cfg: config_mod.RunConfig, m: Models, source: str | Path, on_log: Optional[LogFn] = None) -> Path:
     """A new run's start from another checkpoint's weights (`train.init_from`: a checkpoint or run folder,
     or a Hub repo id; exported fp16 weights are cast to the run's): G, D, their EMA copies where it has
-    them and its extra modules; the optimizers stay fresh and the step is 0. -> the folder read."""
-    folder = init_source(cfg, str(source))
+    them and its extra modules; the optimizers stay fresh and the step is 0. Its model config must be this
+    run's (`_check_model_config`). -> the folder read."""
+    folder = init_folder(str(source))
     meta = _load_weights_of(cfg, m, folder, INIT_VERB, on_log)
     stored = set(ckpt.weight_roles(folder))
     if any(role in stored for role, _, _ in m.ema_pairs()):
@@ -515,15 +509,17 @@ _SET_UP = threading.Lock()  # runs in threads (train_many) time, seed, build and
 
 
 def _tune_build_resume(cfg: config_mod.RunConfig, device: torch.device, images: torch.Tensor, out_dir: Path,
-                       rank: int, world: int, on_log: Optional[LogFn]) -> tuple[Choice, bool, Models, int]:
-    """The tune, build and resume phases of train(): -> (choice, use the graph step, models, step)."""
+                       rank: int, world: int, on_log: Optional[LogFn],
+                       start: Optional[Path] = None) -> tuple[Choice, bool, Models, int]:
+    """The tune, build and resume phases of train(), or with `start` (train.init_from's folder, for a run
+    that is not resumed) a start from its weights: -> (choice, use the graph step, models, step)."""
     t = cfg.train
     # tune: precision and memory format, measured (or as set, or as the resumed run recorded)
     recorded = None
     if t.resume and (latest := ckpt.latest_checkpoint(out_dir)) is not None:
         recorded = ckpt.read_meta(latest).get("runtime")
-    elif t.init_from:
-        init_source(cfg, t.init_from)  # a train.init_from of another model config fails here, before the timings
+    elif start is not None:  # a train.init_from of another model config fails here, before the timings
+        _check_model_config(cfg, start, INIT_VERB, None)
     choice = choose_runtime(cfg, device, recorded, on_log=on_log, world=world) if rank == 0 else default_choice(cfg, device)
     choice = agree_on_runtime(choice, rank, world, device)
     use_graph, why = choose_graph(cfg, device, choice, world, images)
@@ -539,8 +535,8 @@ def _tune_build_resume(cfg: config_mod.RunConfig, device: torch.device, images: 
 
     # resume, or start from another run's weights
     step = resume(cfg, m, out_dir, on_log if rank == 0 else None) if t.resume else 0
-    if step == 0 and t.init_from:
-        init_weights(cfg, m, t.init_from, on_log if rank == 0 else None)
+    if start is not None:
+        init_weights(cfg, m, start, on_log if rank == 0 else None)
     m.G.train()
     m.D.train()
     return choice, use_graph, m, step
@@ -638,7 +634,7 @@ def train(cfg: config_mod.RunConfig, on_progress: Optional[ProgressFn] = None,
 
     # tune, build, resume (one run at a time in a process: see train_many)
     with _SET_UP:
-        choice, use_graph, m, step = _tune_build_resume(cfg, device, images, out_dir, rank, world, on_log)
+        choice, use_graph, m, step = _tune_build_resume(cfg, device, images, out_dir, rank, world, on_log, start)
     runtime_record = choice.record(device_key(device))
     if step < t.steps:
         kind.start(cfg.model, m)

@@ -24,6 +24,13 @@ def field_type(cls, name: str) -> type | None:
     return args[0] if len(args) == 1 and args[0] in (bool, int, float, str) else None
 
 
+def _float_or_nan(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        return math.nan
+
+
 def typed_value(text: str, default, kind: type | None = None):
     """A NAME=VALUE's value, typed like the field's default: true/false for a bool, a whole number for an
     int ("2" or "2.0"), a float, a string. A field whose default is None takes null (or none) or a value of
@@ -39,19 +46,12 @@ def typed_value(text: str, default, kind: type | None = None):
         try:
             return int(text)  # exact, however large (a seed)
         except ValueError:
-            pass
-        try:
-            number = float(text)  # "2.0", "1e3"
-        except ValueError:
-            number = math.nan
+            number = _float_or_nan(text)  # "2.0", "1e3"
         if not math.isfinite(number) or number != int(number):
             raise ValueError(f"takes whole numbers, not {text!r}")
         return int(number)
     if isinstance(default, float):
-        try:
-            number = float(text)
-        except ValueError:
-            number = math.nan
+        number = _float_or_nan(text)
         if math.isnan(number):
             raise ValueError(f"takes numbers, not {text!r}")
         return number

@@ -8,9 +8,10 @@ Writes a training checkpoint at the same step into OUT/checkpoints, with model.n
 copy widened so that they paint what they painted (`gan_core.models.dcgan.widen_generator`, Net2WiderNet),
 plus `--noise` (a fraction of each layer's weight spread) so the copies of a channel can learn apart; D,
 its EMA copy if any and D's Adam state as they were; G's Adam state fresh (both fresh from an exported
-checkpoint, which has none). Resume it with the same settings as before and `model.ngf` doubled. `--part discriminator` widens D instead (model.ndf doubled,
-`widen_discriminator`: the same logits as before, up to the noise), keeping G, its EMA copy and G's Adam
-state, with D's Adam state fresh. Last stdout line: one JSON object.
+checkpoint, which has none). Resume it with the same settings as before and `model.ngf` doubled.
+`--part discriminator` widens D instead (model.ndf doubled, `widen_discriminator`: the same logits as
+before, up to the noise), keeping G, its EMA copy and G's Adam state, with D's Adam state fresh. Last
+stdout line: one JSON object.
 """
 from __future__ import annotations
 
@@ -46,7 +47,7 @@ def main(argv=None) -> dict:
     except CheckpointError as e:
         fail(str(e))
     if cfg.model.kind != "dcgan":
-        fail(f"{src} is a {cfg.model.kind} run; only dcgan generators can be widened")
+        fail(f"{src} is a {cfg.model.kind} run; only dcgan runs can be widened")
     with_state = ckpt.has_optimizer_state(src)
     if not with_state:
         print(f"{src} has no optimizer state (an exported checkpoint): both networks' Adam states start fresh",

@@ -203,7 +203,8 @@ def quality_text(name: str | None) -> str:
     q = sample_quality(model_sources().get(name, "")) if name else None
     if not q or "fid" not in q:
         return "Sample quality: not measured (`python -m scripts.evaluate_samples --checkpoint DIR --record`)."
-    drawn = f", refined with D for {q['refine']} steps" if q.get("refine") else ""
+    step = f" of {q['refine_step']:g}" if isinstance(q.get("refine_step"), (int, float)) else ""
+    drawn = f", refined with D for {q['refine']} steps{step}" if q.get("refine") else ""
     return (f"Sample quality ({q.get('n', '?')} samples{drawn}, {q.get('evaluator')} evaluator): FID {q['fid']:.3g} "
             f"against {q['real_fid']:.3g} for real held-out images (x{q['fid_ratio']:.0f}); precision "
             f"{q['precision']:.2f}, recall {q['recall']:.2f}; {q['class_coverage']} of {q.get('classes', '?')} classes drawn.")
@@ -1003,7 +1004,8 @@ def build() -> gr.Blocks:
                     refine = Slider(0, REFINE_MAX, value=refine_default(sample_default), step=5,
                                     label="Refine with D (steps; slower)",
                                     info="moves each latent to where the discriminator finds its image more real; "
-                                         "each model opens with the steps its sample quality was measured with")
+                                         "each model opens with the steps its sample quality was measured with, "
+                                         "and always refines by its own step size")
                 grid = gr.Image(label="Samples", type="pil", format="png", interactive=False, elem_id="sample-grid")
                 gallery = gr.Gallery(label="Single images", columns=8, visible=False)
                 with gr.Accordion("Interpolate between two seeds", open=False):

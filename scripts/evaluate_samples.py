@@ -19,8 +19,8 @@ built-in source, or the test split) are the floor: what a perfect generator woul
 same numbers of images. Pixel statistics (two-colour coverage, nearest-training-image distance,
 diversity) follow under `pixels`. `--inception` adds the standard Inception FID through torchmetrics
 where its weights can be had; offline it says in one line why not. Samples are drawn as the Sample
-tab draws them by default: truncation 1 and the checkpoint's recorded Refine-with-D steps (`--refine N`
-sets them; `--record` stores the figures and that draw). Last stdout line: one JSON object.
+tab draws them by default: truncation 1 and the checkpoint's recorded Refine-with-D steps and step size
+(`--refine N` and `--refine-step S` set them; `--record` stores the figures and that draw). Last stdout line: one JSON object.
 """
 from __future__ import annotations
 
@@ -79,7 +79,7 @@ def figures(ev, reference, feats, probs, real_ids, level, prefix: str = "") -> d
     return {prefix + k: (round(v, 4) if isinstance(v, float) else v) for k, v in out.items()}
 
 
-HEADLINE = ("evaluator", "n", "truncation", "refine", "fid", "kid", "precision", "recall", "class_coverage", "class_kl",
+HEADLINE = ("evaluator", "n", "truncation", "refine", "refine_step", "fid", "kid", "precision", "recall", "class_coverage", "class_kl",
             "confident", "no_shape", "real_fid", "real_precision", "real_recall", "fid_ratio")
 
 
@@ -95,7 +95,7 @@ def record(folder: str, result: dict) -> None:
     raw = json.loads(path.read_text())
     raw["sample_quality"] = {k: result[k] for k in HEADLINE if k in result}
     raw["sample_quality"]["classes"] = len(result.get("class_shares", {}))
-    raw["sampling"] = {"refine": int(result.get("refine", 0))}
+    raw["sampling"] = {"refine": int(result.get("refine", 0)), "refine_step": float(result["refine_step"])}
     write_json(path, raw)
 
 
@@ -112,18 +112,26 @@ def main(argv=None) -> dict:
                    help="refine each latent with this many steps guided by the checkpoint's discriminator "
                         "(the Sample tab's 'Refine with D'; default: the checkpoint's default draw, as recorded "
                         "under `sampling`, else 0: no refinement)")
+    p.add_argument("--refine-step", type=float, default=None,
+                   help="the size of each refinement step (default: the checkpoint's recorded one, else 0.01)")
     p.add_argument("--no-ema", action="store_true")
     p.add_argument("--inception", action="store_true", help="also the standard Inception FID (needs its weights)")
     p.add_argument("--pixel-n", type=int, default=500, help="images for the (quadratic) pixel statistics")
     p.add_argument("--record", action="store_true",
                    help="also store the headline figures in the checkpoint folder's config.json "
                         "(`sample_quality`: the app's Sample tab shows them and opens on the best bundled model), "
-                        "and the draw they were measured with (`sampling`: the --refine steps) as the model's "
+                        "and the draw they were measured with (`sampling`: the --refine steps and step size) as the model's "
                         "default draw, which the Sample tab and this script then use")
     args = p.parse_args(argv)
     from gan_core.inference.sampler import REFINE_MAX
     if args.refine is not None and not 0 <= args.refine <= REFINE_MAX:
         p.error(f"--refine takes 0 to {REFINE_MAX} steps (as the Sample tab does), not {args.refine}")
+    from gan_core.inference.model import check_refine_step
+    if args.refine_step is not None:
+        try:
+            check_refine_step(args.refine_step)
+        except ValueError as e:
+            p.error(f"--refine-step: {e}")
 
     import torch
     from tqdm import tqdm
@@ -136,6 +144,8 @@ def main(argv=None) -> dict:
     model = load_model(args.checkpoint, ema=not args.no_ema)
     if args.refine is None:
         args.refine = model.default_refine
+    if args.refine_step is not None:
+        model.sampler.refine_step = args.refine_step
     if args.refine and not model.sampler.can_refine:
         raise SystemExit(f"--refine needs a discriminator, and {args.checkpoint} ships none")
     cfg, meta = model.cfg, model.meta
@@ -153,7 +163,7 @@ def main(argv=None) -> dict:
     generated = torch.cat(batches)
     held = held_out(cfg.data, args.n)
     result = {"checkpoint": meta["folder"], "step": meta["step"], "n": args.n, "real": len(reference),
-              "truncation": args.truncation, "refine": args.refine}
+              "truncation": args.truncation, "refine": args.refine, "refine_step": model.sampler.refine_step}
     if ev is None:
         print(f"no evaluator for data source {cfg.data.source!r} ({cfg.data.path}): pass --evaluator; "
               "only pixel statistics follow", file=sys.stderr)

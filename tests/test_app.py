@@ -714,17 +714,36 @@ def test_a_model_opens_with_the_draw_its_figures_were_recorded_with(models, mode
     raw = json.loads(before)
     raw["sample_quality"] = {"evaluator": "shapes", "n": 100, "refine": 5, "fid": 2.0, "real_fid": 0.5, "fid_ratio": 4.0,
                              "precision": 0.7, "recall": 0.4, "class_coverage": 9, "classes": 10}
-    raw["sampling"] = {"refine": 5}
+    raw["sampling"] = {"refine": 5}  # recorded before the step size was: the step everything used then
     write_json(path, raw)
     try:
         assert app.refine_default("tiny-dcgan") == 5 and app.load("tiny-dcgan").default_refine == 5
+        assert app.load("tiny-dcgan").sampler.refine_step == 0.01
         assert "refined with D for 5 steps" in app.quality_text("tiny-dcgan")
         args = ("tiny-dcgan", 3, 2, 1.0, "random", False, False, *(0,) * app.N_SLIDERS)
         default, explicit, plain = (np.asarray(app.sample_images(*args, r)[0]) for r in (None, 5, 0))
         assert np.array_equal(default, explicit) and not np.array_equal(default, plain)
+        # a recorded step size is the model's: the tab draws with it, and the figures' line names it
+        raw["sampling"]["refine_step"] = raw["sample_quality"]["refine_step"] = 0.03
+        write_json(path, raw)
+        app._load.cache_clear()
+        assert app.load("tiny-dcgan").sampler.refine_step == 0.03
+        assert "refined with D for 5 steps of 0.03" in app.quality_text("tiny-dcgan")
+        longer = np.asarray(app.sample_images(*args, 5)[0])
+        assert not np.array_equal(longer, default)
     finally:
         path.write_text(before)
+        app._load.cache_clear()
     assert app.refine_default("tiny-dcgan") == 0 and app.refine_default("no-such-model") == 0
+
+
+def test_a_recorded_step_size_is_checked():
+    from gan_core.inference.model import recorded_refine_step
+    assert recorded_refine_step({}) == recorded_refine_step({"sampling": {"refine": 20}}) == 0.01
+    assert recorded_refine_step({"sampling": {"refine": 10, "refine_step": 0.02}}) == 0.02
+    for bad in ("fast", 0, -0.01, 0.5, float("nan"), None):
+        with pytest.raises(ValueError, match="refinement step size"):
+            recorded_refine_step({"sampling": {"refine": 10, "refine_step": bad}})
 
 
 def test_refine_needs_a_discriminator(models, monkeypatch):

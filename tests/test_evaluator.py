@@ -54,19 +54,24 @@ def test_refine_with_d_scores_better_than_the_plain_draw_and_record_keeps_the_dr
     args = ["scripts/evaluate_samples.py", "--n", "300", "--real", "300", "--pixel-n", "20"]
     proc, plain = run_script(args + ["--checkpoint", "checkpoints/shapes-dcgan", "--refine", "0"])
     assert proc.returncode == 0, proc.stderr[-2000:]
-    proc, refined = run_script(args + ["--checkpoint", "checkpoints/shapes-dcgan", "--refine", "10"])
+    proc, refined = run_script(args + ["--checkpoint", "checkpoints/shapes-dcgan", "--refine", "10", "--refine-step", "0.01"])
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert plain["refine"] == 0 and refined["refine"] == 10
+    assert plain["refine"] == 0 and refined["refine"] == 10 and refined["refine_step"] == 0.01
     assert refined["fid"] < plain["fid"] and refined["confident"] > plain["confident"]
-    # --record stores the figures with the draw they were measured with, which becomes the default draw
+    # --record stores the figures with the draw they were measured with (steps and step size), which becomes
+    # the default draw
     copy = tmp_path / "model"
     shutil.copytree(ROOT / "checkpoints" / "shapes-dcgan", copy)
-    proc, recorded = run_script(args + ["--checkpoint", str(copy), "--refine", "10", "--record"])
+    proc, recorded = run_script(args + ["--checkpoint", str(copy), "--refine", "10", "--refine-step", "0.02", "--record"])
     assert proc.returncode == 0, proc.stderr[-2000:]
     raw = json.loads((copy / "config.json").read_text())
-    assert raw["sampling"] == {"refine": 10} and raw["sample_quality"]["refine"] == 10
-    assert raw["sample_quality"]["fid"] == recorded["fid"] == refined["fid"]
+    assert raw["sampling"] == {"refine": 10, "refine_step": 0.02}
+    assert raw["sample_quality"]["refine"] == 10 and raw["sample_quality"]["refine_step"] == 0.02
+    assert raw["sample_quality"]["fid"] == recorded["fid"] != refined["fid"]  # a longer step draws other samples
     proc, again = run_script(args + ["--checkpoint", str(copy)])
-    assert proc.returncode == 0 and again["refine"] == 10 and again["fid"] == refined["fid"]
+    assert proc.returncode == 0 and (again["refine"], again["refine_step"]) == (10, 0.02)
+    assert again["fid"] == recorded["fid"]
     proc, _ = run_script(args + ["--checkpoint", str(copy), "--refine", "51"])
     assert proc.returncode != 0 and "--refine takes 0 to 50" in proc.stderr
+    proc, _ = run_script(args + ["--checkpoint", str(copy), "--refine-step", "0"])
+    assert proc.returncode != 0 and "--refine-step: a refinement step size is above 0" in proc.stderr

@@ -12,13 +12,30 @@ from ..checkpoint import DISCRIMINATOR, GENERATOR
 from ..config import RunConfig, to_dict
 from ..models.base import Kind
 from ..runtime import PRECISIONS, Choice, autocast, candidates, choose, device_key, time_calls, tuning_cache
-from .sampler import Sampler
+from .sampler import REFINE_STEP, REFINE_STEP_MAX, Sampler
 
 
 def recorded_refine(meta: dict) -> int:
     """The Refine-with-D steps stored in a checkpoint's config.json (`meta`) under `sampling` by
     `evaluate_samples --record`: the draw its figures were measured with (0, the plain draw, if none)."""
     return int((meta.get("sampling") or {}).get("refine", 0))
+
+
+def check_refine_step(value) -> float:
+    """A refinement step size as a float in (0, REFINE_STEP_MAX], or ValueError saying what is wrong."""
+    try:
+        step = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"a refinement step size is a number, not {value!r}") from None
+    if not 0 < step <= REFINE_STEP_MAX:  # also refuses nan
+        raise ValueError(f"a refinement step size is above 0 and at most {REFINE_STEP_MAX}, not {value!r}")
+    return step
+
+
+def recorded_refine_step(meta: dict) -> float:
+    """The step size of the recorded draw (`sampling.refine_step`; REFINE_STEP, the size every draw used
+    before it was recorded, where none is stored). A bad hand-edited value raises ValueError."""
+    return check_refine_step((meta.get("sampling") or {}).get("refine_step", REFINE_STEP))
 
 
 class Model:
@@ -39,7 +56,8 @@ class Model:
         self.meta = meta or {}
         for module in modules.values():
             module.eval()
-        self.sampler = Sampler(kind, cfg.model, self.g, d=modules.get(DISCRIMINATOR))
+        self.sampler = Sampler(kind, cfg.model, self.g, d=modules.get(DISCRIMINATOR),
+                               refine_step=recorded_refine_step(self.meta))
         self.runtime = Choice("fp32", False, how="default")  # how `painting()` runs G; see choose_runtime
 
     def choose_runtime(self, precision: str = "auto", batch: int = 16, cache: Optional[Path] = None) -> Choice:
@@ -88,7 +106,6 @@ class Model:
         """Refine-with-D steps of this model's default draw: what `evaluate_samples --record` measured and
         stored under `sampling` (0, the plain draw, when nothing was stored or there is no D to refine with)."""
         return recorded_refine(self.meta) if self.sampler.can_refine else 0
-
     @property
     def image_size(self) -> int:
         return self.cfg.data.image_size

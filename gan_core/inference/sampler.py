@@ -62,6 +62,8 @@ REFINE_CHUNK = 48  # latents refined together ...
 REFINE_COMPANIONS = 16  # ... beside this many fixed ones (see Sampler.refine)
 REFINE_SEED = 2**31 - 1  # the companions' seed
 REFINE_MAX = 50  # the most steps the app and the scripts take (3.8 s for 16 shapes-dcgan images on 2 CPU threads)
+REFINE_STEP = 0.01  # the step size of a model that recorded none (Sampler.refine_step)
+REFINE_STEP_MAX = 0.1  # the largest step size the scripts accept (a step moves the noise by step x its gradient)
 
 
 def batch_statistics_only(d: nn.Module) -> nn.Module:
@@ -79,11 +81,13 @@ class Sampler:
     """Latents and images of one generator. Latents are drawn on the CPU from a seed, so a seed gives
     the same images on any device; `generate` runs G on its own device (the caller picks the
     precision context). With the checkpoint's discriminator `d`, `refine` moves latents to where D
-    finds their images more real."""
+    finds their images more real, by steps of `refine_step` unless told otherwise (a model's recorded
+    draw sets it: `Model`)."""
 
     def __init__(self, kind: Kind, model_cfg, g: nn.Module, n_directions: int = 8, pca_samples: int = 2048,
-                 d: Optional[nn.Module] = None):
+                 d: Optional[nn.Module] = None, refine_step: float = REFINE_STEP):
         self.kind, self.model_cfg, self.g, self.d = kind, model_cfg, g, d
+        self.refine_step = refine_step
         self.n_directions, self.pca_samples = n_directions, pca_samples
         self._directions: Optional[tuple[torch.Tensor, torch.Tensor]] = None
         self._refiner: Optional[nn.Module] = None
@@ -155,9 +159,9 @@ class Sampler:
     def can_refine(self) -> bool:
         return self.d is not None
 
-    def refine(self, z: torch.Tensor, steps: int, step_size: float = 0.01) -> torch.Tensor:
-        """Latents moved by `steps` of gradient descent on E(z) = |z|^2 / 2 - D_logit(G(z)) (the
-        Gaussian prior's energy minus D's logit: the discriminator-driven latent sampling of Che et al.
+    def refine(self, z: torch.Tensor, steps: int, step_size: Optional[float] = None) -> torch.Tensor:
+        """Latents moved by `steps` of gradient descent of size `step_size` (default: `self.refine_step`)
+        on E(z) = |z|^2 / 2 - D_logit(G(z)) (the Gaussian prior's energy minus D's logit: the discriminator-driven latent sampling of Che et al.
         2020 without its noise, close to Tanaka's 2019 discriminator optimal transport). Only the noise
         part moves, never a categorical code. Returns new latents on the CPU; `steps` <= 0 returns z.
 
@@ -172,6 +176,7 @@ class Sampler:
         if self._refiner is None:
             self._refiner = batch_statistics_only(self.d)
         d, g, nz = self._refiner, self.g, self.nz
+        step_size = self.refine_step if step_size is None else step_size
         was_training = g.training
         g.eval()
         companions = self.latents(REFINE_COMPANIONS, REFINE_SEED).to(self.device)

@@ -20,7 +20,8 @@ same numbers of images. Pixel statistics (two-colour coverage, nearest-training-
 diversity) follow under `pixels`. `--inception` adds the standard Inception FID through torchmetrics
 where its weights can be had; offline it says in one line why not. Samples are drawn as the Sample
 tab draws them by default: truncation 1 and the checkpoint's recorded Refine-with-D steps and step size
-(`--refine N` and `--refine-step S` set them; `--record` stores the figures and that draw). Last stdout line: one JSON object.
+(`--refine N` and `--refine-step S` set them; `--record` stores the figures and that draw). Last stdout
+line: one JSON object.
 """
 from __future__ import annotations
 
@@ -79,8 +80,8 @@ def figures(ev, reference, feats, probs, real_ids, level, prefix: str = "") -> d
     return {prefix + k: (round(v, 4) if isinstance(v, float) else v) for k, v in out.items()}
 
 
-HEADLINE = ("evaluator", "n", "truncation", "refine", "refine_step", "fid", "kid", "precision", "recall", "class_coverage", "class_kl",
-            "confident", "no_shape", "real_fid", "real_precision", "real_recall", "fid_ratio")
+HEADLINE = ("evaluator", "n", "truncation", "refine", "refine_step", "fid", "kid", "precision", "recall", "class_coverage",
+            "class_kl", "confident", "no_shape", "real_fid", "real_precision", "real_recall", "fid_ratio")
 
 
 def record(folder: str, result: dict) -> None:

@@ -106,6 +106,7 @@ class Model:
         """Refine-with-D steps of this model's default draw: what `evaluate_samples --record` measured and
         stored under `sampling` (0, the plain draw, when nothing was stored or there is no D to refine with)."""
         return recorded_refine(self.meta) if self.sampler.can_refine else 0
+
     @property
     def image_size(self) -> int:
         return self.cfg.data.image_size

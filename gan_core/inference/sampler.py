@@ -161,8 +161,9 @@ class Sampler:
 
     def refine(self, z: torch.Tensor, steps: int, step_size: Optional[float] = None) -> torch.Tensor:
         """Latents moved by `steps` of gradient descent of size `step_size` (default: `self.refine_step`)
-        on E(z) = |z|^2 / 2 - D_logit(G(z)) (the Gaussian prior's energy minus D's logit: the discriminator-driven latent sampling of Che et al.
-        2020 without its noise, close to Tanaka's 2019 discriminator optimal transport). Only the noise
+        on E(z) = |z|^2 / 2 - D_logit(G(z)) (the Gaussian prior's energy minus D's logit: the
+        discriminator-driven latent sampling of Che et al. 2020 without its noise, close to Tanaka's 2019
+        discriminator optimal transport). Only the noise
         part moves, never a categorical code. Returns new latents on the CPU; `steps` <= 0 returns z.
 
         D normalises by batch statistics, as it did in training, so each chunk of `REFINE_CHUNK`

@@ -14,10 +14,11 @@ def fail(message: str, code: int = 2, **extra) -> None:
 
 
 def field_type(cls, name: str) -> type | None:
-    """A dataclass field's plain type where it is bool, int, float or str (Optional[X] gives X), else None."""
+    """A dataclass field's plain type where it is bool, int, float or str (Optional[X] gives X), else None.
+    `cls` may be the dataclass or an instance of it (whose hints are its class's)."""
     import typing
     try:
-        hint = typing.get_type_hints(cls).get(name)
+        hint = typing.get_type_hints(cls if isinstance(cls, type) else type(cls)).get(name)
     except (NameError, TypeError):
         return None
     args = [a for a in typing.get_args(hint) if a is not type(None)] if typing.get_origin(hint) is typing.Union else [hint]

@@ -411,6 +411,7 @@ def test_one_typed_value_parser_for_the_scripts_settings():
     from gan_core.config import TrainConfig
     from scripts._cli import field_type
     assert field_type(TrainConfig, "init_from") is str and field_type(TrainConfig, "channels_last") is bool
+    assert field_type(TrainConfig(), "init_from") is str  # an instance's hints are its class's
     assert typed_value("2024", None, str) == "2024" and typed_value("True", None, bool) is True
     assert typed_value("null", None, bool) is None and typed_value("4e-4", None, float) == 4e-4
     with pytest.raises(ValueError, match="true or false"):

@@ -163,8 +163,8 @@ class Sampler:
         """Latents moved by `steps` of gradient descent of size `step_size` (default: `self.refine_step`)
         on E(z) = |z|^2 / 2 - D_logit(G(z)) (the Gaussian prior's energy minus D's logit: the
         discriminator-driven latent sampling of Che et al. 2020 without its noise, close to Tanaka's 2019
-        discriminator optimal transport). Only the noise
-        part moves, never a categorical code. Returns new latents on the CPU; `steps` <= 0 returns z.
+        discriminator optimal transport). Only the noise part moves, never a categorical code. Returns new
+        latents on the CPU; `steps` <= 0 returns z.
 
         D normalises by batch statistics, as it did in training, so each chunk of `REFINE_CHUNK`
         latents is refined beside `REFINE_COMPANIONS` fixed seeded latents: a latent's result is

@@ -124,10 +124,9 @@ def main(argv=None) -> dict:
                         "and the draw they were measured with (`sampling`: the --refine steps and step size) as the model's "
                         "default draw, which the Sample tab and this script then use")
     args = p.parse_args(argv)
-    from gan_core.inference.sampler import REFINE_MAX
+    from gan_core.inference.sampler import REFINE_MAX, check_refine_step
     if args.refine is not None and not 0 <= args.refine <= REFINE_MAX:
         p.error(f"--refine takes 0 to {REFINE_MAX} steps (as the Sample tab does), not {args.refine}")
-    from gan_core.inference.model import check_refine_step
     if args.refine_step is not None:
         try:
             check_refine_step(args.refine_step)

@@ -12,24 +12,13 @@ from ..checkpoint import DISCRIMINATOR, GENERATOR
 from ..config import RunConfig, to_dict
 from ..models.base import Kind
 from ..runtime import PRECISIONS, Choice, autocast, candidates, choose, device_key, time_calls, tuning_cache
-from .sampler import REFINE_STEP, REFINE_STEP_MAX, Sampler
+from .sampler import REFINE_STEP, Sampler, check_refine_step
 
 
 def recorded_refine(meta: dict) -> int:
     """The Refine-with-D steps stored in a checkpoint's config.json (`meta`) under `sampling` by
     `evaluate_samples --record`: the draw its figures were measured with (0, the plain draw, if none)."""
     return int((meta.get("sampling") or {}).get("refine", 0))
-
-
-def check_refine_step(value) -> float:
-    """A refinement step size as a float in (0, REFINE_STEP_MAX], or ValueError saying what is wrong."""
-    try:
-        step = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"a refinement step size is a number, not {value!r}") from None
-    if not 0 < step <= REFINE_STEP_MAX:  # also refuses nan
-        raise ValueError(f"a refinement step size is above 0 and at most {REFINE_STEP_MAX}, not {value!r}")
-    return step
 
 
 def recorded_refine_step(meta: dict) -> float:

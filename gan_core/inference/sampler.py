@@ -66,6 +66,17 @@ REFINE_STEP = 0.01  # the step size of a model that recorded none (Sampler.refin
 REFINE_STEP_MAX = 0.1  # the largest step size the scripts accept (a step moves the noise by step x its gradient)
 
 
+def check_refine_step(value) -> float:
+    """A refinement step size as a float in (0, REFINE_STEP_MAX], or ValueError saying what is wrong."""
+    try:
+        step = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"a refinement step size is a number, not {value!r}") from None
+    if not 0 < step <= REFINE_STEP_MAX:  # also refuses nan
+        raise ValueError(f"a refinement step size is above 0 and at most {REFINE_STEP_MAX}, not {value!r}")
+    return step
+
+
 def batch_statistics_only(d: nn.Module) -> nn.Module:
     """A copy of `d` for refinement: eval mode, except that BatchNorm normalises by the batch (as D
     did in training, fake batches apart from real ones) without updating its running statistics."""

@@ -34,6 +34,8 @@ def graph_blocker(cfg: config_mod.RunConfig, precision: str) -> Optional[str]:
     t = cfg.train
     if not kinds.of(cfg).graph_safe:
         return f"the {cfg.model.kind} step changes with the step number"
+    if kinds.of(cfg).trained_extras(cfg.model):
+        return "a module trains beside G and D (the graph captures G's and D's updates only)"
     if getattr(cfg.model, "d_blur", 0) > 0:
         return "the D-input blur (model.d_blur) changes its kernel as it fades"
     if getattr(cfg.model, "r1_gamma", 0) > 0 and getattr(cfg.model, "r1_every", 1) > 1:

@@ -25,6 +25,7 @@ DEFAULT_KIND = "dcgan"
 
 KINDS: dict[str, Kind] = {k.name: k for k in (
     Kind("dcgan", dcgan.DCGANConfig, dcgan.build, dcgan.train_step, validate=dcgan.validate,
+         check_run=dcgan.check_run, extra_modules=dcgan.extra_modules, trained_extras=dcgan.trained_extras,
          loss_fields=dcgan.LOSS_FIELDS, facade=Model),
     Kind("cluster", cluster.ClusterConfig, cluster.build, cluster.train_step, validate=cluster.validate,
          check_run=cluster.check_run, num_codes=cluster.num_codes, ema_roles=(GENERATOR, DISCRIMINATOR),

@@ -45,6 +45,22 @@ def reconstruction_loss(redrawn: torch.Tensor, image: torch.Tensor) -> torch.Ten
     return F.mse_loss(redrawn.float(), target)
 
 
+def latent_mmd(codes: torch.Tensor, prior: torch.Tensor, scales: tuple = (0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0)) -> torch.Tensor:
+    """The squared maximum mean discrepancy between two samples of latents (N, d) and (M, d), unbiased, with
+    inverse multiquadratic kernels C / (C + |a - b|^2), C = 2 d s for each scale s, summed (WAE-MMD,
+    Tolstikhin et al. 2018, whose prior is N(0, I)). 0 in expectation when both come from one distribution."""
+    a, b = codes.float(), prior.float()
+    n, m, d = a.shape[0], b.shape[0], a.shape[1]
+    aa, bb, ab = torch.cdist(a, a).pow(2), torch.cdist(b, b).pow(2), torch.cdist(a, b).pow(2)
+    total = a.new_zeros(())
+    for s in scales:
+        c = 2.0 * d * s
+        k_aa, k_bb = c / (c + aa), c / (c + bb)
+        total = total + ((k_aa.sum() - k_aa.diagonal().sum()) / (n * (n - 1))
+                         + (k_bb.sum() - k_bb.diagonal().sum()) / (m * (m - 1)) - 2 * (c / (c + ab)).mean())
+    return total
+
+
 def r1_penalty(real_logits: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
     """R1 (Mescheder et al. 2018): the mean over images of ||grad_x D(x)||^2 on real images.
     `real` must require grad and `real_logits` must come from it; the graph is kept for backward."""

@@ -19,9 +19,9 @@ from torch import nn
 
 from ..augment import DIFF_AUGMENT_OPS, diff_augment, diff_augment_ops, gaussian_blur, instance_noise
 from ..config import RunConfig, check_choice, check_ints, check_numbers
-from ..losses import d_loss_bce, g_loss_bce, reconstruction_loss
+from ..losses import d_loss_bce, g_loss_bce, latent_mmd, reconstruction_loss
 from ..runtime import autocast
-from .base import Batch, Models, check_widths, g_update_and_metrics, lazy_r1
+from .base import Batch, Models, OptimizerSpec, check_widths, g_update_and_metrics, lazy_r1
 
 
 @dataclass
@@ -56,11 +56,21 @@ class DCGANConfig:
     # must keep the whole image (outline, position, colour), not only what tells real from fake today.
     # 0: no decoder, the seed's D.
     d_recon: float = 0.0
+    # An encoder beside the GAN (alpha-GAN, Rosca et al. 2017; the mode-regularised GAN, Che et al. 2017):
+    # E (D's layers, ending in nz numbers) reads each real image's latent and G redraws the image from it;
+    # G's loss adds recon_weight x the mean squared error, so every kind of image in the data has latents
+    # that G paints it from, not only those D happens to ask for. E's codes are pulled towards the normal
+    # distribution that sampling draws from by latent_mmd x their MMD to it (WAE-MMD, Tolstikhin et al.
+    # 2018), so those latents are the ones sampling reaches. 0: no encoder, the seed's update.
+    recon_weight: float = 0.0
+    latent_mmd: float = 1.0  # E's MMD weight, relative to recon_weight (E's loss: recon_weight x (MSE + this x MMD))
+    encoder_lr: float = 1e-4  # E's Adam rate (betas 0.5, 0.999, as G's)
 
 
 D_NORMS = ("batch", "none")
 # the fields a resumed run may change (`Kind.loss_fields`): they weigh or shape D's loss and inputs only
-LOSS_FIELDS = ("r1_gamma", "r1_every", "diffaugment", "d_blur", "d_blur_steps")
+LOSS_FIELDS = ("r1_gamma", "r1_every", "diffaugment", "d_blur", "d_blur_steps", "recon_weight", "latent_mmd",
+               "encoder_lr")
 
 
 class BatchNorm2d(nn.BatchNorm2d):
@@ -112,33 +122,40 @@ class Generator(nn.Module):
         return self.main(z)
 
 
+def _trunk(cfg: DCGANConfig) -> tuple[list[nn.Module], int]:
+    """D's layers from the image to its 4x4 feature map, and that map's width (the encoder reads images
+    through the same layers)."""
+    n = _stages(cfg.image_size)
+    batch_norm = cfg.d_norm == "batch"
+    bias = not batch_norm  # the seed's convs rely on BatchNorm's shift; without it they keep a bias
+    layers: list[nn.Module] = [
+        nn.Conv2d(cfg.channels, cfg.ndf, 4, 2, 1, bias=bias),  # (N, 64, 32, 32)
+        nn.LeakyReLU(0.2, inplace=True),
+    ]
+    mult = 1
+    for _ in range(n - 1):  # 32 -> 16 -> 8 -> 4 at 64x64
+        layers += [
+            nn.Conv2d(cfg.ndf * mult, cfg.ndf * mult * 2, 4, 2, 1, bias=bias),
+            BatchNorm2d(cfg.ndf * mult * 2) if batch_norm else nn.Identity(),
+            nn.LeakyReLU(0.2, inplace=True),
+        ]
+        mult *= 2
+    return layers, cfg.ndf * mult
+
+
 class Discriminator(nn.Module):
     """Ends in Sigmoid like the seed; `forward(x, logits=True)` skips it so the loss can use
     BCE-with-logits (the same mathematics, stable under bf16)."""
 
     def __init__(self, cfg: DCGANConfig):
         super().__init__()
-        n = _stages(cfg.image_size)
-        batch_norm = cfg.d_norm == "batch"
-        bias = not batch_norm  # the seed's convs rely on BatchNorm's shift; without it they keep a bias
-        layers: list[nn.Module] = [
-            nn.Conv2d(cfg.channels, cfg.ndf, 4, 2, 1, bias=bias),  # (N, 64, 32, 32)
-            nn.LeakyReLU(0.2, inplace=True),
-        ]
-        mult = 1
-        for _ in range(n - 1):  # 32 -> 16 -> 8 -> 4 at 64x64
-            layers += [
-                nn.Conv2d(cfg.ndf * mult, cfg.ndf * mult * 2, 4, 2, 1, bias=bias),
-                BatchNorm2d(cfg.ndf * mult * 2) if batch_norm else nn.Identity(),
-                nn.LeakyReLU(0.2, inplace=True),
-            ]
-            mult *= 2
+        layers, width = _trunk(cfg)
         layers += [
-            nn.Conv2d(cfg.ndf * mult, 1, 4, 1, 0, bias=False),  # (N, 1, 1, 1)
+            nn.Conv2d(width, 1, 4, 1, 0, bias=False),  # (N, 1, 1, 1)
             nn.Sigmoid(),
         ]
         self.main = nn.Sequential(*layers)
-        self.decoder = Decoder(cfg.ndf * mult, cfg.channels, min(cfg.image_size, 32)) if cfg.d_recon > 0 else None
+        self.decoder = Decoder(width, cfg.channels, min(cfg.image_size, 32)) if cfg.d_recon > 0 else None
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """The trunk's last feature map, (N, ndf*mult, 4, 4)."""
@@ -178,6 +195,19 @@ class Decoder(nn.Module):
         return self.main(feats)
 
 
+class Encoder(nn.Module):
+    """An image -> its latent (N, nz, 1, 1), for G to redraw it from (`model.recon_weight`): D's layers,
+    ending in a 4x4 conv to nz numbers (with a bias) instead of D's one logit."""
+
+    def __init__(self, cfg: DCGANConfig):
+        super().__init__()
+        layers, width = _trunk(cfg)
+        self.main = nn.Sequential(*layers, nn.Conv2d(width, cfg.nz, 4, 1, 0))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.main(x)
+
+
 def weights_init(m: nn.Module) -> None:
     """DCGAN paper init: convs N(0, 0.02) (a bias, where there is one, 0); BatchNorm scale N(1, 0.02), shift 0."""
     if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
@@ -196,13 +226,26 @@ def build(cfg: DCGANConfig) -> tuple[Generator, Discriminator]:
     return g, d
 
 
+def extra_modules(cfg: DCGANConfig, g: Generator) -> dict[str, nn.Module]:
+    """What a DCGAN checkpoint may hold beside G and D: the encoder of `recon_weight`."""
+    e = Encoder(cfg)
+    e.apply(weights_init)
+    return {"encoder": e}
+
+
+def trained_extras(cfg: DCGANConfig) -> dict[str, OptimizerSpec]:
+    """The encoder trains beside the GAN when recon_weight > 0 (optimizer state saved as "E")."""
+    return {"encoder": OptimizerSpec("E", cfg.encoder_lr, (0.5, 0.999))} if cfg.recon_weight > 0 else {}
+
+
 def validate(cfg: RunConfig) -> None:
     check_widths(cfg)
     check_numbers(("model.r1_gamma", cfg.model.r1_gamma, 0.0, 1000.0))
     check_ints(("model.r1_every", cfg.model.r1_every, 1, 10_000), ("model.d_blur_steps", cfg.model.d_blur_steps, 0, 10**8))
     check_numbers(("model.d_blur", cfg.model.d_blur, 0.0, 32.0))
     check_choice("model.d_norm", cfg.model.d_norm, D_NORMS)
-    check_numbers(("model.d_recon", cfg.model.d_recon, 0.0, 1000.0))
+    check_numbers(("model.d_recon", cfg.model.d_recon, 0.0, 1000.0), ("model.recon_weight", cfg.model.recon_weight, 0.0, 1e6),
+                  ("model.latent_mmd", cfg.model.latent_mmd, 0.0, 1e6), ("model.encoder_lr", cfg.model.encoder_lr, 1e-8, 1.0))
     try:
         diff_augment_ops(cfg.model.diffaugment)
     except ValueError:
@@ -211,6 +254,11 @@ def validate(cfg: RunConfig) -> None:
     if cfg.train.compile and cfg.model.r1_gamma > 0:
         raise ValueError("model.r1_gamma needs a double backward, which torch.compile does not "
                          "support: set train.compile=false or model.r1_gamma=0")
+
+
+def check_run(cfg: RunConfig, images: int, world: int) -> None:
+    if world > 1 and cfg.model.recon_weight > 0:
+        raise ValueError("model.recon_weight trains its encoder in one process; run it without torchrun")
 
 
 def d_blur_sigma(model_cfg, step: int) -> float:
@@ -230,7 +278,9 @@ def train_step(m: Models, b: Batch) -> dict[str, torch.Tensor]:
     `model.diffaugment` augments every image D sees (after the noise), from `b.gen`; `model.d_blur` blurs
     every image D sees first (R1 then applies to the blurred real images, which are what D judges);
     `model.d_recon` > 0 adds to D's loss the error of its decoder's redrawing of each real image as D saw
-    it (reported as `recon`)."""
+    it (reported as `recon`); `model.recon_weight` > 0 adds to G's loss the error of G's redrawing of each
+    real image from the encoder's latent of it, and trains the encoder on that error plus the MMD of its
+    latents to the step's noise (reported as `redraw` and `mmd`; `loss_g` stays the adversarial term)."""
     real, device = b.real, b.real.device
     policy = getattr(m.model_cfg, "diffaugment", "")  # plug-in kinds reuse this step with their own configs
     sigma = d_blur_sigma(m.model_cfg, b.step)
@@ -262,10 +312,23 @@ def train_step(m: Models, b: Batch) -> dict[str, torch.Tensor]:
     m.update(m.opt_d, total_d)
 
     m.d_core.requires_grad_(False)  # G's gradient flows through D; D's own weight grads are not needed
+    encoder = m.extras.get("encoder")
     with autocast(device, m.autocast_dtype):
         gen_logits = m.d_for_g(noisy(fake_d), logits=True)
         loss_g = g_loss_bce(gen_logits)
-    metrics = g_update_and_metrics(m, loss_d, loss_g, real_logits, fake_logits, gen_logits)
+        if encoder is not None:  # G redraws each real image from E's latent of it (the clean image)
+            codes = encoder.module(b.real)
+            redraw_error = reconstruction_loss(m.G(codes), b.real)
+    total_g = loss_g
+    if encoder is not None:
+        # E's codes against this step's own noise, a sample of the latent distribution (MMD reaches E only)
+        mmd = latent_mmd(codes.flatten(1), b.noise.flatten(1))
+        total_g = loss_g + m.model_cfg.recon_weight * (redraw_error + m.model_cfg.latent_mmd * mmd)
+        encoder.optimizer.zero_grad(set_to_none=True)
+    metrics = g_update_and_metrics(m, loss_d, total_g, real_logits, fake_logits, gen_logits)
+    if encoder is not None:
+        m.step(encoder.optimizer)
+        metrics.update(loss_g=loss_g.detach(), redraw=redraw_error.detach(), mmd=mmd.detach())
     if gamma > 0:
         metrics["r1"] = r1
     if recon_weight > 0:

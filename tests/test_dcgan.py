@@ -339,6 +339,8 @@ def test_encoder_teaches_g_to_redraw_real_images_and_is_saved_with_the_run(tmp_p
     logs = [step(m, Batch(real, torch.randn(8, 8, 1, 1, generator=gen), None, i)) for i in range(1, 120)]
     redraws = [float(x["redraw"]) for x in logs]
     assert sum(redraws[-10:]) / 10 < 0.5 * float(first["redraw"])
+    mmds = [float(x["mmd"]) for x in logs]
+    assert sum(mmds[-10:]) / 10 < 0.5 * float(first["mmd"])  # the latents move towards the noise's distribution
 
     assert graph_blocker(run, "fp32") is not None and "beside G and D" in graph_blocker(run, "fp32")
     with pytest.raises(ValueError, match="torchrun"):
@@ -346,6 +348,13 @@ def test_encoder_teaches_g_to_redraw_real_images_and_is_saved_with_the_run(tmp_p
     for bad in (dict(recon_weight=-1.0), dict(latent_mmd=float("nan")), dict(encoder_lr=0.0)):
         with pytest.raises(ValueError, match=next(iter(bad))):
             kinds.validate(RunConfig(model=DCGANConfig(**bad)))
+    with pytest.raises(ValueError, match="batch_size must be 2"):  # the MMD compares latents within a batch
+        kinds.validate(RunConfig(model=DCGANConfig(recon_weight=1.0), train=TrainConfig(batch_size=1)))
+    # off, a config describes G and D only: loading and the upload size check count no encoder
+    assert not kinds.KINDS["dcgan"].extra_modules(DCGANConfig(), None)
+    from gan_core.inference.loading import parameter_bytes
+    g, d = dcgan.build(DCGANConfig())
+    assert parameter_bytes(RunConfig(model=DCGANConfig())) == 2 * sum(p.numel() for net in (g, d) for p in net.parameters())
     assert "recon_weight" in kinds.KINDS["dcgan"].loss_fields  # a resumed run may switch it on
 
     # a run saves the encoder and its optimizer; resumed, it goes on from them
@@ -362,6 +371,23 @@ def test_encoder_teaches_g_to_redraw_real_images_and_is_saved_with_the_run(tmp_p
     saved = load_file(str(folder / "encoder.safetensors"))
     assert checkpoint.has_optimizer_state(folder)
     run.train.resume, run.train.steps = True, 3
+    back = train_mod.build_models(run, torch.device("cpu"))
+    assert train_mod.resume(run, back, tmp_path / "run") == 2
+    assert torch.equal(back.extras["encoder"].module.state_dict()["main.0.weight"], saved["main.0.weight"])
+    assert back.extras["encoder"].optimizer.state  # its Adam moments came back too
     assert train_mod.train(run)["steps_run"] == 1
     again = load_file(str(checkpoint.latest_checkpoint(tmp_path / "run") / "encoder.safetensors"))
     assert not torch.equal(saved["main.0.weight"], again["main.0.weight"])
+
+
+def test_running_statistics_kept_leaves_batchnorm_running_statistics_alone():
+    """G's redrawing of real images (model.recon_weight) normalises by its batch but must not move the running
+    statistics that sampling in eval mode uses."""
+    g = dcgan.Generator(DCGANConfig(nz=8, ngf=8, image_size=32)).train()
+    norm = g.main[1]
+    before = norm.running_mean.clone()
+    with dcgan.running_statistics_kept(g):
+        g(torch.randn(4, 8) * 5)
+    assert torch.equal(norm.running_mean, before) and norm.momentum == 0.1
+    g(torch.randn(4, 8) * 5)
+    assert not torch.equal(norm.running_mean, before)

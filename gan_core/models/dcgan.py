@@ -11,6 +11,7 @@ during the G step (the tutorial computes and then discards them).
 """
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass
 
@@ -60,15 +61,17 @@ class DCGANConfig:
     # E (D's layers, ending in nz numbers) reads each real image's latent and G redraws the image from it;
     # G's loss adds recon_weight x the mean squared error, so every kind of image in the data has latents
     # that G paints it from, not only those D happens to ask for. E's codes are pulled towards the normal
-    # distribution that sampling draws from by latent_mmd x their MMD to it (WAE-MMD, Tolstikhin et al.
-    # 2018), so those latents are the ones sampling reaches. 0: no encoder, the seed's update.
+    # distribution that sampling draws from by recon_weight x latent_mmd x their MMD to it (WAE-MMD, Tolstikhin
+    # et al. 2018), so those latents are the ones sampling reaches. The redrawing leaves G's BatchNorm running
+    # statistics alone (they stay those of sampling). 0: no encoder, the seed's update (needs batches of 2+).
     recon_weight: float = 0.0
     latent_mmd: float = 1.0  # E's MMD weight, relative to recon_weight (E's loss: recon_weight x (MSE + this x MMD))
-    encoder_lr: float = 1e-4  # E's Adam rate (betas 0.5, 0.999, as G's)
+    encoder_lr: float = 1e-4  # E's Adam rate (betas 0.5, 0.999: the seed's G)
 
 
 D_NORMS = ("batch", "none")
-# the fields a resumed run may change (`Kind.loss_fields`): they weigh or shape D's loss and inputs only
+# the fields a resumed run may change (`Kind.loss_fields`): they weigh or shape the losses (D's and its inputs,
+# and the encoder's terms in G's) only
 LOSS_FIELDS = ("r1_gamma", "r1_every", "diffaugment", "d_blur", "d_blur_steps", "recon_weight", "latent_mmd",
                "encoder_lr")
 
@@ -227,7 +230,10 @@ def build(cfg: DCGANConfig) -> tuple[Generator, Discriminator]:
 
 
 def extra_modules(cfg: DCGANConfig, g: Generator) -> dict[str, nn.Module]:
-    """What a DCGAN checkpoint may hold beside G and D: the encoder of `recon_weight`."""
+    """What a DCGAN checkpoint may hold beside G and D: the encoder, where `recon_weight` trains one (a
+    config without it describes G and D only, so loading and the upload size check count no encoder)."""
+    if cfg.recon_weight <= 0:
+        return {}
     e = Encoder(cfg)
     e.apply(weights_init)
     return {"encoder": e}
@@ -251,9 +257,26 @@ def validate(cfg: RunConfig) -> None:
     except ValueError:
         raise ValueError(f"model.diffaugment takes comma-separated ops from {', '.join(DIFF_AUGMENT_OPS)}, "
                          f"not {cfg.model.diffaugment!r}") from None
+    if cfg.model.recon_weight > 0 and cfg.train.batch_size < 2:
+        raise ValueError("model.recon_weight compares the encoder's latents within a batch: "
+                         "train.batch_size must be 2 or more")
     if cfg.train.compile and cfg.model.r1_gamma > 0:
         raise ValueError("model.r1_gamma needs a double backward, which torch.compile does not "
                          "support: set train.compile=false or model.r1_gamma=0")
+
+
+@contextlib.contextmanager
+def running_statistics_kept(module: nn.Module):
+    """Forward passes in training mode that normalise by their batch but leave every BatchNorm's running
+    statistics as they were (momentum 0 meanwhile)."""
+    norms = [(mod, mod.momentum) for mod in module.modules() if isinstance(mod, nn.modules.batchnorm._BatchNorm)]
+    try:
+        for mod, _ in norms:
+            mod.momentum = 0.0
+        yield
+    finally:
+        for mod, momentum in norms:
+            mod.momentum = momentum
 
 
 def check_run(cfg: RunConfig, images: int, world: int) -> None:
@@ -318,7 +341,8 @@ def train_step(m: Models, b: Batch) -> dict[str, torch.Tensor]:
         loss_g = g_loss_bce(gen_logits)
         if encoder is not None:  # G redraws each real image from E's latent of it (the clean image)
             codes = encoder.module(b.real)
-            redraw_error = reconstruction_loss(m.G(codes), b.real)
+            with running_statistics_kept(m.g_core):
+                redraw_error = reconstruction_loss(m.G(codes), b.real)
     total_g = loss_g
     if encoder is not None:
         # E's codes against this step's own noise, a sample of the latent distribution (MMD reaches E only)

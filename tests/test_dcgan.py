@@ -380,13 +380,14 @@ def test_encoder_teaches_g_to_redraw_real_images_and_is_saved_with_the_run(tmp_p
     assert not torch.equal(saved["main.0.weight"], again["main.0.weight"])
 
 
-def test_running_statistics_kept_leaves_batchnorm_running_statistics_alone():
+def test_batchnorm_momentum_zero_leaves_batchnorm_running_statistics_alone():
     """G's redrawing of real images (model.recon_weight) normalises by its batch but must not move the running
     statistics that sampling in eval mode uses."""
     g = dcgan.Generator(DCGANConfig(nz=8, ngf=8, image_size=32)).train()
     norm = g.main[1]
     before = norm.running_mean.clone()
-    with dcgan.running_statistics_kept(g):
+    from gan_core.models.base import batchnorm_momentum
+    with batchnorm_momentum(g, 0.0):
         g(torch.randn(4, 8) * 5)
     assert torch.equal(norm.running_mean, before) and norm.momentum == 0.1
     g(torch.randn(4, 8) * 5)

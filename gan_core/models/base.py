@@ -9,6 +9,8 @@ the app never ask which kind they hold.
 """
 from __future__ import annotations
 
+import contextlib
+
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
@@ -161,21 +163,32 @@ def recalibrate_batchnorm(g: nn.Module, latents: list[torch.Tensor]) -> bool:
     their normalisation is off (the bundled shapes DCGAN drew 91% smears that way against 73% with
     batch statistics). This runs `latents` through `g` in train mode with a cumulative average and
     leaves `g` as it was. Returns False (and does nothing) when `g` has no BatchNorm."""
-    norms = [mod for mod in g.modules() if isinstance(mod, nn.modules.batchnorm._BatchNorm)]
-    if not norms:
-        return False
     was_training = g.training
-    momenta = [mod.momentum for mod in norms]
-    for mod in norms:
-        mod.reset_running_stats()
-        mod.momentum = None  # a cumulative average over the batches below
-    g.train()
-    for z in latents:
-        g(z)
-    for mod, momentum in zip(norms, momenta):
-        mod.momentum = momentum
+    with batchnorm_momentum(g, None) as norms:  # a cumulative average over the batches below
+        if not norms:
+            return False
+        for mod in norms:
+            mod.reset_running_stats()
+        g.train()
+        for z in latents:
+            g(z)
     g.train(was_training)
     return True
+
+
+@contextlib.contextmanager
+def batchnorm_momentum(module: nn.Module, momentum: Optional[float]):
+    """Every BatchNorm of `module` with this momentum meanwhile (0: train-mode passes leave the running
+    statistics alone; None: a cumulative average), restored after; yields the BatchNorm modules."""
+    norms = [mod for mod in module.modules() if isinstance(mod, nn.modules.batchnorm._BatchNorm)]
+    momenta = [mod.momentum for mod in norms]
+    try:
+        for mod in norms:
+            mod.momentum = momentum
+        yield norms
+    finally:
+        for mod, kept in zip(norms, momenta):
+            mod.momentum = kept
 
 
 def ema_decay_at(decay: float, step: int) -> float:

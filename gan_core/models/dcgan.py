@@ -11,7 +11,6 @@ during the G step (the tutorial computes and then discards them).
 """
 from __future__ import annotations
 
-import contextlib
 import math
 from dataclasses import dataclass
 
@@ -22,7 +21,7 @@ from ..augment import DIFF_AUGMENT_OPS, diff_augment, diff_augment_ops, gaussian
 from ..config import RunConfig, check_choice, check_ints, check_numbers
 from ..losses import d_loss_bce, g_loss_bce, latent_mmd, reconstruction_loss
 from ..runtime import autocast
-from .base import Batch, Models, OptimizerSpec, check_widths, g_update_and_metrics, lazy_r1
+from .base import Batch, Models, OptimizerSpec, batchnorm_momentum, check_widths, g_update_and_metrics, lazy_r1
 
 
 @dataclass
@@ -265,20 +264,6 @@ def validate(cfg: RunConfig) -> None:
                          "support: set train.compile=false or model.r1_gamma=0")
 
 
-@contextlib.contextmanager
-def running_statistics_kept(module: nn.Module):
-    """Forward passes in training mode that normalise by their batch but leave every BatchNorm's running
-    statistics as they were (momentum 0 meanwhile)."""
-    norms = [(mod, mod.momentum) for mod in module.modules() if isinstance(mod, nn.modules.batchnorm._BatchNorm)]
-    try:
-        for mod, _ in norms:
-            mod.momentum = 0.0
-        yield
-    finally:
-        for mod, momentum in norms:
-            mod.momentum = momentum
-
-
 def check_run(cfg: RunConfig, images: int, world: int) -> None:
     if world > 1 and cfg.model.recon_weight > 0:
         raise ValueError("model.recon_weight trains its encoder in one process; run it without torchrun")
@@ -341,7 +326,7 @@ def train_step(m: Models, b: Batch) -> dict[str, torch.Tensor]:
         loss_g = g_loss_bce(gen_logits)
         if encoder is not None:  # G redraws each real image from E's latent of it (the clean image)
             codes = encoder.module(b.real)
-            with running_statistics_kept(m.g_core):
+            with batchnorm_momentum(m.g_core, 0.0):  # G's running statistics stay those of sampling
                 redraw_error = reconstruction_loss(m.G(codes), b.real)
     total_g = loss_g
     if encoder is not None:

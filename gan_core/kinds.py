@@ -25,7 +25,7 @@ DEFAULT_KIND = "dcgan"
 
 KINDS: dict[str, Kind] = {k.name: k for k in (
     Kind("dcgan", dcgan.DCGANConfig, dcgan.build, dcgan.train_step, validate=dcgan.validate,
-         check_run=dcgan.check_run, extra_modules=dcgan.extra_modules, trained_extras=dcgan.trained_extras,
+         extra_modules=dcgan.extra_modules, trained_extras=dcgan.trained_extras,
          loss_fields=dcgan.LOSS_FIELDS, facade=Model),
     Kind("cluster", cluster.ClusterConfig, cluster.build, cluster.train_step, validate=cluster.validate,
          check_run=cluster.check_run, num_codes=cluster.num_codes, ema_roles=(GENERATOR, DISCRIMINATOR),
@@ -33,7 +33,7 @@ KINDS: dict[str, Kind] = {k.name: k for k in (
          finish=cluster.finish, start=cluster.start, legacy_defaults=cluster.LEGACY_DEFAULTS, facade=ClusterModel,
          loss_fields=("cluster_names",)),  # (labels only: a resumed run may rename its clusters)
     Kind("blobgan", blobgan.BlobGANConfig, blobgan.build, blobgan.train_step, validate=blobgan.validate,
-         check_run=blobgan.check_run, extra_modules=blobgan.extra_modules, trained_extras=blobgan.trained_extras,
+         extra_modules=blobgan.extra_modules, trained_extras=blobgan.trained_extras,
          loss_fields=blobgan.LOSS_FIELDS, graph_safe=False, facade=BlobModel),  # lazy R1 runs on some steps only
 )}
 

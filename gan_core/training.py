@@ -372,6 +372,15 @@ def agree_on_runtime(choice: Choice, rank: int, world: int, device: torch.device
 
 # ---------------------------------------------------------------- the phases of train()
 
+def check_world(cfg: config_mod.RunConfig, world: int) -> None:
+    """Refuse several processes for a config whose kind trains modules beside G and D (an encoder):
+    DDP wraps and averages G and D only, so each process's extra module would drift apart."""
+    extras = kinds.of(cfg).trained_extras(cfg.model)
+    if world > 1 and extras:
+        raise ValueError(f"this {cfg.model.kind} config trains its {', '.join(extras)} beside G and D, which runs "
+                         "in one process only (model.recon_weight > 0): run it without torchrun")
+
+
 def prepare_data(cfg: config_mod.RunConfig, dataset: Optional[ImageDataset], rank: int, world: int,
                  device: torch.device, on_data_progress=None) -> torch.Tensor:
     """This rank's share of the dataset as a uint8 tensor on `device`, checked against the config."""
@@ -379,6 +388,7 @@ def prepare_data(cfg: config_mod.RunConfig, dataset: Optional[ImageDataset], ran
     if len(ds) == 0:
         raise ValueError("the dataset has no images")
     kinds.of(cfg).check_run(cfg, len(ds), world)
+    check_world(cfg, world)
     images = ds.images[rank::world] if world > 1 else ds.images
     if len(images) == 0:
         raise ValueError(f"{len(ds)} images cannot be shared among {world} processes")

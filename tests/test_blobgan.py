@@ -201,6 +201,12 @@ def test_joint_reconstruction_trains_an_encoder_and_the_painter_and_resumes(tmp_
     assert any(not torch.equal(v, m.g_core.blocks.state_dict()[k]) for k, v in g0.items())
     assert any(not torch.equal(v, encoder.state_dict()[k]) for k, v in e0.items())
 
+    # several processes would average G and D but not the encoder: refused before any building
+    from gan_core.training import check_world
+    with pytest.raises(ValueError, match="encoder beside G and D.*torchrun"):
+        check_world(cfg, 2)
+    check_world(RunConfig(model=BlobGANConfig(recon_weight=0.0), data=cfg.data), 2)
+
     # resume: the encoder and its optimizer come back from the checkpoint
     cfg.model.recon_weight, cfg.model.r1_gamma = 5.0, 0.1
     cfg.train.resume, cfg.train.steps = True, 4

@@ -343,8 +343,10 @@ def test_encoder_teaches_g_to_redraw_real_images_and_is_saved_with_the_run(tmp_p
     assert sum(mmds[-10:]) / 10 < 0.5 * float(first["mmd"])  # the latents move towards the noise's distribution
 
     assert graph_blocker(run, "fp32") is not None and "beside G and D" in graph_blocker(run, "fp32")
-    with pytest.raises(ValueError, match="torchrun"):
-        kinds.KINDS["dcgan"].check_run(run, 100, 2)
+    with pytest.raises(ValueError, match="encoder beside G and D.*torchrun"):
+        train_mod.check_world(run, 2)
+    train_mod.check_world(run, 1)
+    train_mod.check_world(dataclasses.replace(run, model=dataclasses.replace(cfg, recon_weight=0.0)), 2)
     for bad in (dict(recon_weight=-1.0), dict(latent_mmd=float("nan")), dict(encoder_lr=0.0)):
         with pytest.raises(ValueError, match=next(iter(bad))):
             kinds.validate(RunConfig(model=DCGANConfig(**bad)))

@@ -80,11 +80,6 @@ def validate(cfg: RunConfig) -> None:
                          "train.instance_noise 0")
 
 
-def check_run(cfg: RunConfig, images: int, world: int) -> None:
-    if world > 1 and cfg.model.recon_weight > 0:
-        raise ValueError("model.recon_weight trains its encoder in one process; run it without torchrun")
-
-
 def extra_modules(cfg: "BlobGANConfig", g: "BlobGenerator") -> dict[str, nn.Module]:
     """What a BlobGAN checkpoint may hold beside G and D: the inversion encoder."""
     return {"encoder": build_encoder(cfg, g)}

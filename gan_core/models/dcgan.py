@@ -264,11 +264,6 @@ def validate(cfg: RunConfig) -> None:
                          "support: set train.compile=false or model.r1_gamma=0")
 
 
-def check_run(cfg: RunConfig, images: int, world: int) -> None:
-    if world > 1 and cfg.model.recon_weight > 0:
-        raise ValueError("model.recon_weight trains its encoder in one process; run it without torchrun")
-
-
 def d_blur_sigma(model_cfg, step: int) -> float:
     """The D-input blur's sigma at `step` (model.d_blur faded linearly over model.d_blur_steps)."""
     sigma, steps = getattr(model_cfg, "d_blur", 0.0), getattr(model_cfg, "d_blur_steps", 0)

@@ -454,9 +454,16 @@ def _load_weights_of(cfg: config_mod.RunConfig, m: Models, folder: Path, verb: s
     (`_check_model_config`)."""
     meta = _check_model_config(cfg, folder, verb, on_log)
     stored = set(ckpt.weight_roles(folder))
-    for role, module in m.cores().items():  # an extra module switched on at resume starts fresh
+    cores = m.cores()
+    for role, module in cores.items():  # an extra module switched on at resume starts fresh
         if role in stored or role in (ckpt.GENERATOR, ckpt.DISCRIMINATOR):  # (a missing G or D is an error)
             ckpt.load_weights(module, ckpt.weights_file(folder, role))
+        elif on_log:
+            on_log(f"the {role} starts fresh: {folder} has none")
+    dropped = sorted(r for r in stored if ckpt.followed_role(r) not in cores)
+    if dropped and on_log:  # an extra module switched off (model.recon_weight 0): say what is left behind
+        on_log(f"{folder}'s {', '.join(dropped)} is not used by this config: it stays there and is not in "
+               "this run's checkpoints")
     for role, ema, core in m.ema_pairs():
         if role in stored:
             ckpt.load_weights(ema, ckpt.weights_file(folder, role))

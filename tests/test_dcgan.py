@@ -381,6 +381,20 @@ def test_encoder_teaches_g_to_redraw_real_images_and_is_saved_with_the_run(tmp_p
     again = load_file(str(checkpoint.latest_checkpoint(tmp_path / "run") / "encoder.safetensors"))
     assert not torch.equal(saved["main.0.weight"], again["main.0.weight"])
 
+    # switched off at a resume, the trained encoder is left behind, and the log says so; switched on again,
+    # it starts fresh, and the log says that too
+    logs = []
+    off = dataclasses.replace(run, model=dataclasses.replace(run.model, recon_weight=0.0))
+    off.train.steps = 4
+    train_mod.train(off, on_log=logs.append)
+    assert any("encoder is not used by this config" in line for line in logs)
+    latest = checkpoint.latest_checkpoint(tmp_path / "run")
+    assert not (latest / "encoder.safetensors").exists()
+    logs.clear()
+    run.train.steps = 5
+    train_mod.train(run, on_log=logs.append)
+    assert any("the encoder starts fresh" in line for line in logs)
+
 
 def test_batchnorm_momentum_zero_leaves_batchnorm_running_statistics_alone():
     """G's redrawing of real images (model.recon_weight) normalises by its batch but must not move the running

@@ -342,6 +342,22 @@ def test_encoder_teaches_g_to_redraw_real_images_and_is_saved_with_the_run(tmp_p
     mmds = [float(x["mmd"]) for x in logs]
     assert sum(mmds[-10:]) / 10 < 0.5 * float(first["mmd"])  # the latents move towards the noise's distribution
 
+    # D learns from its own loss only: G's phase (the adversarial term, the redrawing, the MMD) leaves D's
+    # gradients as D's update left them
+    snapshots = []
+    plain_update = m.update
+
+    def update(optimizer, loss):
+        plain_update(optimizer, loss)
+        if optimizer is m.opt_d:
+            snapshots.append([p.grad.clone() for p in m.d_core.parameters()])
+    m.update = update
+    step(m, Batch(real, torch.randn(8, 8, 1, 1, generator=gen), None, 200))
+    assert len(snapshots) == 1
+    assert all(torch.equal(a, p.grad) for a, p in zip(snapshots[0], m.d_core.parameters()))
+    assert all(p.requires_grad for p in m.d_core.parameters())  # unfrozen again for the next step
+    m.update = plain_update
+
     assert graph_blocker(run, "fp32") is not None and "beside G and D" in graph_blocker(run, "fp32")
     with pytest.raises(ValueError, match="encoder beside G and D.*torchrun"):
         train_mod.check_world(run, 2)

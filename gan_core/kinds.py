@@ -26,7 +26,7 @@ DEFAULT_KIND = "dcgan"
 KINDS: dict[str, Kind] = {k.name: k for k in (
     Kind("dcgan", dcgan.DCGANConfig, dcgan.build, dcgan.train_step, validate=dcgan.validate,
          extra_modules=dcgan.extra_modules, trained_extras=dcgan.trained_extras,
-         loss_fields=dcgan.LOSS_FIELDS, facade=Model),
+         start_extra=dcgan.start_extra, loss_fields=dcgan.LOSS_FIELDS, facade=Model),
     Kind("cluster", cluster.ClusterConfig, cluster.build, cluster.train_step, validate=cluster.validate,
          check_run=cluster.check_run, num_codes=cluster.num_codes, ema_roles=(GENERATOR, DISCRIMINATOR),
          unused_parameters=cluster.unused_parameters, checkpoint_meta=cluster.checkpoint_meta, choose=cluster.choose,

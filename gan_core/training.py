@@ -458,8 +458,10 @@ def _load_weights_of(cfg: config_mod.RunConfig, m: Models, folder: Path, verb: s
     for role, module in cores.items():  # an extra module switched on at resume starts fresh
         if role in stored or role in (ckpt.GENERATOR, ckpt.DISCRIMINATOR):  # (a missing G or D is an error)
             ckpt.load_weights(module, ckpt.weights_file(folder, role))
-        elif on_log:
-            on_log(f"the {role} starts fresh: {folder} has none")
+        else:
+            how = kinds.of(cfg).start_extra(cfg.model, role, module, cores)
+            if on_log:
+                on_log(f"the {role} starts {how or 'fresh'}: {folder} has none")
     dropped = sorted(r for r in stored if ckpt.followed_role(r) not in cores)
     if dropped and on_log:  # an extra module switched off (model.recon_weight 0): say what is left behind
         on_log(f"{folder}'s {', '.join(dropped)} is not used by this config: it stays there and is not in "

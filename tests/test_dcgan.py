@@ -407,9 +407,15 @@ def test_encoder_teaches_g_to_redraw_real_images_and_is_saved_with_the_run(tmp_p
     latest = checkpoint.latest_checkpoint(tmp_path / "run")
     assert not (latest / "encoder.safetensors").exists()
     logs.clear()
+    back = train_mod.build_models(run, torch.device("cpu"))
+    train_mod.resume(run, back, tmp_path / "run", on_log=logs.append)
+    assert any("the encoder starts from the discriminator's layers" in line for line in logs)
+    d_trunk, e = back.d_core.main.state_dict(), back.extras["encoder"].module.main.state_dict()
+    last = str(len(back.extras["encoder"].module.main) - 1)  # its own last conv stays as initialised
+    assert all(torch.equal(v, d_trunk[k]) for k, v in e.items() if not k.startswith(last + "."))
+    assert e[last + ".weight"].shape[0] == cfg.nz
     run.train.steps = 5
-    train_mod.train(run, on_log=logs.append)
-    assert any("the encoder starts fresh" in line for line in logs)
+    assert train_mod.train(run)["steps_run"] == 1
 
 
 def test_batchnorm_momentum_zero_leaves_batchnorm_running_statistics_alone():

@@ -273,6 +273,10 @@ def _no_start(_model_cfg, _models) -> None:
     return None
 
 
+def _fresh(_model_cfg, _role, _module, _cores) -> Optional[str]:
+    return None
+
+
 @dataclass(frozen=True)
 class Kind:
     """One model kind, as the registry (`gan_core.kinds`) holds it. Only `name`, `config`, `build` and
@@ -300,6 +304,10 @@ class Kind:
     # (model cfg, Models) before the first step of a run that has steps to go (fresh or resumed): undo
     # what `finish` made that more steps would make stale (cluster: the SCAN head no longer predicts)
     start: Callable[[Any, "Models"], None] = _no_start
+    # (model cfg, role, the extra module, role -> the modules loaded so far) when a resumed run or one from
+    # train.init_from starts an extra module its checkpoint lacks: may start it from the trained modules
+    # (dcgan: the encoder from D's layers) and say how, for the log; None leaves it as initialised
+    start_extra: Callable[[Any, str, nn.Module, dict], Optional[str]] = _fresh
     # model config fields a config.json written before they existed must read as these values, not
     # today's defaults (cluster: head_fit = "iic", as those checkpoints were trained)
     legacy_defaults: dict = field(default_factory=dict)

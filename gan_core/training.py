@@ -455,7 +455,7 @@ def _load_weights_of(cfg: config_mod.RunConfig, m: Models, folder: Path, verb: s
     meta = _check_model_config(cfg, folder, verb, on_log)
     stored = set(ckpt.weight_roles(folder))
     cores = m.cores()
-    for role, module in cores.items():  # an extra module switched on at resume starts fresh
+    for role, module in cores.items():  # an extra module the checkpoint lacks starts as its kind says
         if role in stored or role in (ckpt.GENERATOR, ckpt.DISCRIMINATOR):  # (a missing G or D is an error)
             ckpt.load_weights(module, ckpt.weights_file(folder, role))
         else:

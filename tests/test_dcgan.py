@@ -398,7 +398,7 @@ def test_encoder_teaches_g_to_redraw_real_images_and_is_saved_with_the_run(tmp_p
     assert not torch.equal(saved["main.0.weight"], again["main.0.weight"])
 
     # switched off at a resume, the trained encoder is left behind, and the log says so; switched on again,
-    # it starts fresh, and the log says that too
+    # it starts from D's trained layers, and the log says that too
     logs = []
     off = dataclasses.replace(run, model=dataclasses.replace(run.model, recon_weight=0.0))
     off.train.steps = 4

@@ -10,7 +10,6 @@ the app never ask which kind they hold.
 from __future__ import annotations
 
 import contextlib
-
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 

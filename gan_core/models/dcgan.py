@@ -12,17 +12,17 @@ during the G step (the tutorial computes and then discards them).
 from __future__ import annotations
 
 import math
-from typing import Optional
 from dataclasses import dataclass
+from typing import Optional
 
 import torch
 from torch import nn
 
 from ..augment import DIFF_AUGMENT_OPS, diff_augment, diff_augment_ops, gaussian_blur, instance_noise
+from ..checkpoint import DISCRIMINATOR
 from ..config import RunConfig, check_choice, check_ints, check_numbers
 from ..losses import d_loss_bce, g_loss_bce, latent_mmd, reconstruction_loss
 from ..runtime import autocast
-from ..checkpoint import DISCRIMINATOR
 from .base import Batch, Models, OptimizerSpec, batchnorm_momentum, check_widths, g_update_and_metrics, lazy_r1
 
 
@@ -246,7 +246,7 @@ def start_extra(cfg: DCGANConfig, role: str, module: nn.Module, cores: dict) -> 
     images faster than from random weights (squared error 0.058 against 0.083 after 400 steps)."""
     if role != "encoder":
         return None
-    n = len(_trunk(cfg)[0])
+    n = len(module.main) - 1  # the encoder is D's trunk and one conv
     module.main[:n].load_state_dict(cores[DISCRIMINATOR].main[:n].state_dict())
     return "from the discriminator's layers"
 

@@ -1,6 +1,7 @@
 """Pure loss functions of discriminator logits (the sigmoid lives inside BCE-with-logits)."""
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 from typing import Optional
@@ -21,9 +22,16 @@ def d_loss_bce(real_logits: torch.Tensor, fake_logits: torch.Tensor, real_label:
     return real + fake
 
 
-def g_loss_bce(fake_logits: torch.Tensor) -> torch.Tensor:
-    """Non-saturating generator loss BCE(D(G(z)), 1), as in the tutorial."""
-    return F.binary_cross_entropy_with_logits(fake_logits.float(), torch.ones_like(fake_logits, dtype=torch.float32))
+def g_loss_bce(fake_logits: torch.Tensor, keep: float = 1.0) -> torch.Tensor:
+    """Non-saturating generator loss BCE(D(G(z)), 1), as in the tutorial.
+
+    `keep` < 1 is top-k training (Sinha et al. 2020): only the ceil(keep x n) fakes D rates most real
+    count, so G is not pulled by the samples that D finds worst (1: every fake, the tutorial's loss)."""
+    logits = fake_logits.float().flatten()
+    k = max(1, math.ceil(keep * logits.numel()))
+    if k < logits.numel():
+        logits = logits.topk(k).values
+    return F.binary_cross_entropy_with_logits(logits, torch.ones_like(logits))
 
 
 def d_logistic_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:

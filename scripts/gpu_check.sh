@@ -6,7 +6,7 @@
 #           with --ceiling; then bf16 / fp16, NCHW / channels_last, eager / one CUDA graph, torch.compile by
 #           hand while time allows, most telling first) and a profile of the default step (issue 14).
 #  race     the bundled shapes-dcgan trained on (train.init_from) in recipes side by side until the deadline
-#           (scripts.recipe_race: learning rate, batch, D's width, an encoder), every checkpoint scored by scripts.evaluate_samples;
+#           (scripts.recipe_race: learning rate, batch, D's width, an encoder, top-k), every checkpoint scored by scripts.evaluate_samples;
 #           each recipe's best checkpoint comes back in fp16 (race_NAME.tar) (issue 16).
 #  tests    the CUDA tests (tests/test_cuda.py), beside the race.
 #  clusters clustering runs (scripts.cluster_run: Fashion-MNIST seed 1, three seeds of built-in shapes)
@@ -114,8 +114,9 @@ echo "training parts: $MINUTES min each, from $(elapsed) s"
 # The race (issue 16): the bundled shapes-dcgan (step 138,742, ngf 64, ndf 32, R1 gamma 1 every 16th step,
 # EMA 0.999) trained on from its weights (`train.init_from`, fresh Adam) at the CPU's batch and rate, at
 # twice the rate, at batch 256, with D widened to the seed's ndf 64 (scripts.widen_checkpoint --part
-# discriminator: same logits at the start), and with an encoder beside the GAN (model.recon_weight: flat
-# over 2,000 CPU steps, BENCHMARKS.md): how far a GPU's minutes take the model the CPU trained for 8 h.
+# discriminator: same logits at the start), with an encoder beside the GAN (model.recon_weight: flat
+# over 2,000 CPU steps, BENCHMARKS.md), and with top-k training (model.g_topk=0.5: flat over 2,000 CPU
+# steps): how far a GPU's minutes take the model the CPU trained for 8 h.
 # (Session 17 raced recipes from scratch: BENCHMARKS.md.) The smoke run does the same at tiny batches.
 RACE_PID=
 if has race; then
@@ -139,6 +140,7 @@ if has race; then
       --recipe b256_lr2e-4 train.batch_size=$B_BIG train.lr=2e-4 \
       --recipe d64_b64_lr1e-4 train.batch_size=$B_SMALL train.lr=1e-4 model.ndf=64 train.init_from="$LOG/wide_d" \
       --recipe enc_b64_lr1e-4 train.batch_size=$B_SMALL train.lr=1e-4 model.recon_weight=30 model.encoder_lr=5e-4 \
+      --recipe topk_b64_lr1e-4 train.batch_size=$B_SMALL train.lr=1e-4 model.g_topk=0.5 \
     ) > "$LOG/race.log" 2>&1 &
   RACE_PID=$!
 fi

@@ -430,3 +430,23 @@ def test_batchnorm_momentum_zero_leaves_batchnorm_running_statistics_alone():
     assert torch.equal(norm.running_mean, before) and norm.momentum == 0.1
     g(torch.randn(4, 8) * 5)
     assert not torch.equal(norm.running_mean, before)
+
+
+def test_top_k_option_is_checked_and_changes_g_loss(tmp_path):
+    from gan_core.config import DataConfig, RunConfig, TrainConfig
+    from gan_core.kinds import validate
+    from gan_core.training import train
+
+    for bad in (0.0, 1.5, "half"):
+        with pytest.raises(ValueError, match="g_topk"):
+            validate(RunConfig(model=DCGANConfig(g_topk=bad)))
+
+    def run(keep, name):
+        cfg = RunConfig(model=DCGANConfig(nz=8, ngf=4, ndf=4, g_topk=keep), data=DataConfig(num_images=16, image_size=32),
+                        train=TrainConfig(steps=1, batch_size=8, log_every=1, device="cpu", precision="fp32",
+                                          channels_last=False, out_dir=str(tmp_path / name)))
+        return train(cfg)["metrics"]
+
+    every, top = run(1.0, "all"), run(0.25, "top")
+    # same seed, same first D update: G's loss over the two fakes D likes best is below the batch's mean
+    assert top["loss_d"] == pytest.approx(every["loss_d"]) and top["loss_g"] < every["loss_g"]

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from gan_core import checkpoint as ckpt
@@ -432,3 +433,15 @@ def test_init_from_starts_a_new_run_from_an_exported_checkpoints_weights(tmp_pat
     train_mod.init_weights(no_ema, train_mod.build_models(no_ema, torch.device("cpu"), wrap=False), str(shipped),
                            on_log=lines.append)
     assert any("does not keep" in line for line in lines)
+
+
+def test_top_k_generator_loss_counts_only_the_fakes_d_rates_most_real():
+    logits = torch.tensor([-5.0, 3.0, -1.0, 2.0, 0.5], requires_grad=True)
+    assert torch.allclose(losses.g_loss_bce(logits, keep=1.0), losses.g_loss_bce(logits))
+    loss = losses.g_loss_bce(logits, keep=0.5)  # ceil(2.5) = 3 kept: 3.0, 2.0, 0.5
+    expected = F.binary_cross_entropy_with_logits(torch.tensor([3.0, 2.0, 0.5]), torch.ones(3))
+    assert torch.allclose(loss, expected)
+    loss.backward()
+    assert logits.grad[0] == 0 and logits.grad[2] == 0  # the worst two do not pull G
+    assert torch.allclose(logits.grad[[1, 3, 4]], (torch.sigmoid(torch.tensor([3.0, 2.0, 0.5])) - 1) / 3)
+    assert torch.allclose(losses.g_loss_bce(logits.detach(), keep=0.01), F.softplus(torch.tensor(-3.0)))  # at least one

@@ -68,13 +68,16 @@ class DCGANConfig:
     recon_weight: float = 0.0
     latent_mmd: float = 1.0  # E's MMD weight, relative to recon_weight (E's loss: recon_weight x (MSE + this x MMD))
     encoder_lr: float = 1e-4  # E's Adam rate (betas 0.5, 0.999: the seed's G)
+    # Top-k training (Sinha et al. 2020): G's adversarial loss counts only this share of each batch's fakes,
+    # those D rates most real, so the fakes D finds worst do not pull G. 1: every fake, the seed's update.
+    g_topk: float = 1.0
 
 
 D_NORMS = ("batch", "none")
 # the fields a resumed run may change (`Kind.loss_fields`): they weigh or shape the losses (D's and its inputs,
 # and the encoder's terms in G's) only
 LOSS_FIELDS = ("r1_gamma", "r1_every", "diffaugment", "d_blur", "d_blur_steps", "recon_weight", "latent_mmd",
-               "encoder_lr")
+               "encoder_lr", "g_topk")
 
 
 class BatchNorm2d(nn.BatchNorm2d):
@@ -263,7 +266,8 @@ def validate(cfg: RunConfig) -> None:
     check_numbers(("model.d_blur", cfg.model.d_blur, 0.0, 32.0))
     check_choice("model.d_norm", cfg.model.d_norm, D_NORMS)
     check_numbers(("model.d_recon", cfg.model.d_recon, 0.0, 1000.0), ("model.recon_weight", cfg.model.recon_weight, 0.0, 1e6),
-                  ("model.latent_mmd", cfg.model.latent_mmd, 0.0, 1e6), ("model.encoder_lr", cfg.model.encoder_lr, 1e-8, 1.0))
+                  ("model.latent_mmd", cfg.model.latent_mmd, 0.0, 1e6), ("model.encoder_lr", cfg.model.encoder_lr, 1e-8, 1.0),
+                  ("model.g_topk", cfg.model.g_topk, 0.01, 1.0))
     try:
         diff_augment_ops(cfg.model.diffaugment)
     except ValueError:
@@ -331,7 +335,7 @@ def train_step(m: Models, b: Batch) -> dict[str, torch.Tensor]:
     encoder = m.extras.get("encoder")
     with autocast(device, m.autocast_dtype):
         gen_logits = m.d_for_g(noisy(fake_d), logits=True)
-        loss_g = g_loss_bce(gen_logits)
+        loss_g = g_loss_bce(gen_logits, getattr(m.model_cfg, "g_topk", 1.0))
         if encoder is not None:  # G redraws each real image from E's latent of it (the clean image)
             codes = encoder.module(b.real)
             with batchnorm_momentum(m.g_core, 0.0):  # G's running statistics stay those of sampling

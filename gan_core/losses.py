@@ -28,7 +28,7 @@ def g_loss_bce(fake_logits: torch.Tensor, keep: float = 1.0) -> torch.Tensor:
     `keep` < 1 is top-k training (Sinha et al. 2020): only the ceil(keep x n) fakes D rates most real
     count, so G is not pulled by the samples that D finds worst (1: every fake, the tutorial's loss)."""
     logits = fake_logits.float().flatten()
-    k = max(1, math.ceil(keep * logits.numel()))
+    k = max(1, math.ceil(keep * logits.numel() - 1e-9))  # 0.07 x 100 is 7.000000000000001 in floats
     if k < logits.numel():
         logits = logits.topk(k).values
     return F.binary_cross_entropy_with_logits(logits, torch.ones_like(logits))

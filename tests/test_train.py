@@ -445,3 +445,5 @@ def test_top_k_generator_loss_counts_only_the_fakes_d_rates_most_real():
     assert logits.grad[0] == 0 and logits.grad[2] == 0  # the worst two do not pull G
     assert torch.allclose(logits.grad[[1, 3, 4]], (torch.sigmoid(torch.tensor([3.0, 2.0, 0.5])) - 1) / 3)
     assert torch.allclose(losses.g_loss_bce(logits.detach(), keep=0.01), F.softplus(torch.tensor(-3.0)))  # at least one
+    hundred = -torch.arange(100.0) / 10  # 0.07 of 100 keeps 7 (not 8, as the float product's ceiling would)
+    assert torch.allclose(losses.g_loss_bce(hundred, keep=0.07), F.softplus(torch.arange(7.0) / 10).mean())

@@ -462,8 +462,8 @@ def _load_weights_of(cfg: config_mod.RunConfig, m: Models, folder: Path, verb: s
             how = kinds.of(cfg).start_extra(cfg.model, role, module, cores)
             if on_log:
                 on_log(f"the {role} starts {how or 'fresh'}: {folder} has none")
-    dropped = sorted(r for r in stored if ckpt.followed_role(r) not in cores)
-    if dropped and on_log:  # an extra module switched off (model.recon_weight 0): say what is left behind
+    dropped = sorted(stored - set(m.modules()))
+    if dropped and on_log:  # an extra module or EMA copy switched off (model.recon_weight 0, train.ema_decay 0)
         on_log(f"{folder}'s {', '.join(dropped)} is not used by this config: it stays there and is not in "
                "this run's checkpoints")
     for role, ema, core in m.ema_pairs():

@@ -298,6 +298,15 @@ def test_resume_edge_cases(tmp_path):
         train_mod.train(tiny_cfg(tmp_path / "r", steps=6, resume=True))
 
 
+def test_resume_with_the_ema_copy_switched_off_says_it_is_left_behind(tmp_path):
+    train_mod.train(tiny_cfg(tmp_path / "r", steps=2, checkpoint_every=2))
+    lines = []
+    out = train_mod.train(tiny_cfg(tmp_path / "r", steps=4, resume=True, ema_decay=0.0), on_log=lines.append)
+    assert out["steps_run"] == 2
+    assert any("generator_ema is not used by this config" in line for line in lines), lines
+    assert not (Path(out["checkpoint"]) / "generator_ema.safetensors").exists()
+
+
 def test_bad_loop_settings_and_devices_are_clear_errors(tmp_path):
     for field, value in (("log_every", 0), ("checkpoint_every", 0), ("sample_every", -1)):
         cfg = tiny_cfg(tmp_path)
